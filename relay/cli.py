@@ -1,0 +1,119 @@
+"""CLI: argv → one Config → run | status | config | intake. Prints and sets the exit code; holds no logic."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from relay import __version__
+from relay.config import Config, ConfigError
+
+EXIT_CONFIG = 2
+EXIT_START = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dogstatsd-relay", description="A DogStatsD-compatible metrics relay.")
+    parser.add_argument("--version", action="version", version=f"dogstatsd-relay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "run the relay"),
+        ("status", "show the live status of the running relay"),
+        ("config", "print the effective configuration (API key redacted)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
+        command.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one datadog.yaml key (highest precedence); repeatable",
+        )
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the raw status JSON")
+    intake = commands.add_parser("intake", help="run a local stand-in for Datadog's intake that shows what arrives")
+    intake.add_argument("--host", default="127.0.0.1")
+    intake.add_argument("--port", type=int, default=8080)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "intake":
+        return _intake(args.host, args.port)
+    try:
+        overrides = dict(item.split("=", 1) for item in args.set if "=" in item)
+        if len(overrides) != len(args.set):
+            raise ConfigError("--set: expected KEY=VALUE")
+        config = Config.load(args.config, os.environ, overrides, warn=lambda message: print(message, file=sys.stderr))
+    except ConfigError as error:
+        print(f"config: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "config":
+        print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
+        return 0
+    if args.command == "status":
+        return _status(config, args.json)
+    return _run(config)
+
+
+def _run(config: Config) -> int:
+    from relay.listen import ListenError
+    from relay.logs import setup_logging
+    from relay.server import Relay
+
+    setup_logging(config.log_level, config.api_key)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional off Linux/macOS
+        runner = asyncio.run
+    try:
+        runner(Relay(config).run())
+    except ListenError as error:
+        logging.getLogger("relay").error("cannot start: %s", error)
+        return EXIT_START
+    except OSError as error:
+        logging.getLogger("relay").error("cannot start: %s", error)
+        return EXIT_START
+    return 0
+
+
+def _status(config: Config, as_json: bool) -> int:
+    from relay.status import render
+
+    url = f"http://{config.relay_health_host}:{config.relay_health_port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = json.load(response)
+    except (urllib.error.URLError, OSError) as error:
+        print(f"status: no relay answers at {url} ({getattr(error, 'reason', error)}); is it running?", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if as_json else render(status), end="\n" if as_json else "")
+    return 0
+
+
+def _intake(host: str, port: int) -> int:
+    from relay.intake import Intake
+
+    async def serve() -> None:
+        await Intake().start(host, port)
+        print(f"intake stand-in on http://{host}:{port} (decoded payloads at /_received)", file=sys.stderr)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0

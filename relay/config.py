@@ -1,0 +1,312 @@
+"""Config: defaults → datadog.yaml-style file → DD_* environment → CLI overrides, frozen once at start.
+
+Field names are datadog.yaml keys; a dotted key (`use_v2_api.series`, `relay.flush_interval`) is stored with
+the dot as an underscore and named in the field's metadata. The environment variable of a key is
+"DD_" + key upper-cased with "." as "_". This module is the only reader of os.environ.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMPRESSOR_KINDS = ("zstd", "zlib", "deflate", "gzip", "none")
+HISTOGRAM_AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
+EOL_TRANSPORTS = ("udp", "uds", "named_pipe")
+NAMESPACE_BLACKLIST = (
+    "datadog.agent", "datadog.dogstatsd", "datadog.process", "datadog.trace_agent", "datadog.tracer",
+    "activemq", "activemq_58", "airflow", "cassandra", "confluent", "hazelcast", "hive", "ignite", "jboss",
+    "jvm", "kafka", "presto", "sidekiq", "solr", "tomcat", "runtime",
+)  # fmt: skip
+
+
+class ConfigError(Exception):
+    """Bad configuration; the message names the key, the value and what is allowed."""
+
+
+def _key(default: Any, key: str = "", check: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
+    """A config field; `key` is its datadog.yaml name when it differs from the field name."""
+    return field(default=default, metadata={"key": key, "check": check}, **kw)
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be 0..65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        values = value if isinstance(value, tuple) else (value,)
+        bad = [v for v in values if v not in allowed]
+        return f"must be one of {', '.join(allowed)}" if bad else None
+
+    return check
+
+
+def _percentiles(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            if 0 <= float(value) <= 1:
+                continue
+        except ValueError:
+            pass
+        return f"{value!r} is not a number in [0, 1]"
+    return None
+
+
+def _url(value: str) -> str | None:
+    return None if not value or value.startswith(("http://", "https://")) else "must start with http(s)://"
+
+
+def _mapper_profiles(profiles: tuple[Any, ...]) -> str | None:
+    for profile in profiles:
+        if not isinstance(profile, dict) or not isinstance(profile.get("mappings", []), list):
+            return "each profile must be a map with name, prefix and a list of mappings"
+        for mapping in profile.get("mappings", []):
+            if not isinstance(mapping, dict) or not mapping.get("match") or not mapping.get("name"):
+                return f"profile {profile.get('name')!r}: each mapping needs match and name"
+            if mapping.get("match_type", "wildcard") not in ("wildcard", "regex"):
+                return f"profile {profile.get('name')!r}: match_type must be wildcard or regex"
+            if mapping.get("match_type") == "regex":
+                try:
+                    re.compile(mapping["match"])
+                except re.error as error:
+                    return f"profile {profile.get('name')!r}: bad regex {mapping['match']!r}: {error}"
+            elif not re.fullmatch(r"[a-zA-Z0-9\-_*.]+", str(mapping["match"])):
+                return f"profile {profile.get('name')!r}: wildcard {mapping['match']!r} has invalid characters"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The relay's whole configuration; built once by `load`, never mutated."""
+
+    api_key: str = field(default="", repr=False, metadata={"key": "", "check": None})
+    site: str = _key("datadoghq.com", check=lambda v: None if v else "must not be empty")
+    dd_url: str = _key("", check=_url)
+    hostname: str = _key("")
+    log_level: str = _key("info", check=_one_of(LOG_LEVELS))
+    skip_ssl_validation: bool = _key(False)
+    # Listeners
+    dogstatsd_port: int = _key(8125, check=_port)
+    bind_host: str = _key("localhost")
+    dogstatsd_non_local_traffic: bool = _key(False)
+    dogstatsd_socket: str = _key("")
+    dogstatsd_stream_socket: str = _key("")
+    dogstatsd_buffer_size: int = _key(8192, check=_positive)
+    dogstatsd_so_rcvbuf: int = _key(0, check=_not_negative)
+    dogstatsd_eol_required: tuple[str, ...] = _key((), check=_one_of(EOL_TRANSPORTS))
+    # Names and tags
+    dogstatsd_tags: tuple[str, ...] = _key(())
+    statsd_metric_namespace: str = _key("")
+    statsd_metric_namespace_blacklist: tuple[str, ...] = _key(NAMESPACE_BLACKLIST)
+    statsd_metric_blocklist: tuple[str, ...] = _key(())
+    statsd_metric_blocklist_match_prefix: bool = _key(False)
+    dogstatsd_mapper_profiles: tuple[Any, ...] = _key((), check=_mapper_profiles)
+    # Aggregation
+    histogram_aggregates: tuple[str, ...] = _key(("max", "median", "avg", "count"), check=_one_of(HISTOGRAM_AGGREGATES))
+    histogram_percentiles: tuple[str, ...] = _key(("0.95",), check=_percentiles)
+    histogram_copy_to_distribution: bool = _key(False)
+    histogram_copy_to_distribution_prefix: str = _key("")
+    dogstatsd_expiry_seconds: int = _key(300, check=_not_negative)
+    dogstatsd_context_expiry_seconds: int = _key(20, check=_not_negative)
+    dogstatsd_no_aggregation_pipeline: bool = _key(True)
+    # Serializer
+    serializer_compressor_kind: str = _key("zstd", check=_one_of(COMPRESSOR_KINDS))
+    serializer_zstd_compressor_level: int = _key(1, check=lambda v: None if 1 <= v <= 22 else "must be 1..22")
+    use_v2_api_series: bool = _key(True, key="use_v2_api.series")
+    serializer_max_series_payload_size: int = _key(512000, check=_positive)
+    serializer_max_series_uncompressed_payload_size: int = _key(5242880, check=_positive)
+    serializer_max_series_points_per_payload: int = _key(10000, check=_positive)
+    serializer_max_payload_size: int = _key(2621440, check=_positive)
+    serializer_max_uncompressed_payload_size: int = _key(4194304, check=_positive)
+    # Forwarder
+    forwarder_timeout: float = _key(20.0, check=_positive)
+    forwarder_backoff_base: float = _key(2.0, check=_positive)
+    forwarder_backoff_factor: float = _key(2.0, check=lambda v: None if v >= 1 else "must be >= 1")
+    forwarder_backoff_max: float = _key(64.0, check=_positive)
+    forwarder_recovery_interval: int = _key(2, check=_not_negative)
+    forwarder_retry_queue_payloads_max_size: int = _key(15 * 1024 * 1024, check=_positive)
+    forwarder_apikey_validation_interval: int = _key(60, check=_positive)
+    # The relay's own keys
+    relay_flush_interval: int = _key(10, key="relay.flush_interval", check=_positive)
+    relay_health_host: str = _key("127.0.0.1", key="relay.health_host")
+    relay_health_port: int = _key(8127, key="relay.health_port", check=_port)
+    relay_shutdown_timeout: float = _key(10.0, key="relay.shutdown_timeout", check=_not_negative)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | None,
+        environ: Mapping[str, str],
+        overrides: Mapping[str, str] | None = None,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> Config:
+        """Build the config; raises ConfigError naming the first bad key. Unknown keys give one warning."""
+        raw: dict[str, Any] = {}
+        unknown: list[str] = []
+        if path is not None:
+            raw.update(_read_yaml(path, unknown))
+        for name, env_names in ENV_NAMES.items():
+            for env_name in env_names:
+                if env_name in environ:
+                    raw[name] = environ[env_name]
+        for key, value in (overrides or {}).items():
+            if key not in FIELD_BY_KEY:
+                raise ConfigError(f"{key}: unknown configuration key")
+            raw[FIELD_BY_KEY[key]] = value
+        if unknown:
+            warn(f"config: unknown keys ignored: {', '.join(sorted(unknown))}")
+        config = cls(**{name: _coerce(name, value) for name, value in raw.items()})
+        config.validate()
+        if not config.hostname:
+            config = replace(config, hostname=socket.gethostname())
+        return config
+
+    def validate(self) -> None:
+        for f in fields(self):
+            check = f.metadata["check"]
+            problem = check(getattr(self, f.name)) if check else None
+            if problem:
+                raise ConfigError(f"{key_of(f.name)}: {problem}, got {_show(getattr(self, f.name))}")
+
+    @property
+    def intake_url(self) -> str:
+        """Where payloads go: `dd_url` overrides `site`, as in the Agent."""
+        return (self.dd_url or f"https://app.{self.site}").rstrip("/")
+
+    @property
+    def api_url(self) -> str:
+        """Where the API key is validated; a `dd_url` (a proxy or stand-in) serves that too."""
+        return (self.dd_url or f"https://api.{self.site}").rstrip("/")
+
+    @property
+    def udp_bind_host(self) -> str:
+        if self.dogstatsd_non_local_traffic:
+            return "0.0.0.0"
+        return "127.0.0.1" if self.bind_host == "localhost" else self.bind_host
+
+    def redacted(self) -> dict[str, Any]:
+        """Every key with its effective value; the API key shown as the Agent does."""
+        values = {key_of(name): value for name, value in asdict(self).items()}
+        values["api_key"] = redact(self.api_key)
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}
+
+
+def redact(api_key: str) -> str:
+    """`***` plus the last five characters, like the Agent's status page."""
+    return "***" + api_key[-5:] if api_key else ""
+
+
+def key_of(field_name: str) -> str:
+    return KEY_BY_FIELD[field_name]
+
+
+def _read_yaml(path: Path, unknown: list[str]) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"--config: cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config: {path} is not valid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"--config: {path} must hold a map of datadog.yaml keys")
+    raw: dict[str, Any] = {}
+    _flatten(document, "", raw, unknown)
+    return raw
+
+
+def _flatten(document: dict[str, Any], prefix: str, raw: dict[str, Any], unknown: list[str]) -> None:
+    """Nested maps become dotted keys (`relay: {flush_interval: 5}` → `relay.flush_interval`)."""
+    for key, value in document.items():
+        dotted = f"{prefix}{key}"
+        if dotted in FIELD_BY_KEY:
+            raw[FIELD_BY_KEY[dotted]] = value
+        elif isinstance(value, dict) and any(k.startswith(dotted + ".") for k in FIELD_BY_KEY):
+            _flatten(value, dotted + ".", raw, unknown)
+        else:
+            unknown.append(dotted)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a YAML or environment value into the field's type, or raise ConfigError naming the key."""
+    kind = FIELD_TYPES[name]
+    try:
+        if kind is bool:
+            return _to_bool(value)
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if isinstance(value, dict | list):
+                raise ValueError
+            return str(value)
+        return _to_tuple(value, structured=name == "dogstatsd_mapper_profiles")
+    except (ValueError, TypeError):
+        expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(kind, "a list")
+        raise ConfigError(f"{key_of(name)}: must be {expected}, got {_show(value)}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def _to_tuple(value: Any, structured: bool) -> tuple[Any, ...]:
+    """Lists come as YAML lists, JSON arrays, or (in the environment) space-separated words."""
+    if isinstance(value, str):
+        text = value.strip()
+        if structured or text.startswith("["):
+            value = json.loads(text) if text else []
+        else:
+            return tuple(text.split())
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ValueError(value)
+    return tuple(v if structured else str(v) for v in value)
+
+
+def _show(value: Any) -> str:
+    text = repr(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _env_names(key: str) -> tuple[str, ...]:
+    name = "DD_" + key.upper().replace(".", "_")
+    return (name, "DD_URL") if key == "dd_url" else (name,)
+
+
+KEY_BY_FIELD: dict[str, str] = {f.name: f.metadata["key"] or f.name for f in fields(Config)}
+FIELD_BY_KEY: dict[str, str] = {key: name for name, key in KEY_BY_FIELD.items()}
+ENV_NAMES: dict[str, tuple[str, ...]] = {name: _env_names(key) for name, key in KEY_BY_FIELD.items()}
+FIELD_TYPES: dict[str, Any] = {
+    name: tuple if typing.get_origin(hint) is tuple else hint for name, hint in typing.get_type_hints(Config).items()
+}

@@ -1,0 +1,139 @@
+"""Enrich: parsed items → Contexts with the Agent's host, tag and name rules (comp/dogstatsd/server/impl/enrich.go)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from relay.config import Config
+from relay.model import Context, Event, ServiceCheck
+
+_STRIPPED_TAG_PREFIXES = ("dd.internal.entity_id:", "dd.internal.card:", "dd.internal.jmx_check_name:")
+_GROUP_REFERENCE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+_CACHE_LIMIT = 500_000  # context cache entries; cleared when full (a miss only costs a rebuild)
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One mapper rule: a compiled match and the name and tags it expands to ($1 or ${1} refer to groups)."""
+
+    pattern: re.Pattern[str]
+    anchored: bool
+    name: str
+    tags: tuple[tuple[str, str], ...]
+
+    def apply(self, metric_name: str) -> tuple[str, tuple[str, ...]] | None:
+        match = self.pattern.fullmatch(metric_name) if self.anchored else self.pattern.search(metric_name)
+        if match is None:
+            return None
+        tags = tuple(f"{key}:{_expand(template, match)}" for key, template in self.tags)
+        return _expand(self.name, match), tags
+
+
+@dataclass(frozen=True, slots=True)
+class MapperProfile:
+    prefix: str
+    mappings: tuple[Mapping, ...]
+
+
+def build_profiles(profiles: tuple[Any, ...]) -> tuple[MapperProfile, ...]:
+    """dogstatsd_mapper_profiles (already validated by Config) → compiled profiles."""
+    built = []
+    for profile in profiles:
+        mappings = []
+        for rule in profile.get("mappings", []):
+            if rule.get("match_type", "wildcard") == "regex":
+                pattern, anchored = re.compile(rule["match"]), False
+            else:  # wildcard: "*" matches one dot-free segment
+                pattern = re.compile(re.escape(rule["match"]).replace(r"\*", "([^.]*)"))
+                anchored = True
+            tags = tuple((str(k), str(v)) for k, v in (rule.get("tags") or {}).items())
+            mappings.append(Mapping(pattern, anchored, str(rule["name"]), tags))
+        built.append(MapperProfile(str(profile.get("prefix", "")), tuple(mappings)))
+    return tuple(built)
+
+
+def _expand(template: str, match: re.Match[str]) -> str:
+    """Go's regexp.ExpandString: a group that does not exist expands to nothing."""
+
+    def group(reference: re.Match[str]) -> str:
+        name = reference.group(1) or reference.group(2)
+        try:
+            return match.group(int(name) if name.isdigit() else name) or ""
+        except IndexError:
+            return ""
+
+    return _GROUP_REFERENCE.sub(group, template)
+
+
+class Enricher:
+    """Turns a metric's name and raw tags into its Context; None when the name is blocklisted."""
+
+    def __init__(self, config: Config) -> None:
+        self.hostname = config.hostname
+        self.extra_tags = tuple(config.dogstatsd_tags)
+        namespace = config.statsd_metric_namespace
+        self.namespace = namespace + "." if namespace and not namespace.endswith(".") else namespace
+        self.namespace_exempt = tuple(config.statsd_metric_namespace_blacklist)
+        self.blocklist = frozenset(config.statsd_metric_blocklist)
+        self.blocklist_prefixes = (
+            tuple(config.statsd_metric_blocklist) if config.statsd_metric_blocklist_match_prefix else ()
+        )
+        self.profiles = build_profiles(config.dogstatsd_mapper_profiles)
+        self._cache: dict[tuple[str, tuple[str, ...]], Context | None] = {}
+
+    def context(self, name: str, raw_tags: tuple[str, ...]) -> Context | None:
+        key = (name, raw_tags)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        context = self._cache[key] = self._build(name, raw_tags)
+        return context
+
+    def _build(self, name: str, raw_tags: tuple[str, ...]) -> Context | None:
+        if self.profiles:
+            mapped = self._map(name)
+            if mapped is not None:
+                name, mapped_tags = mapped
+                raw_tags = raw_tags + mapped_tags
+        if self.namespace and not name.startswith(self.namespace_exempt):
+            name = self.namespace + name
+        if name in self.blocklist or (self.blocklist_prefixes and name.startswith(self.blocklist_prefixes)):
+            return None
+        host, tags = self._host_and_tags(raw_tags, None)
+        return Context(name, host, tags)
+
+    def _map(self, name: str) -> tuple[str, tuple[str, ...]] | None:
+        for profile in self.profiles:
+            if profile.prefix != "*" and not name.startswith(profile.prefix):
+                continue
+            for mapping in profile.mappings:
+                result = mapping.apply(name)
+                if result is not None:
+                    return result
+        return None
+
+    def _host_and_tags(self, raw_tags: tuple[str, ...], explicit_host: str | None) -> tuple[str, tuple[str, ...]]:
+        """`host:` sets the host (empty allowed); dd.internal.* and empty tags go; dogstatsd_tags are added."""
+        host = None
+        kept = set(self.extra_tags)
+        for tag in raw_tags:
+            if tag.startswith("host:"):
+                host = tag[5:]
+            elif tag and not tag.startswith(_STRIPPED_TAG_PREFIXES):
+                kept.add(tag)
+        if explicit_host:
+            host = explicit_host
+        return (self.hostname if host is None else host), tuple(sorted(kept))
+
+    def event(self, event: Event) -> Event:
+        event.host, event.tags = self._host_and_tags(event.tags, event.host)
+        return event
+
+    def service_check(self, check: ServiceCheck) -> ServiceCheck:
+        check.host, check.tags = self._host_and_tags(check.tags, check.host)
+        return check

@@ -1,0 +1,135 @@
+"""Values every stage shares: what the parser yields, what the aggregator flushes, what the forwarder sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import NamedTuple
+
+
+class MetricType(StrEnum):
+    """DogStatsD wire symbols."""
+
+    GAUGE = "g"
+    COUNTER = "c"
+    HISTOGRAM = "h"
+    TIMER = "ms"
+    SET = "s"
+    DISTRIBUTION = "d"
+
+
+class SeriesType(IntEnum):
+    """Values of MetricPayload.MetricType in the v2 series protobuf."""
+
+    COUNT = 1
+    RATE = 2
+    GAUGE = 3
+
+
+class Context(NamedTuple):
+    """What a series is keyed by: tags are deduplicated and sorted once, so tag order never splits a context."""
+
+    name: str
+    host: str
+    tags: tuple[str, ...]
+
+
+class MetricSample(NamedTuple):
+    """One parsed metric line; a packed line (v1.1) carries several values."""
+
+    name: str
+    type: MetricType
+    values: tuple[float, ...]  # empty for sets
+    set_value: str  # the raw member for sets, "" otherwise
+    rate: float
+    tags: tuple[str, ...]
+    timestamp: int  # 0 when the line had no |T field
+
+
+@dataclass(slots=True)
+class Event:
+    title: str
+    text: str
+    timestamp: int = 0
+    host: str | None = None  # None: the relay's hostname; "" is a legitimate empty host
+    aggregation_key: str = ""
+    priority: str = "normal"
+    source_type_name: str = ""
+    alert_type: str = "info"
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class ServiceCheck:
+    name: str
+    status: int
+    timestamp: int = 0
+    host: str | None = None
+    message: str = ""
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Series:
+    """One aggregated series: a context, its API type and its points (timestamp, value)."""
+
+    context: Context
+    type: SeriesType
+    points: list[tuple[int, float]]
+    interval: int
+
+
+@dataclass(slots=True)
+class SketchPoint:
+    """One Dogsketch: the DDSketch of a distribution context over one bucket."""
+
+    timestamp: int
+    count: int
+    min: float
+    max: float
+    sum: float
+    keys: list[int]
+    counts: list[int]
+
+
+@dataclass(slots=True)
+class SketchSeries:
+    context: Context
+    points: list[SketchPoint]
+
+
+@dataclass(slots=True)
+class Flushed:
+    """Everything one flush produced, ready for the serializer."""
+
+    series: list[Series]
+    sketches: list[SketchSeries]
+    events: list[Event]
+    service_checks: list[ServiceCheck]
+
+
+class Endpoint(StrEnum):
+    """Intake paths; the value is the URL path."""
+
+    SERIES_V2 = "/api/v2/series"
+    SERIES_V1 = "/api/v1/series"
+    SKETCHES = "/api/beta/sketches"
+    CHECK_RUN = "/api/v1/check_run"
+    EVENTS = "/intake/"
+
+    @property
+    def content_type(self) -> str:
+        if self in (Endpoint.SERIES_V2, Endpoint.SKETCHES):
+            return "application/x-protobuf"
+        return "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One compressed HTTP body for one endpoint; `items` counts the series, sketches, events or checks in it."""
+
+    endpoint: Endpoint
+    body: bytes
+    encoding: str  # Content-Encoding value, "" for none
+    items: int
+    raw_size: int

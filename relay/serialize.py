@@ -1,0 +1,263 @@
+"""Serialize: flushed series, sketches, service checks and events → compressed Payloads within the intake's limits.
+
+Series go to /api/v2/series as the protobuf MetricPayload (or JSON to /api/v1/series), distributions to
+/api/beta/sketches as SketchPayload, both hand-written like the Agent's serializer (DataDog/agent-payload
+proto/metrics/agent_payload.proto). No Payload leaving this module is over its limits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import zstandard
+
+from relay.config import Config
+from relay.model import Endpoint, Event, Payload, Series, ServiceCheck, SketchSeries
+from relay.telemetry import Stats
+
+_DOUBLE = struct.Struct("<d")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_compressed: int
+    max_raw: int
+    max_points: int = 0  # 0: no point limit
+
+
+class Compressor:
+    """serializer_compressor_kind → the function and its Content-Encoding."""
+
+    def __init__(self, kind: str, zstd_level: int = 1) -> None:
+        self.compress: Callable[[bytes], bytes]
+        if kind == "zstd":
+            self.compress, self.encoding = zstandard.ZstdCompressor(level=zstd_level).compress, "zstd"
+        elif kind in ("zlib", "deflate"):  # a zlib stream is what the Agent sends as "deflate"
+            self.compress, self.encoding = zlib.compress, "deflate"
+        elif kind == "gzip":
+            self.compress, self.encoding = gzip.compress, "gzip"
+        else:
+            self.compress, self.encoding = bytes, ""
+
+
+class Serializer:
+    """Builds every Payload of one flush; items too large to send even alone are dropped and counted."""
+
+    def __init__(self, config: Config, stats: Stats) -> None:
+        self.compressor = Compressor(config.serializer_compressor_kind, config.serializer_zstd_compressor_level)
+        self.series_limits = Limits(
+            config.serializer_max_series_payload_size,
+            config.serializer_max_series_uncompressed_payload_size,
+            config.serializer_max_series_points_per_payload,
+        )
+        self.other_limits = Limits(config.serializer_max_payload_size, config.serializer_max_uncompressed_payload_size)
+        self.use_v2 = config.use_v2_api_series
+        self.hostname = config.hostname
+        self.stats = stats
+
+    def series(self, series: list[Series]) -> Iterator[Payload]:
+        pieces = [piece for s in series for piece in _split_points(s, self.series_limits.max_points)]
+        if self.use_v2:
+            items = ((b"\x0a" + _length_delimited(_series_proto(s)), len(s.points)) for s in pieces)
+            yield from self._pack(Endpoint.SERIES_V2, items, b"", b"", b"", self.series_limits)
+        else:
+            items = ((_json(_series_json(s)), len(s.points)) for s in pieces)
+            yield from self._pack(Endpoint.SERIES_V1, items, b'{"series":[', b",", b"]}", self.series_limits)
+
+    def sketches(self, sketches: list[SketchSeries]) -> Iterator[Payload]:
+        items = ((b"\x0a" + _length_delimited(_sketch_proto(s)), 0) for s in sketches)
+        # The Agent closes every SketchPayload with an empty CommonMetadata (field 2).
+        yield from self._pack(Endpoint.SKETCHES, items, b"", b"", b"\x12\x00", self.other_limits)
+
+    def service_checks(self, checks: list[ServiceCheck]) -> Iterator[Payload]:
+        items = ((_json(_service_check_json(c)), 0) for c in checks)
+        yield from self._pack(Endpoint.CHECK_RUN, items, b"[", b",", b"]", self.other_limits)
+
+    def events(self, events: list[Event]) -> Iterator[Payload]:
+        """The v1 intake groups events by source type name, "api" when there is none."""
+        for source, group in _group_by_source(events).items():
+            head = b'{"apiKey":"","events":{' + _json(source) + b":["
+            tail = b']},"internalHostname":' + _json(self.hostname) + b"}"
+            items = ((_json(_event_json(e)), 0) for e in group)
+            yield from self._pack(Endpoint.EVENTS, items, head, b",", tail, self.other_limits)
+
+    def _pack(
+        self,
+        endpoint: Endpoint,
+        items: Iterable[tuple[bytes, int]],
+        head: bytes,
+        separator: bytes,
+        tail: bytes,
+        limits: Limits,
+    ) -> Iterator[Payload]:
+        """Greedy batches under the raw size and point limits, then halved until each compresses under its limit."""
+        envelope = len(head) + len(tail)
+        batch: list[bytes] = []
+        size, points = envelope, 0
+        for encoded, item_points in items:
+            added = len(encoded) + (len(separator) if batch else 0)
+            over_points = limits.max_points and points + item_points > limits.max_points
+            if batch and (size + added > limits.max_raw or over_points):
+                yield from self._compress(endpoint, batch, head, separator, tail, limits)
+                batch, size, points = [], envelope, 0
+                added = len(encoded)
+            batch.append(encoded)
+            size += added
+            points += item_points
+        if batch:
+            yield from self._compress(endpoint, batch, head, separator, tail, limits)
+
+    def _compress(
+        self, endpoint: Endpoint, batch: list[bytes], head: bytes, separator: bytes, tail: bytes, limits: Limits
+    ) -> Iterator[Payload]:
+        raw = head + separator.join(batch) + tail
+        body = self.compressor.compress(raw)
+        if len(body) <= limits.max_compressed and len(raw) <= limits.max_raw:
+            yield Payload(endpoint, body, self.compressor.encoding, len(batch), len(raw))
+        elif len(batch) > 1:
+            middle = len(batch) // 2
+            yield from self._compress(endpoint, batch[:middle], head, separator, tail, limits)
+            yield from self._compress(endpoint, batch[middle:], head, separator, tail, limits)
+        else:
+            self.stats.dropped["payload_too_large"] += 1
+
+
+def _split_points(series: Series, max_points: int) -> Iterator[Series]:
+    """A series with more points than one payload may hold is sent as several series of the same context."""
+    if not max_points or len(series.points) <= max_points:
+        yield series
+        return
+    for start in range(0, len(series.points), max_points):
+        yield Series(series.context, series.type, series.points[start : start + max_points], series.interval)
+
+
+def _device_and_tags(tags: tuple[str, ...]) -> tuple[str, list[str]]:
+    """A `device:` tag becomes the series' device, as in the Agent's serializer."""
+    device, kept = "", []
+    for tag in tags:
+        if tag.startswith("device:"):
+            device = tag[7:]
+        else:
+            kept.append(tag)
+    return device, kept
+
+
+# --- protobuf, hand-written --------------------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    value &= 0xFFFFFFFFFFFFFFFF  # negative int64 → ten-byte two's complement, as protobuf does
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(data: bytes) -> bytes:
+    return _varint(len(data)) + data
+
+
+def _string(tag: bytes, text: str) -> bytes:
+    return tag + _length_delimited(text.encode())
+
+
+def _series_proto(series: Series) -> bytes:
+    """MetricSeries: resources=1, metric=2, tags=3, points=4, type=5, interval=8."""
+    context = series.context
+    device, tags = _device_and_tags(context.tags)
+    out = [b"\x0a" + _length_delimited(_string(b"\x0a", "host") + _string(b"\x12", context.host))]
+    if device:
+        out.append(b"\x0a" + _length_delimited(_string(b"\x0a", "device") + _string(b"\x12", device)))
+    out.append(_string(b"\x12", context.name))
+    out.extend(_string(b"\x1a", tag) for tag in tags)
+    for timestamp, value in series.points:  # MetricPoint: value=1 (double), timestamp=2 (int64)
+        out.append(b"\x22" + _length_delimited(b"\x09" + _DOUBLE.pack(value) + b"\x10" + _varint(timestamp)))
+    out.append(b"\x28" + _varint(series.type))
+    out.append(b"\x40" + _varint(series.interval))
+    return b"".join(out)
+
+
+def _sketch_proto(sketch: SketchSeries) -> bytes:
+    """Sketch: metric=1, host=2, tags=4, dogsketches=7."""
+    context = sketch.context
+    out = [_string(b"\x0a", context.name), _string(b"\x12", context.host)]
+    out.extend(_string(b"\x22", tag) for tag in context.tags)
+    for point in sketch.points:
+        keys = b"".join(_varint((k << 1) ^ (k >> 31)) for k in point.keys)  # sint32: zigzag
+        counts = b"".join(_varint(n) for n in point.counts)
+        dogsketch = b"".join(
+            (
+                b"\x08" + _varint(point.timestamp),
+                b"\x10" + _varint(point.count),
+                b"\x19" + _DOUBLE.pack(point.min),
+                b"\x21" + _DOUBLE.pack(point.max),
+                b"\x29" + _DOUBLE.pack(point.sum / point.count),
+                b"\x31" + _DOUBLE.pack(point.sum),
+                b"\x3a" + _length_delimited(keys),
+                b"\x42" + _length_delimited(counts),
+            )
+        )
+        out.append(b"\x3a" + _length_delimited(dogsketch))
+    return b"".join(out)
+
+
+# --- JSON --------------------------------------------------------------------------------------------------------
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _series_json(series: Series) -> dict[str, object]:
+    device, tags = _device_and_tags(series.context.tags)
+    item: dict[str, object] = {
+        "metric": series.context.name,
+        "points": [[timestamp, value] for timestamp, value in series.points],
+        "tags": tags,
+        "host": series.context.host,
+        "type": series.type.name.lower(),
+        "interval": series.interval,
+    }
+    if device:
+        item["device"] = device
+    return item
+
+
+def _service_check_json(check: ServiceCheck) -> dict[str, object]:
+    return {
+        "check": check.name,
+        "host_name": check.host,
+        "timestamp": check.timestamp,
+        "status": check.status,
+        "message": check.message,
+        "tags": list(check.tags),
+    }
+
+
+def _event_json(event: Event) -> dict[str, object]:
+    """Optional fields are omitted when empty, like the Agent's serializer."""
+    item: dict[str, object] = {"msg_title": event.title, "msg_text": event.text, "timestamp": event.timestamp}
+    optional = {
+        "priority": event.priority,
+        "host": event.host,
+        "tags": list(event.tags),
+        "alert_type": event.alert_type,
+        "aggregation_key": event.aggregation_key,
+        "source_type_name": event.source_type_name,
+    }
+    item.update({key: value for key, value in optional.items() if value})
+    return item
+
+
+def _group_by_source(events: list[Event]) -> dict[str, list[Event]]:
+    groups: dict[str, list[Event]] = {}
+    for event in events:
+        groups.setdefault(event.source_type_name or "api", []).append(event)
+    return groups

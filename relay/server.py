@@ -1,0 +1,196 @@
+"""Relay: builds every stage from Config and runs them. Startup → flush loop → bounded shutdown with a final flush.
+
+Data flows one way: listen → parse → enrich → aggregate → serialize → forward. Ingest runs inside the
+listeners' callbacks (no queue hop per datagram); flushes run on a timer, serialization in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from typing import TextIO
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relay import __version__
+from relay.aggregate import Aggregator
+from relay.config import Config
+from relay.enrich import Enricher
+from relay.forward import DryRunSink, HttpSink, Sink
+from relay.listen import Listeners
+from relay.logs import RateLimitedLog
+from relay.model import Event, Flushed, MetricSample, Payload, ServiceCheck
+from relay.parse import ParseError, parse_datagram
+from relay.serialize import Serializer
+from relay.status import render_flush
+from relay.telemetry import Stats, build_registry
+
+logger = logging.getLogger(__name__)
+
+
+class Relay:
+    def __init__(self, config: Config, out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.out = out
+        self.stats = Stats()
+        self.stats.info.update(
+            version=__version__, hostname=config.hostname, flush_interval=config.relay_flush_interval
+        )
+        self.enricher = Enricher(config)
+        self.aggregator = Aggregator(config, self.stats)
+        self.stats.gauges["contexts"] = lambda: self.aggregator.contexts
+        self.serializer = Serializer(config, self.stats)
+        self.dry_run = not config.api_key
+        self.sink: Sink = DryRunSink(self.stats) if self.dry_run else HttpSink(config, self.stats)
+        self.listeners = Listeners(config, self.stats, self.ingest)
+        self.registry = build_registry(self.stats)
+        self.parse_log = RateLimitedLog(logger)
+        self.eol_required = frozenset(
+            transport
+            for transport in ("udp", "uds", "uds_stream")
+            if transport.split("_")[0] in config.dogstatsd_eol_required
+        )
+        self.timestamps = config.dogstatsd_no_aggregation_pipeline
+        self.should_exit = asyncio.Event()
+
+    # --- ingest: the hot path -------------------------------------------------------------------------------------
+
+    def ingest(self, data: bytes, transport: str) -> None:
+        """Parse one datagram and aggregate what it holds; nothing in it can stop the relay."""
+        now = time.time()
+        stats, aggregator = self.stats, self.aggregator
+        try:
+            for item in parse_datagram(data, eol_required=transport in self.eol_required, timestamps=self.timestamps):
+                if type(item) is MetricSample:
+                    values = len(item.values) or 1
+                    stats.messages["metric", "ok"] += values
+                    context = self.enricher.context(item.name, item.tags)
+                    if context is None:
+                        stats.dropped["blocklist"] += values
+                        continue
+                    aggregator.add(context, item.type, item.values, item.set_value, item.rate, item.timestamp, now)
+                elif type(item) is Event:
+                    stats.messages["event", "ok"] += 1
+                    aggregator.add_event(self.enricher.event(item), now)
+                elif type(item) is ServiceCheck:
+                    stats.messages["service_check", "ok"] += 1
+                    aggregator.add_service_check(self.enricher.service_check(item), now)
+                else:
+                    self._count_parse_error(item)  # type: ignore[arg-type]
+        except Exception:  # a bug must cost one datagram, never the relay
+            stats.dropped["internal_error"] += 1
+            self.parse_log.log(logging.ERROR, "internal", "internal error on a %s datagram", transport, exc_info=True)
+
+    def _count_parse_error(self, error: ParseError) -> None:
+        if error.kind == "unterminated":
+            self.stats.dropped["unterminated"] += 1
+        else:
+            self.stats.messages[error.kind, "error"] += 1
+            self.stats.parse_errors[error.reason] += 1
+        self.parse_log.log(
+            logging.ERROR,
+            error.kind,
+            "Dogstatsd: error parsing %s message %r: %s",
+            error.kind,
+            error.line[:200],
+            error.reason,
+        )
+
+    # --- flush ----------------------------------------------------------------------------------------------------
+
+    async def flush(self, *, force: bool = False) -> None:
+        started = time.perf_counter()
+        flushed = self.aggregator.flush(time.time(), force=force)
+        payloads = await asyncio.to_thread(self._serialize, flushed)
+        for payload in payloads:
+            self.sink.send(payload)
+        self.stats.record_flush(
+            time.perf_counter() - started,
+            {
+                "series": len(flushed.series),
+                "sketches": len(flushed.sketches),
+                "events": len(flushed.events),
+                "service_checks": len(flushed.service_checks),
+            },
+        )
+        if self.dry_run and payloads:
+            self.out.write(render_flush(flushed, payloads))
+            self.out.flush()
+
+    def _serialize(self, flushed: Flushed) -> list[Payload]:
+        serializer = self.serializer
+        return [
+            *serializer.series(flushed.series),
+            *serializer.sketches(flushed.sketches),
+            *serializer.service_checks(flushed.service_checks),
+            *serializer.events(flushed.events),
+        ]
+
+    async def _flush_loop(self) -> None:
+        """Flush just after each bucket boundary, so a bucket leaves as soon as it is closed."""
+        interval = self.config.relay_flush_interval
+        while True:
+            await asyncio.sleep(interval - time.time() % interval + 0.05)
+            try:
+                await self.flush()
+            except Exception:
+                logger.exception("flush failed")
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        health = await self._start_health()
+        await self.sink.start()
+        await self.listeners.start()
+        self.stats.info["listeners"] = dict(self.listeners.addresses)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        logger.info(
+            "dogstatsd-relay %s listening on %s; health on http://%s; %s",
+            __version__,
+            ", ".join(f"{k} {v}" for k, v in self.listeners.addresses.items()) or "nothing",
+            self.stats.info["health"],
+            "dry run (no API key): flushes are printed" if self.dry_run else f"sending to {self.config.intake_url}",
+        )
+        flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        await self.should_exit.wait()
+        await self.shutdown(flusher, health)
+
+    async def shutdown(self, flusher: asyncio.Task[None], health: web.AppRunner) -> None:
+        """Stop reading, flush every bucket (open ones too), send within relay.shutdown_timeout."""
+        logger.info("shutting down: final flush")
+        await self.listeners.stop()
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        await self.flush(force=True)
+        await self.sink.close(self.config.relay_shutdown_timeout)
+        await health.cleanup()
+        logger.info("stopped")
+
+    async def _start_health(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/status", self._status)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.relay_health_host, self.config.relay_health_port)
+        await site.start()
+        host, port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        self.stats.info["health"] = f"{host}:{port}"
+        return runner
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.snapshot())

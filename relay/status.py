@@ -1,0 +1,119 @@
+"""Status: the status JSON → text like `datadog-agent status`, and a flush → the table a dry run prints. Pure."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from relay.model import Flushed, Payload
+
+
+def _title(text: str) -> list[str]:
+    return ["", text, "=" * len(text)]
+
+
+def _number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render(status: dict[str, Any]) -> str:
+    info = status["info"]
+    lines = [f"dogstatsd-relay ({info.get('version', '?')})"]
+    lines.append("=" * len(lines[0]))
+    lines += [
+        f"  Hostname: {info.get('hostname', '')}",
+        f"  Uptime: {_duration(info.get('uptime_seconds', 0))}",
+        f"  Health endpoint: http://{info.get('health', '?')}",
+        f"  Flush interval: {info.get('flush_interval', '?')} s",
+    ]
+    lines += _title("Listeners")
+    addresses = info.get("listeners", {})
+    for transport, counts in status["listeners"].items():
+        lines.append(f"  {transport} ({addresses.get(transport, 'closed')})")
+        lines += [f"    {key.replace('_', ' ').title()}: {_number(value)}" for key, value in counts.items()]
+    lines += _title("DogStatsD")
+    for kind, counts in status["messages"].items():
+        name = kind.replace("_", " ").title()
+        lines.append(f"  {name} Packets: {_number(counts['ok'])}")
+        lines.append(f"  {name} Parse Errors: {_number(counts['error'])}")
+    for reason, count in sorted(status["parse_errors"].items()):
+        lines.append(f"    {reason}: {_number(count)}")
+    if status["dropped"]:
+        lines.append("  Samples dropped after parsing:")
+        lines += [f"    {reason}: {_number(count)}" for reason, count in sorted(status["dropped"].items())]
+    aggregator = status["aggregator"]
+    lines += _title("Aggregator")
+    lines.append(f"  Contexts: {_number(aggregator['contexts'])}")
+    lines.append(f"  Number Of Flushes: {_number(aggregator['flushes'])}")
+    lines.append(f"  Last Flush Duration: {aggregator['last_flush_seconds'] * 1000:.1f} ms")
+    for kind in ("series", "sketches", "events", "service_checks"):
+        label = kind.replace("_", " ").title()
+        lines.append(f"  {label} Flushed: {_number(aggregator['flushed'].get(kind, 0))}")
+    forwarder = status["forwarder"]
+    lines += _title("Forwarder")
+    lines.append(f"  Endpoint: {info.get('endpoint', '')}")
+    lines.append(f"  API Key: {info.get('api_key') or 'none'} ({_key_state(info.get('api_key_valid'))})")
+    for endpoint, results in forwarder["payloads"].items():
+        counts = ", ".join(f"{result} {_number(count)}" for result, count in results.items())
+        lines.append(f"  {endpoint}: {counts}")
+    lines.append(
+        f"  Retry Queue: {_number(forwarder['retry_queue_payloads'])} payloads, "
+        f"{_number(forwarder['retry_queue_bytes'])} bytes"
+    )
+    for code, count in sorted(forwarder["http_errors"].items()):
+        lines.append(f"  HTTP errors {code}: {_number(count)}")
+    return "\n".join(lines) + "\n"
+
+
+def _key_state(valid: bool | None) -> str:
+    return {True: "valid", False: "INVALID"}.get(valid, "not checked") if valid is not None else "not checked"
+
+
+def _duration(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}h {minute}m {second}s"
+
+
+def render_flush(flushed: Flushed, payloads: list[Payload]) -> str:
+    """What one flush would have sent, as a table; printed instead of sending when there is no API key."""
+    stamp = time.strftime("%H:%M:%S")
+    lines = [f"--- flush at {stamp}: nothing sent (dry run, no API key) ---"]
+    rows = [
+        (s.context.name, s.type.name.lower(), _points(s.points), s.context.host, ",".join(s.context.tags))
+        for s in flushed.series
+    ]
+    rows += [
+        (
+            s.context.name,
+            "sketch",
+            " ".join(f"n={p.count} avg={p.sum / p.count:g}" for p in s.points),
+            s.context.host,
+            ",".join(s.context.tags),
+        )
+        for s in flushed.sketches
+    ]
+    if rows:
+        lines += _table(("metric", "type", "points (ts=value)", "host", "tags"), sorted(rows))
+    for event in flushed.events:
+        lines.append(f"event [{event.alert_type}] {event.title!r} host={event.host} tags={','.join(event.tags)}")
+    for check in flushed.service_checks:
+        lines.append(f"service check {check.name} status={check.status} host={check.host} {check.message!r}")
+    for payload in payloads:
+        lines.append(
+            f"would POST {payload.endpoint.value}: {payload.items} items, {len(payload.body):,} bytes "
+            f"{payload.encoding or 'uncompressed'} ({payload.raw_size:,} raw)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _points(points: list[tuple[int, float]]) -> str:
+    return " ".join(f"{timestamp}={value:g}" for timestamp, value in points)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [min(60, max(len(str(row[i])) for row in [header, *rows])) for i in range(len(header))]
+    line = "  ".join(f"{{:<{width}}}" for width in widths)
+    return [line.format(*header), line.format(*("-" * w for w in widths))] + [
+        line.format(*(str(cell)[:60] for cell in row)) for row in rows
+    ]

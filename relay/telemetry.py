@@ -1,0 +1,152 @@
+"""Telemetry: the relay's own counters, read at scrape time into Prometheus text and the status JSON.
+
+Hot paths bump plain ints in `Stats`; nothing here runs per packet. Like prometheus_client's ProcessCollector,
+`RelayCollector` holds no state of its own and reads `Stats` when scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+
+MESSAGE_TYPES = ("metric", "event", "service_check")
+
+
+@dataclass
+class Stats:
+    """Every counter of the relay; each drop is counted where it happens."""
+
+    started: float = field(default_factory=time.time)
+    packets: Counter[str] = field(default_factory=Counter)  # by transport
+    bytes: Counter[str] = field(default_factory=Counter)
+    truncated: Counter[str] = field(default_factory=Counter)  # datagrams longer than dogstatsd_buffer_size
+    read_errors: Counter[str] = field(default_factory=Counter)
+    messages: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, ok|error), one per value
+    parse_errors: Counter[str] = field(default_factory=Counter)  # by reason
+    dropped: Counter[str] = field(default_factory=Counter)  # samples dropped after parsing, by reason
+    flushes: int = 0
+    flush_seconds: float = 0.0
+    last_flush_seconds: float = 0.0
+    last_flush_at: float = 0.0
+    flushed: Counter[str] = field(default_factory=Counter)  # series | sketches | events | service_checks
+    payloads: Counter[tuple[str, str]] = field(default_factory=Counter)  # (endpoint, sent|dropped|retried)
+    payload_bytes: Counter[str] = field(default_factory=Counter)  # compressed bytes accepted, by endpoint
+    http_errors: Counter[str] = field(default_factory=Counter)  # by status code or error kind
+    gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # contexts, retry_queue_bytes, ...
+    info: dict[str, Any] = field(default_factory=dict)  # version, hostname, listeners, endpoint, api key state
+
+    def gauge(self, name: str) -> float:
+        read = self.gauges.get(name)
+        return read() if read else 0
+
+    def record_flush(self, seconds: float, counts: dict[str, int]) -> None:
+        self.flushes += 1
+        self.flush_seconds += seconds
+        self.last_flush_seconds = seconds
+        self.last_flush_at = time.time()
+        self.flushed.update(counts)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status JSON: what `dogstatsd-relay status` prints."""
+        return {
+            "info": {**self.info, "uptime_seconds": round(time.time() - self.started, 1)},
+            "listeners": {
+                transport: {
+                    "packets": self.packets[transport],
+                    "bytes": self.bytes[transport],
+                    "truncated": self.truncated[transport],
+                    "read_errors": self.read_errors[transport],
+                }
+                for transport in sorted(set(self.info.get("listeners", {})) | set(self.packets))
+            },
+            "messages": {
+                kind: {"ok": self.messages[kind, "ok"], "error": self.messages[kind, "error"]} for kind in MESSAGE_TYPES
+            },
+            "parse_errors": dict(self.parse_errors),
+            "dropped": dict(self.dropped),
+            "aggregator": {
+                "contexts": int(self.gauge("contexts")),
+                "flushes": self.flushes,
+                "last_flush_seconds": round(self.last_flush_seconds, 4),
+                "last_flush_at": self.last_flush_at,
+                "flushed": dict(self.flushed),
+            },
+            "forwarder": {
+                "payloads": _nested(self.payloads),
+                "bytes_sent": dict(self.payload_bytes),
+                "http_errors": dict(self.http_errors),
+                "retry_queue_bytes": int(self.gauge("retry_queue_bytes")),
+                "retry_queue_payloads": int(self.gauge("retry_queue_payloads")),
+            },
+        }
+
+
+def _nested(counter: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    nested: dict[str, dict[str, int]] = {}
+    for (outer, inner), value in sorted(counter.items()):
+        nested.setdefault(outer, {"sent": 0, "dropped": 0, "retried": 0})[inner] = value
+    return nested
+
+
+class RelayCollector:
+    """Turns Stats into Prometheus metric families at scrape time."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield _counter("relay_packets", "Datagrams or frames received.", ["transport"], s.packets)
+        yield _counter("relay_bytes", "Bytes received.", ["transport"], s.bytes)
+        yield _counter(
+            "relay_packets_truncated",
+            "Datagrams longer than dogstatsd_buffer_size.",
+            ["transport"],
+            s.truncated,
+        )
+        yield _counter("relay_packet_read_errors", "Socket read errors.", ["transport"], s.read_errors)
+        yield _counter("relay_messages", "Messages parsed, one per metric value.", ["type", "state"], s.messages)
+        yield _counter("relay_parse_errors", "Lines rejected by the parser.", ["reason"], s.parse_errors)
+        yield _counter("relay_samples_dropped", "Samples dropped after parsing.", ["reason"], s.dropped)
+        yield _gauge("relay_contexts", "Live aggregation contexts.", s.gauge("contexts"))
+        yield _counter("relay_flushes", "Aggregator flushes.", [], {(): s.flushes})
+        summary = SummaryMetricFamily("relay_flush_duration_seconds", "Aggregate, serialize and compress time.")
+        summary.add_metric([], count_value=s.flushes, sum_value=s.flush_seconds)
+        yield summary
+        yield _counter("relay_flushed_items", "Items flushed, by data type.", ["data_type"], s.flushed)
+        yield _counter("relay_payloads", "Payloads by outcome.", ["endpoint", "result"], s.payloads)
+        yield _counter("relay_payload_bytes", "Compressed bytes accepted by the intake.", ["endpoint"], s.payload_bytes)
+        yield _counter("relay_http_errors", "Failed intake requests.", ["code"], s.http_errors)
+        yield _gauge("relay_retry_queue_bytes", "Bytes of payloads waiting to be sent.", s.gauge("retry_queue_bytes"))
+        yield _gauge("relay_retry_queue_payloads", "Payloads waiting to be sent.", s.gauge("retry_queue_payloads"))
+        yield _gauge(
+            "relay_api_key_valid",
+            "1 when the intake accepted the API key.",
+            s.info.get("api_key_valid") is True,
+        )
+
+
+def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        label_values = list(key) if isinstance(key, tuple) else [key]
+        family.add_metric(label_values, value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value))
+
+
+def build_registry(stats: Stats) -> CollectorRegistry:
+    """A registry of our own (never the global one): relay counters plus the process's CPU and memory."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(stats))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
+    return registry

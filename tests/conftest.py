@@ -1,0 +1,137 @@
+"""Shared fixtures: a real intake stand-in in the test's loop, and the relay as a subprocess on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.config import Config
+from relay.intake import Intake
+
+API_KEY = "0123456789abcdef0123456789abcdef"
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def config(**overrides: Any) -> Config:
+    """A Config from defaults plus datadog.yaml keys given as keyword arguments (dots as double underscores)."""
+    return Config.load(None, {}, {key.replace("__", "."): str(value) for key, value in overrides.items()})
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> Any:
+    """Poll until `condition()` is truthy; fail with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+class RunningRelay:
+    """A relay subprocess and the addresses it listens on."""
+
+    def __init__(self, process: subprocess.Popen[bytes], env: dict[str, str], tmp: Path) -> None:
+        self.process = process
+        self.env = env
+        self.udp_port = int(env["DD_DOGSTATSD_PORT"])
+        self.health = f"http://127.0.0.1:{env['DD_RELAY_HEALTH_PORT']}"
+        self.socket_path = env.get("DD_DOGSTATSD_SOCKET", "")
+        self.stream_path = env.get("DD_DOGSTATSD_STREAM_SOCKET", "")
+        self.tmp = tmp
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.health + "/status", timeout=5) as response:
+            return json.load(response)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.health + "/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def send_udp(self, data: bytes) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(data, ("127.0.0.1", self.udp_port))
+
+    async def stop(self, timeout: float = 30) -> tuple[int, str, str]:
+        """SIGTERM, then the exit code and what it printed; waits in a thread so the intake keeps serving."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(self.process.communicate, timeout=timeout)
+        return self.process.returncode, out.decode(), err.decode()
+
+
+@asynccontextmanager
+async def run_relay(tmp_path: Path, intake_url: str | None, **env: str) -> AsyncIterator[RunningRelay]:
+    """Start `python -m relay run` and wait until its health endpoint answers; always stop it."""
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DD_")},
+        "DD_DOGSTATSD_PORT": str(free_port()),
+        "DD_RELAY_HEALTH_PORT": str(free_port(socket.SOCK_STREAM)),
+        "DD_RELAY_FLUSH_INTERVAL": "1",
+        "DD_HOSTNAME": "test-host",
+        "DD_FORWARDER_BACKOFF_BASE": "0.05",
+        "DD_FORWARDER_BACKOFF_MAX": "0.4",
+        "DD_LOG_LEVEL": "debug",
+    }
+    if intake_url:
+        full_env.update(DD_API_KEY=API_KEY, DD_DD_URL=intake_url)
+    full_env.update(env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "run"], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    relay = RunningRelay(process, full_env, tmp_path)
+    try:
+        await wait_for(lambda: _answers(relay), timeout=20)
+        yield relay
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _answers(relay: RunningRelay) -> bool:
+    if relay.process.poll() is not None:
+        _, err = relay.process.communicate()
+        raise AssertionError(f"relay exited with {relay.process.returncode}: {err.decode()[-2000:]}")
+    try:
+        with urllib.request.urlopen(relay.health + "/healthz", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+async def intake() -> AsyncIterator[tuple[Intake, str]]:
+    stand_in = Intake(api_key=API_KEY)
+    runner, port = await stand_in.start()
+    try:
+        yield stand_in, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def short_tmp() -> Any:
+    """Unix socket paths must stay under ~100 bytes, shorter than pytest's tmp_path can be."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="relay-") as directory:
+        yield Path(directory)

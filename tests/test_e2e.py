@@ -1,0 +1,259 @@
+"""End to end: the official `datadog` client → real UDP / Unix sockets → relay subprocess → intake stand-in."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from datadog.dogstatsd import DogStatsd
+
+from tests.conftest import API_KEY, run_relay, wait_for
+
+
+def client(**kwargs: Any) -> DogStatsd:
+    return DogStatsd(disable_telemetry=True, disable_buffering=False, **kwargs)
+
+
+def by_metric(series: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in series:
+        grouped[item["metric"]].append(item)
+    return grouped
+
+
+def total(series: list[dict[str, Any]], name: str, interval: int = 1) -> float:
+    """Sum of value * interval over every point of a rate: what the backend stores as the count."""
+    return sum(value * interval for s in series if s["metric"] == name for _, value in s["points"])
+
+
+def emit_everything(statsd: DogStatsd, prefix: str) -> None:
+    statsd.increment(f"{prefix}.views", 3, tags=["env:dev", "page:home"])
+    statsd.increment(f"{prefix}.views", 2, tags=["page:home", "env:dev"])  # same context, other tag order
+    statsd.decrement(f"{prefix}.stock", tags=["env:dev"])
+    statsd.gauge("my_metric", 512, tags=["check_group:test"])
+    for value in (1, 10, 4, 5, 2, 2):
+        statsd.histogram(f"{prefix}.latency", value)
+    statsd.timing(f"{prefix}.timer", 250)
+    for value in (1, 2, 3):
+        statsd.distribution(f"{prefix}.size", value, tags=["unit:kb"])
+    statsd.set(f"{prefix}.users", "alice")
+    statsd.set(f"{prefix}.users", "bob")
+    statsd.set(f"{prefix}.users", "alice")
+    statsd.gauge(f"{prefix}.remote", 7, tags=["host:other-box"])
+    statsd.event("Deploy finished", "v1.2 is out\nall good", alert_type="success", tags=["team:core"])
+    statsd.service_check(f"{prefix}.can_connect", 2, message="db down", tags=["db:main"])
+    statsd.flush()
+
+
+def assert_everything(intake: Any, prefix: str) -> None:
+    series = by_metric(intake.series)
+    assert total(intake.series, f"{prefix}.views") == 5
+    views = series[f"{prefix}.views"]
+    assert {v["type"] for v in views} == {"rate"} and {v["interval"] for v in views} == {1}
+    assert sorted(views[0]["tags"]) == ["env:dev", "page:home"] and views[0]["host"] == "test-host"
+    assert total(intake.series, f"{prefix}.stock") == -1
+    assert series["my_metric"][0]["points"][0][1] == 512 and series["my_metric"][0]["type"] == "gauge"
+    assert series["my_metric"][0]["tags"] == ["check_group:test"]
+    latency = {suffix: series[f"{prefix}.latency.{suffix}"][0]["points"][0][1] for suffix in
+               ("max", "median", "avg", "count", "95percentile")}  # fmt: skip
+    assert latency == {"max": 10, "median": 2, "avg": 4, "count": 6, "95percentile": 10}
+    assert series[f"{prefix}.latency.count"][0]["type"] == "rate"
+    assert series[f"{prefix}.timer.max"][0]["points"][0][1] == 250
+    assert series[f"{prefix}.users"][0]["points"][0][1] == 2
+    assert series[f"{prefix}.remote"][0]["host"] == "other-box" and series[f"{prefix}.remote"][0]["tags"] == []
+    sketch = next(s for s in intake.sketches if s["metric"] == f"{prefix}.size")
+    point = sketch["points"][0]
+    assert (point["cnt"], point["min"], point["max"], point["sum"], point["avg"]) == (3, 1, 3, 6, 2)
+    assert point["k"] == [1338, 1383, 1409] and point["n"] == [1, 1, 1] and sketch["tags"] == ["unit:kb"]
+    event = next(e for e in intake.events if e["msg_title"] == "Deploy finished")
+    assert event["msg_text"] == "v1.2 is out\nall good" and event["alert_type"] == "success"
+    assert event["tags"] == ["team:core"] and event["host"] == "test-host"
+    check = next(c for c in intake.service_checks if c["check"] == f"{prefix}.can_connect")
+    assert (check["status"], check["message"], check["tags"], check["host_name"]) == (
+        2,
+        "db down",
+        ["db:main"],
+        "test-host",
+    )
+
+
+async def test_datadog_client_over_udp_reaches_the_intake_as_the_agent_would_send_it(intake, tmp_path):
+    stand_in, url = intake
+    async with run_relay(tmp_path, url) as relay:
+        emit_everything(client(host="127.0.0.1", port=relay.udp_port), "udp")
+        await wait_for(
+            lambda: stand_in.events and stand_in.service_checks and stand_in.sketches and len(stand_in.series) >= 12
+        )
+        code, _, err = await relay.stop()
+    assert code == 0, err
+    assert_everything(stand_in, "udp")
+    request = next(r for r in stand_in.requests if r.path == "/api/v2/series")
+    assert request.headers["Content-Encoding"] == "zstd"
+    assert request.headers["Content-Type"] == "application/x-protobuf"
+    assert request.headers["User-Agent"].startswith("dogstatsd-relay/")
+
+
+async def test_unix_datagram_and_stream_sockets(intake, short_tmp):
+    stand_in, url = intake
+    dgram, stream = short_tmp / "dsd.socket", short_tmp / "dsd-stream.socket"
+    async with run_relay(
+        short_tmp, url, DD_DOGSTATSD_SOCKET=str(dgram), DD_DOGSTATSD_STREAM_SOCKET=str(stream)
+    ) as relay:
+        emit_everything(client(socket_path=f"unixgram://{dgram}"), "uds")
+        emit_everything(client(socket_path=f"unixstream://{stream}"), "stream")
+        await wait_for(
+            lambda: len(stand_in.events) >= 2 and len(stand_in.service_checks) >= 2 and len(stand_in.sketches) >= 2
+        )
+        await wait_for(lambda: total(stand_in.series, "stream.views") == 5 and total(stand_in.series, "uds.views") == 5)
+        status = relay.status()
+        code, _, err = await relay.stop()
+    assert code == 0, err
+    assert_everything(stand_in, "uds")
+    assert_everything(stand_in, "stream")
+    assert status["listeners"]["uds"]["packets"] >= 1 and status["listeners"]["uds_stream"]["packets"] >= 1
+    assert not dgram.exists() and not stream.exists()
+
+
+async def test_stream_frames_split_across_writes_and_a_bad_line_beside_good_ones(intake, short_tmp):
+    stand_in, url = intake
+    stream = short_tmp / "s.socket"
+    async with run_relay(short_tmp, url, DD_DOGSTATSD_STREAM_SOCKET=str(stream)) as relay:
+        frame = b"framed:1|c\nthis is garbage\nframed:2|c"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(stream))
+            data = struct.pack("<I", len(frame)) + frame
+            sock.sendall(data[:3])
+            sock.sendall(data[3:10])
+            sock.sendall(data[10:] + struct.pack("<I", 6) + b"x:4|c\n")
+        await wait_for(lambda: total(stand_in.series, "framed") == 3 and total(stand_in.series, "x") == 4)
+        status = relay.status()
+        await relay.stop()
+    assert status["messages"]["metric"] == {"ok": 3, "error": 1}
+    assert status["listeners"]["uds_stream"]["packets"] == 2
+
+
+async def test_sigterm_flushes_open_buckets_and_loses_nothing(intake, tmp_path):
+    stand_in, url = intake
+    async with run_relay(tmp_path, url, DD_RELAY_FLUSH_INTERVAL="60") as relay:
+        statsd = client(host="127.0.0.1", port=relay.udp_port)
+        for _ in range(2000):
+            statsd.increment("shutdown.count", 1)
+        statsd.distribution("shutdown.dist", 5)
+        statsd.flush()
+        await wait_for(lambda: relay.status()["messages"]["metric"]["ok"] == 2001)
+        assert stand_in.series == []  # the 60 s bucket is still open
+        code, _, err = await relay.stop()
+    assert code == 0, err
+    assert total(stand_in.series, "shutdown.count", interval=60) == pytest.approx(2000)
+    assert stand_in.sketches[0]["points"][0]["cnt"] == 1
+    assert "final flush" in err
+
+
+async def test_intake_errors_then_recovery_deliver_everything_exactly_once(intake, tmp_path):
+    stand_in, url = intake
+    stand_in.faults.extend([500, 503, 502, 429, 404])
+    async with run_relay(tmp_path, url) as relay:
+        relay.send_udp(b"outage.count:7|c\noutage.gauge:3|g")
+        await wait_for(lambda: total(stand_in.series, "outage.count") == 7, timeout=20)
+        status = relay.status()
+        await relay.stop()
+    assert next(s for s in stand_in.series if s["metric"] == "outage.gauge")["points"][0][1] == 3
+    assert len([s for s in stand_in.series if s["metric"] == "outage.gauge"]) == 1
+    assert status["forwarder"]["payloads"]["/api/v2/series"]["retried"] == 5
+    assert {"500", "503", "502", "429", "404"} <= set(status["forwarder"]["http_errors"])
+
+
+async def test_rejected_payloads_are_dropped_and_counted_not_retried(intake, tmp_path):
+    stand_in, url = intake
+    stand_in.faults.extend([403, 400, 413])
+    async with run_relay(tmp_path, url) as relay:
+        for index in range(3):
+            relay.send_udp(b"rejected:1|g")
+            await wait_for(
+                lambda n=index: relay.status()["forwarder"]["payloads"].get("/api/v2/series", {}).get("dropped", 0) > n
+            )
+        relay.send_udp(b"accepted:1|g")
+        await wait_for(lambda: any(s["metric"] == "accepted" for s in stand_in.series))
+        status = relay.status()
+        metrics = relay.metrics_text()
+        await relay.stop()
+    series = status["forwarder"]["payloads"]["/api/v2/series"]
+    assert series["dropped"] == 3 and series["retried"] == 0
+    assert status["info"]["api_key_valid"] is False  # a 403 marks the key invalid
+    assert 'relay_payloads_total{endpoint="/api/v2/series",result="dropped"} 3.0' in metrics
+    assert not any(s["metric"] == "rejected" for s in stand_in.series)
+
+
+async def test_100k_contexts_in_one_flush_are_split_under_the_intake_limits(intake, tmp_path):
+    stand_in, url = intake
+    # Paced on the relay's own counter: at most ~4,000 lines in flight, well inside the receive buffer.
+    async with run_relay(tmp_path, url, DD_RELAY_FLUSH_INTERVAL="60", DD_DOGSTATSD_SO_RCVBUF="4194304") as relay:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for start in range(0, 100_000, 20):
+                lines = [f"big.metric.{i % 50}:{i}|g|#shard:{i},env:load-test" for i in range(start, start + 20)]
+                sock.sendto("\n".join(lines).encode(), ("127.0.0.1", relay.udp_port))
+                if start % 2000 == 0:
+                    await wait_for(lambda s=start: relay.status()["messages"]["metric"]["ok"] >= s - 2000)
+        await wait_for(lambda: relay.status()["messages"]["metric"]["ok"] == 100_000, timeout=60)
+        code, _, err = await relay.stop(timeout=120)
+    assert code == 0, err
+    assert len(stand_in.series) == 100_000
+    series_requests = [r for r in stand_in.requests if r.path == "/api/v2/series"]
+    assert len(series_requests) > 1
+    assert all(r.status == 202 and r.compressed_size <= 512_000 and r.raw_size <= 5_242_880 for r in series_requests)
+
+
+async def test_dry_run_without_api_key_prints_what_would_be_sent(tmp_path):
+    async with run_relay(tmp_path, None) as relay:
+        relay.send_udp(b"dry.run:5|c|#a:b")
+        await wait_for(lambda: relay.status()["aggregator"]["flushed"].get("series", 0) >= 1)
+        code, out, err = await relay.stop()
+    assert code == 0, err
+    assert "dry run" in out and "dry.run" in out and "would POST /api/v2/series" in out
+
+
+async def test_status_command_prints_live_counters(intake, tmp_path):
+    _stand_in, url = intake
+    async with run_relay(tmp_path, url) as relay:
+        relay.send_udp(b"status.metric:1|c\nnot a metric")
+        await wait_for(lambda: relay.status()["messages"]["metric"]["error"] == 1)
+        env = {**os.environ, "DD_RELAY_HEALTH_PORT": relay.env["DD_RELAY_HEALTH_PORT"]}
+        text = subprocess.run([sys.executable, "-m", "relay", "status"], env=env, capture_output=True, text=True)
+        as_json = subprocess.run(
+            [sys.executable, "-m", "relay", "status", "--json"], env=env, capture_output=True, text=True
+        )
+        await relay.stop()
+    assert text.returncode == 0, text.stderr
+    assert "Metric Packets: 1" in text.stdout and "Metric Parse Errors: 1" in text.stdout
+    assert "***bcdef" in text.stdout and API_KEY not in text.stdout
+    assert '"listeners"' in as_json.stdout
+
+
+def test_bad_configuration_fails_at_start_with_one_line_naming_the_key():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DD_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "run"],
+        env={**env, "DD_DOGSTATSD_PORT": "70000"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "config: dogstatsd_port: must be 0..65535, got 70000"
+
+
+def test_config_command_redacts_the_api_key():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DD_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "config"],
+        env={**env, "DD_API_KEY": "secretsecretsecret12345"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0
+    assert "api_key: '***12345'" in result.stdout and "secretsecret" not in result.stdout
