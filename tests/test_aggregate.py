@@ -1,0 +1,238 @@
+"""Aggregator: the Agent's vectors (spec section 2.3) and properties. Time is an argument: nothing sleeps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.aggregate import Aggregator
+from relay.model import Context, Flushed, MetricType, SeriesType
+from relay.telemetry import Stats
+from tests.conftest import config
+
+
+def aggregator(**overrides: object) -> Aggregator:
+    return Aggregator(config(**overrides), Stats())
+
+
+def add(agg: Aggregator, name: str, metric_type: MetricType, value: float | str, now: float, rate: float = 1.0,
+        tags: tuple[str, ...] = (), timestamp: int = 0) -> None:  # fmt: skip
+    values = () if isinstance(value, str) else (float(value),)
+    agg.add(
+        Context(name, "h", tags), metric_type, values, value if isinstance(value, str) else "", rate, timestamp, now
+    )
+
+
+def points(flushed: Flushed) -> dict[tuple[str, SeriesType], list[tuple[int, float]]]:
+    return {(s.context.name, s.type): s.points for s in flushed.series}
+
+
+def test_counter_vector_a():
+    agg = aggregator()
+    add(agg, "c", MetricType.COUNTER, 2, 55, rate=0.5)
+    for value in (1, 2, 5, 0, 8, 3):
+        add(agg, "c", MetricType.COUNTER, value, 55)
+    assert points(agg.flush(60)) == {("c", SeriesType.RATE): [(50, pytest.approx(2.3))]}
+    add(agg, "c", MetricType.COUNTER, 5, 65, rate=0.5)
+    add(agg, "c", MetricType.COUNTER, 3, 65, rate=0.5)
+    assert points(agg.flush(70))[("c", SeriesType.RATE)] == [(60, pytest.approx(1.6))]
+
+
+def test_counter_zero_fill_and_expiry_vector_b():
+    agg = aggregator()
+    add(agg, "counter1", MetricType.COUNTER, 1, 1004)
+    add(agg, "counter2", MetricType.COUNTER, 2, 1002)
+    add(agg, "gauge", MetricType.GAUGE, 2, 1003, tags=("bar", "foo"))
+    assert points(agg.flush(1010)) == {
+        ("counter1", SeriesType.RATE): [(1000, 0.1)],
+        ("counter2", SeriesType.RATE): [(1000, 0.2)],
+        ("gauge", SeriesType.GAUGE): [(1000, 2.0)],
+    }
+    add(agg, "counter2", MetricType.COUNTER, 2, 1034)
+    add(agg, "counter1", MetricType.COUNTER, 1, 1010)
+    add(agg, "counter2", MetricType.COUNTER, 2, 1020)
+    assert points(agg.flush(1040)) == {
+        ("counter1", SeriesType.RATE): [(1010, 0.1), (1020, 0.0), (1030, 0.0)],
+        ("counter2", SeriesType.RATE): [(1010, 0.0), (1020, 0.2), (1030, 0.2)],
+    }
+    assert points(agg.flush(1045)) == {}
+    assert points(agg.flush(1050)) == {
+        ("counter1", SeriesType.RATE): [(1040, 0.0)],
+        ("counter2", SeriesType.RATE): [(1040, 0.0)],
+    }
+    assert points(agg.flush(1329)) == {("counter2", SeriesType.RATE): [(1310, 0.0)]}
+    assert points(agg.flush(1800)) == {}
+    assert agg.contexts == 0
+
+
+def histogram_points(samples: list[tuple[float, float]], **overrides: object) -> dict[str, float]:
+    agg = aggregator(**overrides)
+    for value, rate in samples:
+        add(agg, "h", MetricType.HISTOGRAM, value, 1000, rate=rate)
+    return {name.removeprefix("h."): pts[0][1] for (name, _), pts in points(agg.flush(1010)).items()}
+
+
+def test_histogram_vector_c_defaults():
+    result = histogram_points([(v, 1) for v in (1, 10, 4, 5, 2, 2)])
+    assert result == {"max": 10, "median": 2, "avg": 4, "count": 0.6, "95percentile": 10}
+
+
+def test_histogram_vector_c_min_sum():
+    assert histogram_points([(v, 1) for v in (1, 10, 4, 5, 2, 2)], histogram_aggregates="min sum") == {
+        "min": 1, "sum": 24, "95percentile": 10,
+    }  # fmt: skip
+
+
+def test_histogram_vector_c_weighted():
+    result = histogram_points(
+        [(1, 1), (2, 0.5), (3, 0.2), (10, 0.5)],
+        histogram_aggregates="max min median avg sum count",
+        histogram_percentiles="0.2 0.8 0.95",
+    )
+    assert result == {
+        "max": 10, "min": 1, "median": 3, "avg": 4, "sum": 40, "count": 1,
+        "20percentile": 2, "80percentile": 3, "95percentile": 10,
+    }  # fmt: skip
+
+
+def test_histogram_count_is_a_rate_and_timers_are_histograms():
+    agg = aggregator()
+    add(agg, "t", MetricType.TIMER, 250, 1000)
+    kinds = {name: series_type for (name, series_type) in points(agg.flush(1010))}
+    assert kinds["t.count"] is SeriesType.RATE and kinds["t.max"] is SeriesType.GAUGE
+
+
+def test_time_sampler_vector_d_buckets():
+    agg = aggregator()
+    for now in (12345, 12355, 12365):
+        add(agg, "my.metric.name", MetricType.GAUGE, 1, now)
+        add(agg, "distribution.metric.name1", MetricType.DISTRIBUTION, 1, now)
+    flushed = agg.flush(12360)
+    assert points(flushed) == {("my.metric.name", SeriesType.GAUGE): [(12340, 1.0), (12350, 1.0)]}
+    assert [p.timestamp for p in flushed.sketches[0].points] == [12340, 12350]
+    assert [p.count for p in flushed.sketches[0].points] == [1, 1]
+
+
+def test_forced_flush_includes_open_buckets():
+    agg = aggregator()
+    for now in (999, 1010, 1022):
+        add(agg, "c", MetricType.COUNTER, 1, now)
+    assert [ts for ts, _ in points(agg.flush(1000, force=True))[("c", SeriesType.RATE)]] == [990, 1010, 1020]
+
+
+def test_gauges_are_last_value_and_never_zero_filled():
+    agg = aggregator()
+    for value in (5, 3, 9):
+        add(agg, "g", MetricType.GAUGE, value, 1001)
+    assert points(agg.flush(1010)) == {("g", SeriesType.GAUGE): [(1000, 9.0)]}
+    assert points(agg.flush(1020)) == {}
+
+
+def test_sets_count_unique_members_and_ignore_sample_rate():
+    agg = aggregator()
+    for member in ("a", "b", "a", "c"):
+        add(agg, "s", MetricType.SET, member, 1001, rate=0.1)
+    assert points(agg.flush(1010)) == {("s", SeriesType.GAUGE): [(1000, 3.0)]}
+
+
+def test_nan_and_inf_are_dropped_and_counted():
+    agg = aggregator()
+    agg.add(Context("g", "h", ()), MetricType.GAUGE, (math.nan,), "", 1, 0, 1001)
+    agg.add(Context("h", "h", ()), MetricType.HISTOGRAM, (math.inf, 2.0), "", 1, 0, 1001)
+    agg.add(Context("d", "h", ()), MetricType.DISTRIBUTION, (-math.inf,), "", 1, 0, 1001)
+    flushed = agg.flush(1010)
+    assert set(points(flushed)) == {(f"h.{s}", t) for s, t in [("max", SeriesType.GAUGE), ("median", SeriesType.GAUGE),
+                                    ("avg", SeriesType.GAUGE), ("count", SeriesType.RATE),
+                                    ("95percentile", SeriesType.GAUGE)]}  # fmt: skip
+    assert flushed.sketches == []
+    assert agg.stats.dropped["nan_or_inf"] == 3
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, 2.0, math.nan])
+def test_out_of_range_sample_rates_count_as_one(rate):
+    agg = aggregator()
+    add(agg, "c", MetricType.COUNTER, 10, 1001, rate=rate)
+    add(agg, "h", MetricType.HISTOGRAM, 10, 1001, rate=rate)
+    add(agg, "d", MetricType.DISTRIBUTION, 10, 1001, rate=rate)
+    flushed = agg.flush(1010)
+    result = points(flushed)
+    assert result[("c", SeriesType.RATE)] == [(1000, 1.0)]
+    assert result[("h.count", SeriesType.RATE)] == [(1000, 0.1)]
+    assert flushed.sketches[0].points[0].count == 1
+
+
+def test_distribution_sample_rate_inserts_one_over_rate_times():
+    agg = aggregator()
+    add(agg, "d", MetricType.DISTRIBUTION, 3, 1001, rate=0.25)
+    point = agg.flush(1010).sketches[0].points[0]
+    assert (point.count, point.sum, point.keys, point.counts) == (4, 12.0, [1409], [4])
+
+
+def test_timestamped_gauges_and_counters_bypass_buckets():
+    agg = aggregator()
+    add(agg, "tg", MetricType.GAUGE, 5, 2000, timestamp=1500)
+    add(agg, "tc", MetricType.COUNTER, 30, 2000, rate=0.5, timestamp=1500)  # no sample rate in this path
+    add(agg, "th", MetricType.HISTOGRAM, 1, 2000, timestamp=1500)
+    result = points(agg.flush(2001))  # the bucket of arrival is still open: they leave anyway
+    assert result == {("tg", SeriesType.GAUGE): [(1500, 5.0)], ("tc", SeriesType.RATE): [(1500, 3.0)]}
+    assert agg.stats.dropped["timestamped_unsupported_type"] == 1
+
+
+def test_histogram_copy_to_distribution():
+    agg = aggregator(histogram_copy_to_distribution="true", histogram_copy_to_distribution_prefix="dist.")
+    add(agg, "lat", MetricType.HISTOGRAM, 7, 1001)
+    flushed = agg.flush(1010)
+    assert ("lat.max", SeriesType.GAUGE) in points(flushed)
+    assert flushed.sketches[0].context.name == "dist.lat"
+
+
+def test_a_set_member_in_a_numeric_context_is_a_counted_conflict():
+    agg = aggregator()
+    add(agg, "x", MetricType.GAUGE, 1, 1001)
+    add(agg, "x", MetricType.SET, "member", 1001)
+    add(agg, "x", MetricType.COUNTER, 4, 1001)  # numeric into the first type, as in the Agent
+    assert points(agg.flush(1010)) == {("x", SeriesType.GAUGE): [(1000, 4.0)]}
+    assert agg.stats.dropped["type_conflict"] == 1
+
+
+def test_events_and_service_checks_get_a_timestamp_and_leave_at_the_next_flush():
+    from relay.model import Event, ServiceCheck
+
+    agg = aggregator()
+    agg.add_event(Event("t", "x"), 1234.5)
+    agg.add_service_check(ServiceCheck("c", 0, timestamp=99), 1234.5)
+    flushed = agg.flush(1235)
+    assert flushed.events[0].timestamp == 1234 and flushed.service_checks[0].timestamp == 99
+    assert agg.flush(1250).events == []
+
+
+def test_flush_interval_sets_bucket_width_and_series_interval():
+    agg = aggregator(relay__flush_interval=15)
+    add(agg, "c", MetricType.COUNTER, 30, 1007)
+    flushed = agg.flush(1020)
+    assert flushed.series[0].points == [(1005, 2.0)] and flushed.series[0].interval == 15
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.floats(-1e6, 1e6), st.sampled_from([1.0, 0.5, 0.25, 0.1])), min_size=1, max_size=50))
+def test_counter_value_times_interval_is_the_sum_of_value_over_rate(samples):
+    agg = aggregator()
+    for value, rate in samples:
+        add(agg, "c", MetricType.COUNTER, value, 1001, rate=rate)
+    [(_, value)] = points(agg.flush(1010))[("c", SeriesType.RATE)]
+    assert value * 10 == pytest.approx(sum(v / r for v, r in samples), rel=1e-9, abs=1e-6)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.floats(-1e9, 1e9), min_size=1, max_size=100))
+def test_histogram_aggregates_bound_each_other(values):
+    agg = aggregator(histogram_aggregates="max min median avg sum count")
+    for value in values:
+        add(agg, "h", MetricType.HISTOGRAM, value, 1001)
+    result = {name: pts[0][1] for (name, _), pts in points(agg.flush(1010)).items()}
+    assert result["h.min"] <= result["h.median"] <= result["h.95percentile"] <= result["h.max"]
+    assert result["h.count"] * 10 == pytest.approx(len(values))
+    assert result["h.median"] in values and result["h.95percentile"] in values

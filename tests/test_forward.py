@@ -1,0 +1,66 @@
+"""Forwarder: the Agent's outcome table and backoff, and the bounded queue (against the intake stand-in)."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.forward import HttpSink, backoff_seconds, outcome
+from relay.model import Endpoint, Payload
+from relay.telemetry import Stats
+from tests.conftest import API_KEY, config, wait_for
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(200, "sent"), (202, "sent"), (302, "sent"), (400, "dropped"), (403, "dropped"), (413, "dropped"),
+     (404, "retried"), (408, "retried"), (429, "retried"), (500, "retried"), (503, "retried"), (None, "retried")],
+)  # fmt: skip
+def test_outcomes(status, expected):
+    assert outcome(status) == expected
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    for errors, (low, high) in {1: (2, 4), 2: (4, 8), 3: (8, 16), 4: (16, 32), 5: (32, 64)}.items():
+        for _ in range(50):
+            assert low <= backoff_seconds(errors, 2, 2, 64) <= high
+    assert backoff_seconds(6, 2, 2, 64) == 64 == backoff_seconds(60, 2, 2, 64)
+
+
+def payload(size: int = 10, endpoint: Endpoint = Endpoint.CHECK_RUN) -> Payload:
+    return Payload(endpoint, b"[" + b" " * (size - 2) + b"]", "", 1, size)
+
+
+async def test_full_queue_drops_the_oldest_and_counts_it(intake):
+    stand_in, url = intake
+    stats = Stats()
+    sink = HttpSink(config(dd_url=url, api_key=API_KEY, forwarder_retry_queue_payloads_max_size=25), stats)
+    stand_in.faults.extend([500] * 1000)
+    await sink.start()
+    for _ in range(4):
+        sink.send(payload())
+    assert sink.queue_bytes == 20 and stats.dropped["retry_queue_full"] == 2
+    stand_in.faults.clear()
+    await wait_for(lambda: not sink.queue)
+    await sink.close(1)
+    assert stats.payloads["/api/v1/check_run", "sent"] == 2
+    assert stats.payloads["/api/v1/check_run", "dropped"] == 2
+
+
+async def test_api_key_validation_is_reported(intake):
+    _, url = intake
+    stats = Stats()
+    sink = HttpSink(config(dd_url=url, api_key="wrong-key-12345"), stats)
+    await sink.start()
+    await wait_for(lambda: stats.info["api_key_valid"] is False)
+    await sink.close(1)
+    assert stats.info["api_key"] == "***12345"
+
+
+async def test_unreachable_intake_is_retried_then_counted_at_shutdown():
+    stats = Stats()
+    sink = HttpSink(config(dd_url="http://127.0.0.1:9", api_key=API_KEY, forwarder_backoff_base=0.01), stats)
+    await sink.start()
+    sink.send(payload())
+    await wait_for(lambda: stats.payloads["/api/v1/check_run", "retried"] >= 2)
+    await sink.close(0.1)
+    assert stats.dropped["shutdown_unsent"] == 1 and stats.payloads["/api/v1/check_run", "dropped"] == 1
