@@ -1,14 +1,18 @@
-"""Accumulators: one small class per metric type; add() samples of one context in one bucket, flush() its points.
+"""Accumulators: what a bucket holds per metric type, and how each becomes points at flush.
 
-Semantics follow the Agent's pkg/metrics (gauge.go, counter.go, set.go, histogram.go).
+Buckets keep plain dicts keyed by a context's slot (an int): adding a sample is one dict operation, and all the
+arithmetic of the Agent's pkg/metrics (gauge.go, counter.go, set.go, histogram.go) happens once, at flush.
+A histogram or distribution sample is a float (rate 1) or a (value, rate) tuple.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relay.model import SeriesType
+from relay.sketch import Sketch, sample_times
 
+Sample = float | tuple[float, float]  # a value, or (value, sample rate) when the rate is not 1
 Point = tuple[str, SeriesType, float]  # (name suffix, API type, value)
 
 
@@ -17,45 +21,19 @@ def effective_rate(rate: float) -> float:
     return rate if 0 < rate <= 1 else 1.0
 
 
-class Gauge:
-    __slots__ = ("value",)
+@dataclass(slots=True)
+class Bucket:
+    """Everything received in one interval, by type then slot."""
 
-    def __init__(self) -> None:
-        self.value = 0.0
+    start: int
+    gauges: dict[int, float] = field(default_factory=dict)  # last value
+    counters: dict[int, float] = field(default_factory=dict)  # sum of value / rate
+    sets: dict[int, set[str]] = field(default_factory=dict)
+    histograms: dict[int, list[Sample]] = field(default_factory=dict)  # h and ms
+    distributions: dict[int, list[Sample]] = field(default_factory=dict)
 
-    def add(self, value: float, rate: float) -> None:
-        self.value = value
-
-    def flush(self, interval: int) -> list[Point]:
-        return [("", SeriesType.GAUGE, self.value)]
-
-
-class Counter:
-    """Sum of value / rate, sent as a per-second rate (the backend multiplies back by the interval)."""
-
-    __slots__ = ("total",)
-
-    def __init__(self) -> None:
-        self.total = 0.0
-
-    def add(self, value: float, rate: float) -> None:
-        self.total += value / effective_rate(rate)
-
-    def flush(self, interval: int) -> list[Point]:
-        return [("", SeriesType.RATE, self.total / interval)]
-
-
-class Set:
-    __slots__ = ("members",)
-
-    def __init__(self) -> None:
-        self.members: set[str] = set()
-
-    def add(self, value: str, rate: float) -> None:  # type: ignore[override]
-        self.members.add(value)
-
-    def flush(self, interval: int) -> list[Point]:
-        return [("", SeriesType.GAUGE, float(len(self.members)))]
+    def slots(self) -> set[int]:
+        return set().union(self.gauges, self.counters, self.sets, self.histograms, self.distributions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,42 +49,34 @@ class HistogramSpec:
         return cls(tuple(dict.fromkeys(aggregates)), tuple(parsed))
 
 
-class Histogram:
-    """Weighted samples; weight int(1/rate) as in the Agent; quantiles by weighted nearest rank, no interpolation."""
-
-    __slots__ = ("samples", "spec", "sum")
-
-    def __init__(self, spec: HistogramSpec) -> None:
-        self.spec = spec
-        self.samples: list[tuple[float, int]] = []
-        self.sum = 0.0
-
-    def add(self, value: float, rate: float) -> None:
-        rate = effective_rate(rate)
-        self.samples.append((value, int(1 / rate)))
-        self.sum += value / rate
-
-    def flush(self, interval: int) -> list[Point]:
-        ordered = sorted(self.samples)
-        count = sum(weight for _, weight in ordered)
-        values = {
-            "max": ordered[-1][0],
-            "min": ordered[0][0],
-            "sum": self.sum,
-            "avg": self.sum / count,
-        }
-        points: list[Point] = []
-        for aggregate in self.spec.aggregates:
-            if aggregate == "count":
-                points.append((".count", SeriesType.RATE, count / interval))
-            elif aggregate == "median":
-                points.append((".median", SeriesType.GAUGE, _rank(ordered, (count - 1) // 2)))
-            else:
-                points.append((f".{aggregate}", SeriesType.GAUGE, values[aggregate]))
-        for percentile in self.spec.percentiles:
-            target = max(percentile * count - 1, 0) // 100
-            points.append((f".{percentile}percentile", SeriesType.GAUGE, _rank(ordered, target)))
-        return points
+def histogram_points(samples: list[Sample], spec: HistogramSpec, interval: int) -> list[Point]:
+    """Weight int(1/rate), sum of value/rate, quantiles by weighted nearest rank with no interpolation."""
+    weighted: list[tuple[float, int]] = []
+    total = 0.0
+    for sample in samples:
+        if type(sample) is float:
+            weighted.append((sample, 1))
+            total += sample
+        else:
+            value, rate = sample  # type: ignore[misc]
+            rate = effective_rate(rate)
+            weighted.append((value, int(1 / rate)))
+            total += value / rate
+    weighted.sort()
+    count = sum(weight for _, weight in weighted)
+    values = {"max": weighted[-1][0], "min": weighted[0][0], "sum": total, "avg": total / count}
+    points: list[Point] = []
+    for aggregate in spec.aggregates:
+        if aggregate == "count":
+            points.append((".count", SeriesType.RATE, count / interval))
+        elif aggregate == "median":
+            points.append((".median", SeriesType.GAUGE, _rank(weighted, (count - 1) // 2)))
+        else:
+            points.append((f".{aggregate}", SeriesType.GAUGE, values[aggregate]))
+    for percentile in spec.percentiles:
+        target = max(percentile * count - 1, 0) // 100
+        points.append((f".{percentile}percentile", SeriesType.GAUGE, _rank(weighted, target)))
+    return points
 
 
 def _rank(ordered: list[tuple[float, int]], target: int) -> float:
@@ -119,4 +89,13 @@ def _rank(ordered: list[tuple[float, int]], target: int) -> float:
     return ordered[-1][0]
 
 
-Accumulator = Gauge | Counter | Set | Histogram
+def sketch_of(samples: list[Sample]) -> Sketch:
+    """A distribution's samples as the Agent's DDSketch; a sample with rate r is inserted uint(1/r) times."""
+    sketch = Sketch()
+    for sample in samples:
+        if type(sample) is float:
+            sketch.insert(sample)
+        else:
+            value, rate = sample  # type: ignore[misc]
+            sketch.insert(value, sample_times(rate))
+    return sketch

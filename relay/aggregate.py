@@ -4,19 +4,22 @@ The Agent's time sampler (pkg/aggregator/time_sampler.go): a bucket flushes once
 (start + interval <= start of the current one); counters keep reporting 0 for dogstatsd_expiry_seconds after
 their last sample; contexts idle for dogstatsd_context_expiry_seconds are forgotten; timestamped gauges and
 counters bypass the buckets. The clock is always an argument: nothing here reads the time.
+
+Each context gets a slot (an int) the first time it is seen; buckets are keyed by slot, so the ingest hot path
+never hashes a Context (see relay/ingest.py). A context is (name, host, tags) per metric type: the same name
+sent as a gauge and as a counter gives two series.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from relay.accumulators import Accumulator, Counter, Gauge, Histogram, HistogramSpec, Set
+from relay.accumulators import Bucket, HistogramSpec, histogram_points, sketch_of
 from relay.config import Config
 from relay.model import Context, Event, Flushed, MetricType, Series, SeriesType, ServiceCheck, SketchSeries
-from relay.sketch import Sketch, sample_times
 from relay.telemetry import Stats
 
-_NUMERIC = {MetricType.GAUGE: Gauge, MetricType.COUNTER: Counter}
 _HISTOGRAMS = (MetricType.HISTOGRAM, MetricType.TIMER)
 
 
@@ -30,18 +33,45 @@ class Aggregator:
             config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
         )
         self.stats = stats
-        self.buckets: dict[int, dict[Context, Accumulator]] = {}
-        self.sketch_buckets: dict[int, dict[Context, Sketch]] = {}
-        self.counter_last_sampled: dict[Context, int] = {}
-        self.last_seen: dict[Context, int] = {}
-        self.timestamped: dict[tuple[Context, SeriesType], Series] = {}
+        self.buckets: dict[int, Bucket] = {}
+        self.slot_of: dict[Context, int] = {}
+        self.context_of: dict[int, Context] = {}
+        self._next_slot = 0
+        self.counter_last_sampled: dict[int, int] = {}  # slot → start of the last bucket with a sample
+        self.last_seen: dict[int, int] = {}
+        self.timestamped: list[tuple[int, SeriesType, int, float]] = []
         self.events: list[Event] = []
         self.service_checks: list[ServiceCheck] = []
         self.last_cutoff = 0
+        self.on_expire: Callable[[set[int]], None] = lambda slots: None
 
     @property
     def contexts(self) -> int:
-        return len(self.last_seen)
+        return len(self.context_of)
+
+    def slot(self, context: Context) -> int:
+        """The slot of a context, made on first sight."""
+        slot = self.slot_of.get(context)
+        if slot is None:
+            slot = self.slot_of[context] = self._next_slot
+            self.context_of[slot] = context
+            self.last_seen[slot] = self.last_cutoff  # so that a slot never used still expires
+            self._next_slot += 1
+        return slot
+
+    def bucket(self, now: float) -> Bucket:
+        second = int(now)
+        start = second - second % self.interval
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            bucket = self.buckets[start] = Bucket(start)
+        return bucket
+
+    def copy_slot(self, context: Context) -> int:
+        """histogram_copy_to_distribution: the slot of the distribution a histogram is copied to, or -1."""
+        if self.copy_prefix is None:
+            return -1
+        return self.slot(context._replace(name=self.copy_prefix + context.name))
 
     def add(
         self,
@@ -53,79 +83,40 @@ class Aggregator:
         timestamp: int,
         now: float,
     ) -> None:
-        """Add every value of one parsed line to its context; NaN and Inf are dropped here, as in the Agent."""
+        """Add every value of one parsed line; NaN and Inf are dropped here, as in the Agent. The reference path."""
         if not math.isfinite(sum(values)):  # rare: only then look at each value
             finite = tuple(value for value in values if math.isfinite(value))
             self.stats.dropped["nan_or_inf"] += len(values) - len(finite)
             if not finite:
                 return
             values = finite
-        second = int(now)
+        slot = self.slot(context)
         if timestamp:
-            self._add_timestamped(context, metric_type, values, timestamp)
+            self.add_timestamped(slot, metric_type, values, timestamp)
             return
-        self.last_seen[context] = second
-        start = second - second % self.interval
-        if metric_type is MetricType.DISTRIBUTION:
-            self._add_distribution(context, values, rate, start)
-            return
-        bucket = self.buckets.get(start)
-        if bucket is None:
-            bucket = self.buckets[start] = {}
-        accumulator = bucket.get(context)
-        if accumulator is None:
-            accumulator = bucket[context] = self._new_accumulator(metric_type)
-        if metric_type is MetricType.SET:
-            if type(accumulator) is not Set:
-                self.stats.dropped["type_conflict"] += 1
-                return
-            accumulator.add(set_value, rate)
-            return
-        if type(accumulator) is Set:  # a number sent to a context that is a set in this bucket
-            self.stats.dropped["type_conflict"] += len(values)
-            return
-        if metric_type is MetricType.COUNTER or type(accumulator) is Counter:
-            self.counter_last_sampled[context] = second
-        for value in values:
-            accumulator.add(value, rate)
-        if self.copy_prefix is not None and metric_type in _HISTOGRAMS:
-            copy = Context(self.copy_prefix + context.name, context.host, context.tags)
-            self.last_seen[copy] = second
-            self._add_distribution(copy, values, rate, start)
+        bucket = self.bucket(now)
+        if metric_type is MetricType.GAUGE:
+            bucket.gauges[slot] = values[-1]
+        elif metric_type is MetricType.COUNTER:
+            scale = 1.0 / rate if 0 < rate <= 1 else 1.0
+            bucket.counters[slot] = bucket.counters.get(slot, 0.0) + sum(values) * scale
+        elif metric_type is MetricType.SET:
+            bucket.sets.setdefault(slot, set()).add(set_value)
+        else:
+            samples = [float(v) for v in values] if rate == 1 else [(float(v), rate) for v in values]
+            target = bucket.distributions if metric_type is MetricType.DISTRIBUTION else bucket.histograms
+            target.setdefault(slot, []).extend(samples)
+            if metric_type in _HISTOGRAMS and self.copy_prefix is not None:
+                bucket.distributions.setdefault(self.copy_slot(context), []).extend(samples)
 
-    def _new_accumulator(self, metric_type: MetricType) -> Accumulator:
-        if metric_type in _HISTOGRAMS:
-            return Histogram(self.histogram_spec)
-        if metric_type is MetricType.SET:
-            return Set()
-        return _NUMERIC[metric_type]()
-
-    def _add_distribution(self, context: Context, values: tuple[float, ...], rate: float, start: int) -> None:
-        bucket = self.sketch_buckets.get(start)
-        if bucket is None:
-            bucket = self.sketch_buckets[start] = {}
-        sketch = bucket.get(context)
-        if sketch is None:
-            sketch = bucket[context] = Sketch()
-        times = sample_times(rate)
-        for value in values:
-            sketch.insert(value, times)
-
-    def _add_timestamped(
-        self, context: Context, metric_type: MetricType, values: tuple[float, ...], timestamp: int
-    ) -> None:
+    def add_timestamped(self, slot: int, metric_type: MetricType, values: tuple[float, ...], timestamp: int) -> None:
         """Protocol v1.3: only gauges and counters, one point each, no sample rate (the Agent's no-aggregation path)."""
         if metric_type is MetricType.GAUGE:
-            series_type, scale = SeriesType.GAUGE, 1.0
+            self.timestamped.extend((slot, SeriesType.GAUGE, timestamp, value) for value in values)
         elif metric_type is MetricType.COUNTER:
-            series_type, scale = SeriesType.RATE, 1.0 / self.interval
+            self.timestamped.extend((slot, SeriesType.RATE, timestamp, value / self.interval) for value in values)
         else:
             self.stats.dropped["timestamped_unsupported_type"] += len(values)
-            return
-        series = self.timestamped.get((context, series_type))
-        if series is None:
-            series = self.timestamped[context, series_type] = Series(context, series_type, [], self.interval)
-        series.points.extend((timestamp, value * scale) for value in values)
 
     def add_event(self, event: Event, now: float) -> None:
         if not event.timestamp:
@@ -141,86 +132,106 @@ class Aggregator:
         """Everything whose bucket is closed at `now`; with `force` (shutdown) the open buckets too."""
         second = int(now)
         cutoff = second - second % self.interval
-        closed = sorted(
-            start
-            for start in self.buckets.keys() | self.sketch_buckets.keys()
-            if force or start + self.interval <= cutoff
-        )
-        series: dict[tuple[Context, SeriesType], Series] = {}
-        for start in closed:
-            self._flush_bucket(start, self.buckets.pop(start, {}), series)
+        for start in sorted(self.buckets):  # open buckets too: a counter's last sample may be in one
+            self.counter_last_sampled.update(dict.fromkeys(self.buckets[start].counters, start))
+        closed = [self.buckets.pop(start) for start in sorted(self.buckets) if force or start + self.interval <= cutoff]
+        series: dict[tuple[int, str, SeriesType], Series] = {}
+        sketches: dict[int, SketchSeries] = {}
+        for bucket in closed:
+            self._flush_bucket(bucket, series, sketches)
+            self._zero_fill(bucket.start, bucket.counters, series)
         if not closed and not self.buckets and cutoff - self.last_cutoff >= self.interval:
             # No bucket pending at all: one zero point for the interval that just ended (Agent quirk:
             # when open buckets exist, nothing is zero-filled in this flush).
-            self._zero_fill(cutoff - self.interval, set(), series)
+            self._zero_fill(cutoff - self.interval, {}, series)
         self.last_cutoff = max(self.last_cutoff, cutoff)
-        sketches = self._flush_sketches(closed)
         flushed = Flushed(
-            series=[*series.values(), *self.timestamped.values()],
-            sketches=sketches,
+            series=[*series.values(), *self._flush_timestamped()],
+            sketches=list(sketches.values()),
             events=self.events,
             service_checks=self.service_checks,
         )
-        self.timestamped, self.events, self.service_checks = {}, [], []
+        self.events, self.service_checks = [], []
         self._expire_contexts(cutoff)
         return flushed
 
     def _flush_bucket(
-        self, start: int, bucket: dict[Context, Accumulator], out: dict[tuple[Context, SeriesType], Series]
+        self, bucket: Bucket, series: dict[tuple[int, str, SeriesType], Series], sketches: dict[int, SketchSeries]
     ) -> None:
-        for context, accumulator in bucket.items():
-            for suffix, series_type, value in accumulator.flush(self.interval):
-                key_context = context._replace(name=context.name + suffix) if suffix else context
-                _append(out, key_context, series_type, start, value, self.interval)
-        self._zero_fill(start, bucket, out)
+        start, interval = bucket.start, self.interval
+        for slot, value in bucket.gauges.items():
+            self._append(series, slot, "", SeriesType.GAUGE, start, value)
+        for slot, total in bucket.counters.items():
+            self._append(series, slot, "", SeriesType.RATE, start, total / interval)
+        for slot, members in bucket.sets.items():
+            if slot in bucket.gauges:  # both would be gauge points of one series at one timestamp
+                self.stats.dropped["type_conflict"] += 1
+                continue
+            self._append(series, slot, "", SeriesType.GAUGE, start, float(len(members)))
+        for slot, samples in bucket.histograms.items():
+            for suffix, series_type, value in histogram_points(samples, self.histogram_spec, interval):
+                self._append(series, slot, suffix, series_type, start, value)
+        for slot, samples in bucket.distributions.items():
+            entry = sketches.get(slot)
+            if entry is None:
+                entry = sketches[slot] = SketchSeries(self.context_of[slot], [])
+            entry.points.append(sketch_of(samples).to_point(start))
+        self.last_seen.update(dict.fromkeys(bucket.slots(), start))
+
+    def _append(
+        self,
+        series: dict[tuple[int, str, SeriesType], Series],
+        slot: int,
+        suffix: str,
+        series_type: SeriesType,
+        timestamp: int,
+        value: float,
+    ) -> None:
+        entry = series.get((slot, suffix, series_type))
+        if entry is None:
+            context = self.context_of[slot]
+            if suffix:
+                context = context._replace(name=context.name + suffix)
+            entry = series[slot, suffix, series_type] = Series(context, series_type, [], self.interval)
+        entry.points.append((timestamp, value))
 
     def _zero_fill(
-        self,
-        start: int,
-        sampled: dict[Context, Accumulator] | set[Context],
-        out: dict[tuple[Context, SeriesType], Series],
+        self, start: int, sampled: dict[int, float], series: dict[tuple[int, str, SeriesType], Series]
     ) -> None:
         """Counters without data in this bucket report 0 until dogstatsd_expiry_seconds after their last sample."""
         expired = []
-        for context, last_sampled in self.counter_last_sampled.items():
-            if context in sampled:
+        for slot, last_sampled in self.counter_last_sampled.items():
+            if slot in sampled:
                 continue
             if last_sampled + self.counter_expiry > start:
-                _append(out, context, SeriesType.RATE, start, 0.0, self.interval)
+                self._append(series, slot, "", SeriesType.RATE, start, 0.0)
             else:
-                expired.append(context)
-        for context in expired:
-            del self.counter_last_sampled[context]
+                expired.append(slot)
+        for slot in expired:
+            del self.counter_last_sampled[slot]
 
-    def _flush_sketches(self, closed: list[int]) -> list[SketchSeries]:
-        sketches: dict[Context, SketchSeries] = {}
-        for start in closed:
-            for context, sketch in self.sketch_buckets.pop(start, {}).items():
-                entry = sketches.get(context)
-                if entry is None:
-                    entry = sketches[context] = SketchSeries(context, [])
-                entry.points.append(sketch.to_point(start))
-        return list(sketches.values())
+    def _flush_timestamped(self) -> list[Series]:
+        series: dict[tuple[int, SeriesType], Series] = {}
+        for slot, series_type, timestamp, value in self.timestamped:
+            entry = series.get((slot, series_type))
+            if entry is None:
+                entry = series[slot, series_type] = Series(self.context_of[slot], series_type, [], self.interval)
+            entry.points.append((timestamp, value))
+            self.last_seen[slot] = timestamp
+        self.timestamped = []
+        return list(series.values())
 
     def _expire_contexts(self, cutoff: int) -> None:
-        expired = [
-            context
-            for context, seen in self.last_seen.items()
-            if seen + self.context_expiry < cutoff and context not in self.counter_last_sampled
-        ]
-        for context in expired:
-            del self.last_seen[context]
-
-
-def _append(
-    out: dict[tuple[Context, SeriesType], Series],
-    context: Context,
-    series_type: SeriesType,
-    timestamp: int,
-    value: float,
-    interval: int,
-) -> None:
-    series = out.get((context, series_type))
-    if series is None:
-        series = out[context, series_type] = Series(context, series_type, [], interval)
-    series.points.append((timestamp, value))
+        """Forget contexts idle for dogstatsd_context_expiry_seconds, unless a counter still reports zeros."""
+        open_slots = set().union(*(bucket.slots() for bucket in self.buckets.values()))
+        expired = {
+            slot
+            for slot, seen in self.last_seen.items()
+            if seen + self.context_expiry < cutoff and slot not in self.counter_last_sampled and slot not in open_slots
+        }
+        if not expired:
+            return
+        for slot in expired:
+            del self.last_seen[slot]
+            del self.slot_of[self.context_of.pop(slot)]
+        self.on_expire(expired)

@@ -21,10 +21,9 @@ from relay.aggregate import Aggregator
 from relay.config import Config
 from relay.enrich import Enricher
 from relay.forward import DryRunSink, HttpSink, Sink
+from relay.ingest import Ingest
 from relay.listen import Listeners
-from relay.logs import RateLimitedLog
-from relay.model import Event, Flushed, MetricSample, Payload, ServiceCheck
-from relay.parse import ParseError, parse_datagram
+from relay.model import Flushed, Payload
 from relay.serialize import Serializer
 from relay.status import render_flush
 from relay.telemetry import Stats, build_registry
@@ -48,57 +47,18 @@ class Relay:
         self.sink: Sink = DryRunSink(self.stats) if self.dry_run else HttpSink(config, self.stats)
         self.listeners = Listeners(config, self.stats, self.ingest)
         self.registry = build_registry(self.stats)
-        self.parse_log = RateLimitedLog(logger)
-        self.eol_required = frozenset(
-            transport
-            for transport in ("udp", "uds", "uds_stream")
-            if transport.split("_")[0] in config.dogstatsd_eol_required
-        )
-        self.timestamps = config.dogstatsd_no_aggregation_pipeline
+        self.ingester = Ingest(config, self.stats, self.enricher, self.aggregator)
         self.should_exit = asyncio.Event()
 
-    # --- ingest: the hot path -------------------------------------------------------------------------------------
-
     def ingest(self, data: bytes, transport: str) -> None:
-        """Parse one datagram and aggregate what it holds; nothing in it can stop the relay."""
-        now = time.time()
-        stats, aggregator = self.stats, self.aggregator
+        """The listeners' callback: nothing in a datagram can stop the relay."""
         try:
-            for item in parse_datagram(data, eol_required=transport in self.eol_required, timestamps=self.timestamps):
-                if type(item) is MetricSample:
-                    values = len(item.values) or 1
-                    stats.messages["metric", "ok"] += values
-                    context = self.enricher.context(item.name, item.tags)
-                    if context is None:
-                        stats.dropped["blocklist"] += values
-                        continue
-                    aggregator.add(context, item.type, item.values, item.set_value, item.rate, item.timestamp, now)
-                elif type(item) is Event:
-                    stats.messages["event", "ok"] += 1
-                    aggregator.add_event(self.enricher.event(item), now)
-                elif type(item) is ServiceCheck:
-                    stats.messages["service_check", "ok"] += 1
-                    aggregator.add_service_check(self.enricher.service_check(item), now)
-                else:
-                    self._count_parse_error(item)  # type: ignore[arg-type]
+            self.ingester.datagram(data, transport, time.time())
         except Exception:  # a bug must cost one datagram, never the relay
-            stats.dropped["internal_error"] += 1
-            self.parse_log.log(logging.ERROR, "internal", "internal error on a %s datagram", transport, exc_info=True)
-
-    def _count_parse_error(self, error: ParseError) -> None:
-        if error.kind == "unterminated":
-            self.stats.dropped["unterminated"] += 1
-        else:
-            self.stats.messages[error.kind, "error"] += 1
-            self.stats.parse_errors[error.reason] += 1
-        self.parse_log.log(
-            logging.ERROR,
-            error.kind,
-            "Dogstatsd: error parsing %s message %r: %s",
-            error.kind,
-            error.line[:200],
-            error.reason,
-        )
+            self.stats.dropped["internal_error"] += 1
+            self.ingester.log.log(
+                logging.ERROR, "internal", "internal error on a %s datagram", transport, exc_info=True
+            )
 
     # --- flush ----------------------------------------------------------------------------------------------------
 

@@ -189,12 +189,12 @@ def test_histogram_copy_to_distribution():
     assert flushed.sketches[0].context.name == "dist.lat"
 
 
-def test_a_set_member_in_a_numeric_context_is_a_counted_conflict():
+def test_one_name_sent_with_two_types_gives_one_series_per_type_but_never_two_gauges():
     agg = aggregator()
     add(agg, "x", MetricType.GAUGE, 1, 1001)
-    add(agg, "x", MetricType.SET, "member", 1001)
-    add(agg, "x", MetricType.COUNTER, 4, 1001)  # numeric into the first type, as in the Agent
-    assert points(agg.flush(1010)) == {("x", SeriesType.GAUGE): [(1000, 4.0)]}
+    add(agg, "x", MetricType.SET, "member", 1001)  # a set is a gauge too: it would collide, so it is counted
+    add(agg, "x", MetricType.COUNTER, 4, 1001)
+    assert points(agg.flush(1010)) == {("x", SeriesType.GAUGE): [(1000, 1.0)], ("x", SeriesType.RATE): [(1000, 0.4)]}
     assert agg.stats.dropped["type_conflict"] == 1
 
 

@@ -1,0 +1,179 @@
+"""Ingest: datagram bytes → parse → enrich → aggregator, where a known line costs a dict lookup and a float().
+
+The line minus its value, `(name, rest after the value)`, is the key of a shape cache: the reference parser and
+the enricher run once per shape and record (slot, kind, rate). A line whose shape is known, whose value is a
+plain finite number and whose datagram has no CR takes the fast path. Anything else (new shapes, packed
+values, timestamps, events, service checks, errors) goes through the reference path, which is the plain parser,
+so both paths give the same result on any input (tests/test_ingest.py checks this with hypothesis).
+
+Why a valid shape stays valid for any value: its name holds no ":" or "|", the value ends at the first "|", and
+a value that float() accepts holds neither, so the reference parser would split the line exactly the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from relay.aggregate import Aggregator
+from relay.config import Config
+from relay.enrich import Enricher
+from relay.logs import RateLimitedLog
+from relay.model import Event, MetricSample, MetricType, ServiceCheck
+from relay.parse import UNTERMINATED, ParseError, parse_datagram, parse_line
+from relay.telemetry import Stats
+
+logger = logging.getLogger(__name__)
+
+GAUGE, COUNTER, SET, HISTOGRAM, DISTRIBUTION, BLOCKED = range(6)
+_KINDS = {
+    MetricType.GAUGE: GAUGE,
+    MetricType.COUNTER: COUNTER,
+    MetricType.SET: SET,
+    MetricType.HISTOGRAM: HISTOGRAM,
+    MetricType.TIMER: HISTOGRAM,
+    MetricType.DISTRIBUTION: DISTRIBUTION,
+}
+SHAPE_CACHE_LIMIT = 2_000_000  # entries; cleared when full (a miss only costs one reference parse)
+
+Shape = tuple[int, int, float, int]  # (slot, kind, rate or counter scale, slot of the distribution copy or -1)
+
+
+class Ingest:
+    def __init__(self, config: Config, stats: Stats, enricher: Enricher, aggregator: Aggregator) -> None:
+        self.stats = stats
+        self.enricher = enricher
+        self.aggregator = aggregator
+        self.timestamps = config.dogstatsd_no_aggregation_pipeline
+        self.eol_required = frozenset(config.dogstatsd_eol_required)
+        self.shapes: dict[tuple[bytes, bytes], Shape] = {}
+        self.log = RateLimitedLog(logger)
+        aggregator.on_expire = self._forget
+
+    def datagram(self, data: bytes, transport: str, now: float) -> None:
+        """The hot path. `transport` is udp, uds or uds_stream; uds_stream follows the uds EOL rule."""
+        if b"\r" in data or (data[-1:] != b"\n" and transport.partition("_")[0] in self.eol_required):
+            self.reference(data, transport, now)
+            return
+        bucket = self.aggregator.bucket(now)
+        gauges, counters, histograms, distributions = (
+            bucket.gauges, bucket.counters, bucket.histograms, bucket.distributions,
+        )  # fmt: skip
+        shapes = self.shapes
+        ok = blocked = 0
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            name, _, rest = line.partition(b":")
+            value, _, suffix = rest.partition(b"|")
+            shape = shapes.get((name, suffix))
+            if shape is None:
+                self._line(line, now, (name, suffix))
+                continue
+            slot, kind, rate, copy = shape
+            if kind == SET:
+                if not value:
+                    self._line(line, now, None)
+                    continue
+                ok += 1
+                members = bucket.sets.get(slot)
+                if members is None:
+                    members = bucket.sets[slot] = set()
+                members.add(value.decode("utf-8", "replace"))
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                self._line(line, now, None)
+                continue
+            # NaN, Inf and overflow (x - x is not 0), and whitespace that float() forgives but Go does not.
+            if number - number != 0.0 or value[0] <= 32 or value[-1] <= 32:
+                self._line(line, now, None)
+                continue
+            ok += 1
+            if kind == COUNTER:
+                counters[slot] = counters.get(slot, 0.0) + number * rate
+            elif kind == GAUGE:
+                gauges[slot] = number
+            elif kind == BLOCKED:
+                blocked += 1
+            else:
+                sample = number if rate == 1.0 else (number, rate)
+                target = histograms if kind == HISTOGRAM else distributions
+                samples = target.get(slot)
+                if samples is None:
+                    samples = target[slot] = []
+                samples.append(sample)
+                if copy >= 0:
+                    distributions.setdefault(copy, []).append(sample)
+        if ok:
+            self.stats.messages["metric", "ok"] += ok
+        if blocked:
+            self.stats.dropped["blocklist"] += blocked
+
+    def reference(self, data: bytes, transport: str, now: float) -> None:
+        """The plain path: the reference parser, one item at a time."""
+        eol = transport.partition("_")[0] in self.eol_required
+        self._handle(parse_datagram(data, eol_required=eol, timestamps=self.timestamps), now)
+
+    def _line(self, line: bytes, now: float, key: tuple[bytes, bytes] | None) -> None:
+        """One line the fast path cannot take; when `key` is given and the line is a plain metric, learn its shape."""
+        item = parse_line(line, self.timestamps)
+        if key is not None and type(item) is MetricSample and not item.timestamp:
+            self._learn(key, item)
+        self._handle((item,), now)
+
+    def _learn(self, key: tuple[bytes, bytes], sample: MetricSample) -> None:
+        if len(self.shapes) >= SHAPE_CACHE_LIMIT:
+            self.shapes.clear()
+        context = self.enricher.context(sample.name, sample.tags)
+        if context is None:
+            self.shapes[key] = (-1, BLOCKED, 1.0, -1)
+            return
+        kind = _KINDS[sample.type]
+        rate = sample.rate
+        if kind == COUNTER:
+            rate = 1.0 / rate if 0 < rate <= 1 else 1.0  # the counter's scale
+        copy = self.aggregator.copy_slot(context) if kind == HISTOGRAM else -1
+        self.shapes[key] = (self.aggregator.slot(context), kind, rate, copy)
+
+    def _handle(self, items: Iterable[MetricSample | Event | ServiceCheck | ParseError], now: float) -> None:
+        stats, aggregator, enricher = self.stats, self.aggregator, self.enricher
+        for item in items:
+            if type(item) is MetricSample:
+                values = len(item.values) or 1
+                stats.messages["metric", "ok"] += values
+                context = enricher.context(item.name, item.tags)
+                if context is None:
+                    stats.dropped["blocklist"] += values
+                else:
+                    aggregator.add(context, item.type, item.values, item.set_value, item.rate, item.timestamp, now)
+            elif type(item) is Event:
+                stats.messages["event", "ok"] += 1
+                aggregator.add_event(enricher.event(item), now)
+            elif type(item) is ServiceCheck:
+                stats.messages["service_check", "ok"] += 1
+                aggregator.add_service_check(enricher.service_check(item), now)
+            else:
+                self._count_error(item)  # type: ignore[arg-type]
+
+    def _count_error(self, error: ParseError) -> None:
+        if error.kind == UNTERMINATED:
+            self.stats.dropped["unterminated"] += 1
+        else:
+            self.stats.messages[error.kind, "error"] += 1
+            self.stats.parse_errors[error.reason] += 1
+        self.log.log(
+            logging.ERROR,
+            error.kind,
+            "Dogstatsd: error parsing %s message %r: %s",
+            error.kind,
+            error.line[:200],
+            error.reason,
+        )
+
+    def _forget(self, expired: set[int]) -> None:
+        """Expired contexts lose their slots, so the shapes that point at them go too."""
+        self.shapes = {
+            key: shape for key, shape in self.shapes.items() if shape[0] not in expired and shape[3] not in expired
+        }

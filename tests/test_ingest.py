@@ -1,0 +1,89 @@
+"""Ingest: the shape-cache fast path gives exactly what the reference parser gives, on any input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.aggregate import Aggregator
+from relay.enrich import Enricher
+from relay.ingest import SHAPE_CACHE_LIMIT, Ingest
+from relay.telemetry import Stats
+from tests.conftest import config
+
+NAMES = [b"a", b"b.c", b"caf\xc3\xa9", b"_sc", b"_e{1,1}", b"x|y", b"", b"host", b"\xff\xfe"]
+VALUES = [b"1", b"-2.5", b"0", b" 1", b"1 ", b"nan", b"-inf", b"0x1p3", b"1e309", b"1_0", b"", b"1:2", b"::3",
+          b"member", b"+5", b"1e-400", b"abc", b"9" * 400]  # fmt: skip
+SUFFIXES = [b"c", b"g", b"h", b"ms", b"d", b"s", b"c|@0.5", b"h|@0.25", b"d|@0", b"g|#x,y", b"c|#y,x,x",
+            b"c|#host:other", b"g|T1000", b"c|T-1", b"G", b"c|@x", b"s|#", b"ms|@2", b"c|c:abc|card:low", b"x"]  # fmt: skip
+lines = st.one_of(
+    st.builds(
+        lambda n, v, s: n + b":" + v + b"|" + s,
+        st.sampled_from(NAMES),
+        st.sampled_from(VALUES),
+        st.sampled_from(SUFFIXES),
+    ),
+    st.sampled_from([b"_e{1,1}:a|b", b"_sc|svc|1|m:x", b"\r", b"no colon", b"a:1"]),
+    st.binary(max_size=20),
+)
+datagrams = st.lists(lines, min_size=1, max_size=12).map(lambda parts: b"\n".join(parts))
+
+
+def pipeline(**overrides: Any) -> Ingest:
+    cfg = config(hostname="h", statsd_metric_blocklist="b.c", **overrides)
+    stats = Stats()
+    aggregator = Aggregator(cfg, stats)
+    return Ingest(cfg, stats, Enricher(cfg), aggregator)
+
+
+def outcome(ingest: Ingest) -> tuple[Any, ...]:
+    flushed = ingest.aggregator.flush(2000, force=True)
+    series = sorted((s.context, s.type, tuple(s.points)) for s in flushed.series)
+    sketches = sorted((s.context, repr(s.points)) for s in flushed.sketches)
+    events = [repr(e) for e in flushed.events]
+    checks = [repr(c) for c in flushed.service_checks]
+    stats = ingest.stats
+    return series, sketches, events, checks, dict(stats.messages), dict(stats.parse_errors), +stats.dropped
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(datagrams, min_size=1, max_size=8), st.sampled_from(["udp", "uds"]), st.booleans())
+def test_fast_path_equals_reference_path(sequence, transport, eol_required):
+    overrides = {"dogstatsd_eol_required": "udp uds"} if eol_required else {}
+    overrides["histogram_copy_to_distribution"] = "true"
+    fast, reference = pipeline(**overrides), pipeline(**overrides)
+    for data in sequence * 2:  # the second time round, every shape is cached
+        fast.datagram(data, transport, 1000.0)
+        reference.reference(data, transport, 1000.0)
+    assert outcome(fast) == outcome(reference)
+
+
+def test_a_known_shape_costs_no_parse_and_timestamps_are_never_cached():
+    ingest = pipeline()
+    ingest.datagram(b"a:1|c|#x\na:1|g|T100\nb.c:1|g", "udp", 1000.0)
+    assert set(ingest.shapes) == {(b"a", b"c|#x"), (b"b.c", b"g")}
+    ingest.datagram(b"a:41|c|#x", "udp", 1000.0)
+    assert ingest.aggregator.bucket(1000).counters == {0: 42.0}
+
+
+def test_expired_contexts_take_their_shapes_with_them():
+    ingest = pipeline()
+    ingest.datagram(b"a:1|g", "udp", 1000.0)
+    ingest.aggregator.flush(1010)
+    assert ingest.shapes
+    ingest.aggregator.flush(1100)
+    assert ingest.shapes == {} and ingest.aggregator.contexts == 0
+    ingest.datagram(b"a:2|g", "udp", 1200.0)
+    assert ingest.aggregator.flush(1210).series[0].points == [(1200, 2.0)]
+
+
+def test_the_shape_cache_is_bounded(monkeypatch):
+    import relay.ingest
+
+    monkeypatch.setattr(relay.ingest, "SHAPE_CACHE_LIMIT", 3)
+    ingest = pipeline()
+    ingest.datagram(b"\n".join(b"m%d:1|c" % i for i in range(10)), "udp", 1000.0)
+    assert len(ingest.shapes) <= 3 < SHAPE_CACHE_LIMIT
+    assert sum(ingest.aggregator.bucket(1000).counters.values()) == 10
