@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[bytes, str], None]  # (datagram, transport)
 UDP, UDS, UDS_STREAM = "udp", "uds", "uds_stream"
 _FRAME_HEADER = struct.Struct("<I")
+_BATCH = 64  # datagrams read per wakeup, so one busy socket cannot starve the rest of the loop
 _MAX_FRAME = 8 * 1024 * 1024  # a stream frame claiming more is a broken client: the connection is closed
 
 
@@ -30,25 +31,47 @@ class ListenError(Exception):
     """A listener could not start (address in use, path taken by a file, ...)."""
 
 
-class _DatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(self, transport_name: str, max_size: int, handler: Handler, stats: Stats) -> None:
-        self.name = transport_name
+class _DatagramReader:
+    """Drains a datagram socket on each wakeup and hands the batch over at once.
+
+    Datagrams are joined with "\n" (what the Agent's packet assembler does), which costs one copy and saves a
+    callback, a clock read and a bucket lookup per datagram. A transport with dogstatsd_eol_required keeps its
+    datagrams apart, so that an unterminated last line is still seen as one.
+    """
+
+    def __init__(self, sock: socket.socket, name: str, max_size: int, handler: Handler, stats: Stats, join: bool):
+        self.sock = sock
+        self.name = name
         self.max_size = max_size
         self.handler = handler
         self.stats = stats
+        self.join = join
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self.stats.packets[self.name] += 1
-        self.stats.bytes[self.name] += len(data)
-        if len(data) > self.max_size:
+    def on_readable(self) -> None:
+        recv, size = self.sock.recv, self.max_size + 1  # one byte more tells a truncated datagram apart
+        chunks: list[bytes] = []
+        try:
+            for _ in range(_BATCH):
+                chunks.append(recv(size))
+        except BlockingIOError:
+            pass
+        except OSError as error:
+            self.stats.read_errors[self.name] += 1
+            logger.warning("%s read error: %s", self.name, error)
+        if not chunks:
+            return
+        stats = self.stats
+        stats.packets[self.name] += len(chunks)
+        stats.bytes[self.name] += sum(map(len, chunks))
+        if max(map(len, chunks)) > self.max_size:
             # The Agent reads into a dogstatsd_buffer_size buffer: the tail of a longer datagram is lost.
-            self.stats.truncated[self.name] += 1
-            data = data[: self.max_size]
-        self.handler(data, self.name)
-
-    def error_received(self, exc: Exception) -> None:
-        self.stats.read_errors[self.name] += 1
-        logger.warning("%s read error: %s", self.name, exc)
+            stats.truncated[self.name] += sum(len(chunk) > self.max_size for chunk in chunks)
+            chunks = [chunk[: self.max_size] for chunk in chunks]
+        if self.join:
+            self.handler(b"\n".join(chunks), self.name)
+        else:
+            for chunk in chunks:
+                self.handler(chunk, self.name)
 
 
 class Listeners:
@@ -59,7 +82,7 @@ class Listeners:
         self.stats = stats
         self.handler = handler
         self.addresses: dict[str, str] = {}
-        self._transports: list[asyncio.BaseTransport] = []
+        self._readers: list[socket.socket] = []
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._paths: list[Path] = []
@@ -110,12 +133,10 @@ class Listeners:
     async def _serve_datagrams(self, sock: socket.socket, name: str) -> None:
         self._set_receive_buffer(sock, name)
         sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        size = self.config.dogstatsd_buffer_size
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _DatagramProtocol(name, size, self.handler, self.stats), sock=sock
-        )
-        self._transports.append(transport)
+        join = name not in self.config.dogstatsd_eol_required
+        reader = _DatagramReader(sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join)
+        asyncio.get_running_loop().add_reader(sock, reader.on_readable)
+        self._readers.append(sock)
 
     def _set_receive_buffer(self, sock: socket.socket, name: str) -> None:
         wanted = self.config.dogstatsd_so_rcvbuf
@@ -163,8 +184,10 @@ class Listeners:
 
     async def stop(self) -> None:
         """Stop reading: close every socket, end stream connections, remove the socket files."""
-        for transport in self._transports:
-            transport.close()
+        loop = asyncio.get_running_loop()
+        for sock in self._readers:
+            loop.remove_reader(sock)
+            sock.close()
         for server in self._servers:
             server.close()
         for task in list(self._connections):
@@ -174,4 +197,4 @@ class Listeners:
         for path in self._paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        self._transports, self._servers, self._paths = [], [], []
+        self._readers, self._servers, self._paths = [], [], []

@@ -257,3 +257,18 @@ def test_config_command_redacts_the_api_key():
     )
     assert result.returncode == 0
     assert "api_key: '***12345'" in result.stdout and "secretsecret" not in result.stdout
+
+
+async def test_oversized_datagrams_are_truncated_and_counted_and_eol_is_enforced(intake, tmp_path):
+    stand_in, url = intake
+    async with run_relay(tmp_path, url, DD_DOGSTATSD_BUFFER_SIZE="100", DD_DOGSTATSD_EOL_REQUIRED="udp") as relay:
+        relay.send_udp(b"kept:1|c\n" + b"lost.tail:1|c\n" * 20)  # 289 bytes: cut at 100, mid-line
+        relay.send_udp(b"terminated:1|c\nunterminated:1|c")
+        await wait_for(lambda: relay.status()["listeners"]["udp"]["packets"] == 2)
+        await wait_for(lambda: total(stand_in.series, "terminated") == 1)
+        status = relay.status()
+        await relay.stop()
+    assert status["listeners"]["udp"]["truncated"] == 1
+    assert total(stand_in.series, "kept") == 1 and total(stand_in.series, "lost.tail") == 6  # 6 whole lines fit
+    assert status["dropped"]["unterminated"] == 2  # the cut line, and the line without its "\n"
+    assert not any(s["metric"] == "unterminated" for s in stand_in.series)
