@@ -46,13 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     intake = commands.add_parser("intake", help="run a local stand-in for Datadog's intake that shows what arrives")
     intake.add_argument("--host", default="127.0.0.1")
     intake.add_argument("--port", type=int, default=8080)
+    intake.add_argument("--keep", type=int, default=100_000, help="decoded items kept per kind (default 100000)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "intake":
-        return _intake(args.host, args.port)
+        return _intake(args.host, args.port, args.keep)
     try:
         overrides = dict(item.split("=", 1) for item in args.set if "=" in item)
         if len(overrides) != len(args.set):
@@ -106,11 +107,11 @@ def _status(config: Config, as_json: bool) -> int:
     return 0
 
 
-def _intake(host: str, port: int) -> int:
+def _intake(host: str, port: int, keep: int) -> int:
     from relay.intake import Intake
 
     async def serve() -> None:
-        await Intake().start(host, port)
+        await Intake(keep=keep).start(host, port)
         print(f"intake stand-in on http://{host}:{port} (decoded payloads at /_received)", file=sys.stderr)
         await asyncio.Event().wait()
 

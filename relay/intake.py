@@ -208,7 +208,7 @@ class Intake:
             document = json.loads(raw)
             for source, events in document["events"].items():
                 self.events.extend({**e, "_source_group": source} for e in events)
-        for items in (self.series, self.sketches, self.service_checks, self.events):
+        for items in (self.series, self.sketches, self.service_checks, self.events, self.requests):
             del items[: max(0, len(items) - self.keep)]
 
     async def _received(self, request: web.Request) -> web.Response:

@@ -1,0 +1,292 @@
+"""The parts of a benchmark run: servers under test, the load generator, and one measured window.
+
+Servers are started as a user would start them and pinned to core 0; the generator and the intake stand-in
+run on core 1. Loss is read from the kernel (the `drops` column of /proc/net/udp for the server's port), and
+the relay's own counters are read from its status endpoint, so both views can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE / ".build"
+SERVER_CPU, LOAD_CPU = {0}, {1}
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pinned(cpus: set[int]) -> Any:
+    available = os.sched_getaffinity(0)
+    chosen = cpus & available or available
+    return lambda: os.sched_setaffinity(0, chosen)
+
+
+def rmem_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text())
+    except OSError:
+        return 0
+
+
+def udp_socket_stats(port: int) -> tuple[int, int]:
+    """(receive queue bytes, drops) of the UDP socket bound to `port`, from /proc/net/udp and /proc/net/udp6."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return int(fields[4].split(":")[1], 16), int(fields[-1])
+    return 0, 0
+
+
+def process_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds used so far, resident bytes) of a process."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(stat[11]) + int(stat[12])) / ticks
+    rss = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+def write_datagrams(datagrams: list[bytes]) -> Path:
+    """The generator's input: each datagram as a 4-byte little-endian length, then its bytes."""
+    BUILD.mkdir(exist_ok=True)
+    path = Path(tempfile.mkstemp(prefix="datagrams-", suffix=".bin", dir=BUILD)[1])
+    with path.open("wb") as out:
+        for datagram in datagrams:
+            out.write(struct.pack("<I", len(datagram)) + datagram)
+    return path
+
+
+def generator_binary() -> Path | None:
+    """The C generator, compiled once; None when no C compiler is installed (the Python one is used)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    BUILD.mkdir(exist_ok=True)
+    binary = BUILD / "loadgen"
+    source = HERE / "loadgen.c"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def send(target: str, datagrams_file: Path, rate: float, seconds: float) -> dict[str, float]:
+    """Run the generator on the load core; `target` is "udp:PORT" or "unix:PATH"; rate in datagrams/s, 0 = max."""
+    kind, _, where = target.partition(":")
+    binary = generator_binary()
+    if binary is not None:
+        address = ["udp", "127.0.0.1", where] if kind == "udp" else ["unix", where]
+        command = [str(binary), *address, str(datagrams_file), str(rate), str(seconds)]
+    else:
+        command = [sys.executable, str(HERE / "pygen.py"), kind, where, str(datagrams_file), str(rate), str(seconds)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=pinned(LOAD_CPU))
+    return json.loads(result.stdout)
+
+
+class Server:
+    """A DogStatsD server under test, listening on UDP `port`."""
+
+    name = "server"
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def accepted_lines(self) -> int | None:
+        """Lines the server says it accepted, where it says so."""
+        return None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Relay(Server):
+    """dogstatsd-relay, sending to an intake stand-in."""
+
+    name = "dogstatsd-relay"
+
+    def __init__(self, intake_url: str, socket_path: str = "", **env: str) -> None:
+        self.port = free_port()
+        self.health = free_port(socket.SOCK_STREAM)
+        full_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DD_")},
+            "DD_API_KEY": "benchmark0000000000000000000000",
+            "DD_DD_URL": intake_url,
+            "DD_DOGSTATSD_PORT": str(self.port),
+            "DD_RELAY_HEALTH_PORT": str(self.health),
+            "DD_DOGSTATSD_SO_RCVBUF": str(min(rmem_max(), 32 << 20) or 4 << 20),
+            "DD_DOGSTATSD_SOCKET": socket_path,
+            "DD_LOG_LEVEL": "warn",
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run"],
+            env=full_env,
+            preexec_fn=pinned(SERVER_CPU),
+            stdout=subprocess.DEVNULL,
+        )
+        _wait(lambda: self.status() is not None, f"relay on port {self.port}")
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/status", timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            return None
+
+    def accepted_lines(self) -> int | None:
+        status = self.status() or {}
+        messages = status.get("messages", {})
+        return sum(kind.get("ok", 0) + kind.get("error", 0) for kind in messages.values())
+
+
+class EtsyStatsd(Server):
+    """The Etsy statsd daemon (npm package `statsd`) with no backend: the baseline peer."""
+
+    name = "etsy-statsd"
+
+    def __init__(self) -> None:
+        home = BUILD / "etsy-statsd"
+        entry = home / "node_modules" / "statsd" / "stats.js"
+        if not entry.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(home), "statsd@0.9.0"],
+                           check=True, capture_output=True)  # fmt: skip
+        self.port = free_port()
+        config = home / f"config-{self.port}.js"
+        management = free_port(socket.SOCK_STREAM)
+        settings = f"port: {self.port}, mgmt_port: {management}, backends: [], flushInterval: 10000"
+        config.write_text("{ " + settings + ", deleteIdleStats: true }\n")
+        self.process = subprocess.Popen(
+            ["node", str(entry), str(config)], preexec_fn=pinned(SERVER_CPU), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait(lambda: udp_socket_stats(self.port) != (0, 0) or _bound(self.port), f"etsy statsd on {self.port}")
+
+    @staticmethod
+    def version() -> str:
+        package = BUILD / "etsy-statsd" / "node_modules" / "statsd" / "package.json"
+        return json.loads(package.read_text())["version"] if package.exists() else "?"
+
+
+def _bound(port: int) -> bool:
+    return any(
+        int(row.split()[1].rsplit(":", 1)[1], 16) == port
+        for table in ("/proc/net/udp", "/proc/net/udp6")
+        for row in Path(table).read_text().splitlines()[1:]
+    )
+
+
+def _wait(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start within {timeout} s")
+
+
+@dataclass
+class Window:
+    """One measured window of load against one server."""
+
+    server: str
+    offered_datagrams_per_s: float
+    sent_datagrams: int
+    lines_per_datagram: float
+    seconds: float
+    kernel_drops: int
+    server_counted_lines: int | None
+    cpu_percent: float
+    rss_bytes: int
+
+    @property
+    def sent_lines(self) -> float:
+        return self.sent_datagrams * self.lines_per_datagram
+
+    @property
+    def loss(self) -> float:
+        return self.kernel_drops / self.sent_datagrams if self.sent_datagrams else 0.0
+
+    @property
+    def accepted_lines_per_s(self) -> float:
+        return (self.sent_datagrams - self.kernel_drops) * self.lines_per_datagram / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "loss": self.loss, "accepted_lines_per_s": self.accepted_lines_per_s}
+
+
+def measure(server: Server, datagrams_file: Path, lines_per_datagram: float, rate: float, seconds: float) -> Window:
+    """Send for `seconds`, wait for the server's queue to drain, and read the counters."""
+    _, drops_before = udp_socket_stats(server.port)
+    lines_before = server.accepted_lines()
+    cpu_before, _ = process_usage(server.process.pid)
+    result = send(f"udp:{server.port}", datagrams_file, rate, seconds)
+    deadline = time.monotonic() + 30
+    while udp_socket_stats(server.port)[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cpu_after, rss = process_usage(server.process.pid)
+    _, drops_after = udp_socket_stats(server.port)
+    lines_after = server.accepted_lines()
+    counted = None if lines_before is None or lines_after is None else lines_after - lines_before
+    return Window(
+        server=server.name,
+        offered_datagrams_per_s=rate or result["sent"] / result["seconds"],
+        sent_datagrams=int(result["sent"]),
+        lines_per_datagram=lines_per_datagram,
+        seconds=result["seconds"],
+        kernel_drops=drops_after - drops_before,
+        server_counted_lines=counted,
+        cpu_percent=100 * (cpu_after - cpu_before) / result["seconds"],
+        rss_bytes=rss,
+    )
+
+
+class Intake:
+    """The intake stand-in as its own process (`dogstatsd-relay intake`), keeping little so it stays small."""
+
+    def __init__(self) -> None:
+        self.port = free_port(socket.SOCK_STREAM)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "relay", "intake", "--port", str(self.port), "--keep", "1000"],
+            preexec_fn=pinned(LOAD_CPU), stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+        _wait(lambda: self.received() is not None, "intake stand-in")
+
+    def received(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.url + "/_received", timeout=10) as response:
+                return json.load(response)
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
