@@ -11,7 +11,7 @@ from typing import Any
 from benchmarks.harness import EtsyStatsd, Intake, Relay, Server, Window, measure, process_usage, send, write_datagrams
 
 SEED = 20261123
-NEW_CONTEXT_RATE = 2000  # datagrams/s of 20 new contexts each: first sightings take the reference parser
+NEW_CONTEXT_RATE = 1000  # datagrams/s of 20 new contexts each: first sightings take the reference parser
 TYPES = ("c", "g", "ms", "h", "s", "d")
 
 

@@ -13,7 +13,8 @@ sent as a gauge and as a counter gives two series.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable
 
 from relay.accumulators import Bucket, HistogramSpec, histogram_points, sketch_of
 from relay.config import Config
@@ -35,10 +36,11 @@ class Aggregator:
         self.stats = stats
         self.buckets: dict[int, Bucket] = {}
         self.slot_of: dict[Context, int] = {}
-        self.context_of: dict[int, Context] = {}
-        self._next_slot = 0
+        # Indexed by slot: lists cost 8 bytes a context where dicts cost about 100. Freed slots are reused.
+        self.context_of: list[Context | None] = []
+        self.last_seen = array("q")  # start of the last bucket with a sample, per slot
+        self._free_slots: list[int] = []
         self.counter_last_sampled: dict[int, int] = {}  # slot → start of the last bucket with a sample
-        self.last_seen: dict[int, int] = {}
         self.timestamped: list[tuple[int, SeriesType, int, float]] = []
         self.events: list[Event] = []
         self.service_checks: list[ServiceCheck] = []
@@ -47,16 +49,21 @@ class Aggregator:
 
     @property
     def contexts(self) -> int:
-        return len(self.context_of)
+        return len(self.slot_of)
 
     def slot(self, context: Context) -> int:
         """The slot of a context, made on first sight."""
         slot = self.slot_of.get(context)
         if slot is None:
-            slot = self.slot_of[context] = self._next_slot
-            self.context_of[slot] = context
-            self.last_seen[slot] = self.last_cutoff  # so that a slot never used still expires
-            self._next_slot += 1
+            if self._free_slots:
+                slot = self._free_slots.pop()
+                self.context_of[slot] = context
+                self.last_seen[slot] = self.last_cutoff  # so that a slot never used still expires
+            else:
+                slot = len(self.context_of)
+                self.context_of.append(context)
+                self.last_seen.append(self.last_cutoff)
+            self.slot_of[context] = slot
         return slot
 
     def bucket(self, now: float) -> Bucket:
@@ -135,7 +142,7 @@ class Aggregator:
         for start in sorted(self.buckets):  # open buckets too: a counter's last sample may be in one
             self.counter_last_sampled.update(dict.fromkeys(self.buckets[start].counters, start))
         closed = [self.buckets.pop(start) for start in sorted(self.buckets) if force or start + self.interval <= cutoff]
-        series: dict[tuple[int, str, SeriesType], Series] = {}
+        series = _SeriesBuilder(self.context_of, self.interval)
         sketches: dict[int, SketchSeries] = {}
         for bucket in closed:
             self._flush_bucket(bucket, series, sketches)
@@ -146,7 +153,7 @@ class Aggregator:
             self._zero_fill(cutoff - self.interval, {}, series)
         self.last_cutoff = max(self.last_cutoff, cutoff)
         flushed = Flushed(
-            series=[*series.values(), *self._flush_timestamped()],
+            series=[*series.all(), *self._flush_timestamped()],
             sketches=list(sketches.values()),
             events=self.events,
             service_checks=self.service_checks,
@@ -155,58 +162,42 @@ class Aggregator:
         self._expire_contexts(cutoff)
         return flushed
 
-    def _flush_bucket(
-        self, bucket: Bucket, series: dict[tuple[int, str, SeriesType], Series], sketches: dict[int, SketchSeries]
-    ) -> None:
+    def _flush_bucket(self, bucket: Bucket, series: _SeriesBuilder, sketches: dict[int, SketchSeries]) -> None:
         start, interval = bucket.start, self.interval
-        for slot, value in bucket.gauges.items():
-            self._append(series, slot, "", SeriesType.GAUGE, start, value)
-        for slot, total in bucket.counters.items():
-            self._append(series, slot, "", SeriesType.RATE, start, total / interval)
+        series.add_all("", SeriesType.GAUGE, start, bucket.gauges.items())
+        series.add_all(
+            "", SeriesType.RATE, start, ((slot, total / interval) for slot, total in bucket.counters.items())
+        )
+        sets = []
         for slot, members in bucket.sets.items():
             if slot in bucket.gauges:  # both would be gauge points of one series at one timestamp
                 self.stats.dropped["type_conflict"] += 1
-                continue
-            self._append(series, slot, "", SeriesType.GAUGE, start, float(len(members)))
+            else:
+                sets.append((slot, float(len(members))))
+        series.add_all("", SeriesType.GAUGE, start, sets)
         for slot, samples in bucket.histograms.items():
             for suffix, series_type, value in histogram_points(samples, self.histogram_spec, interval):
-                self._append(series, slot, suffix, series_type, start, value)
+                series.add_all(suffix, series_type, start, ((slot, value),))
         for slot, samples in bucket.distributions.items():
             entry = sketches.get(slot)
             if entry is None:
                 entry = sketches[slot] = SketchSeries(self.context_of[slot], [])
             entry.points.append(sketch_of(samples).to_point(start))
-        self.last_seen.update(dict.fromkeys(bucket.slots(), start))
+        last_seen = self.last_seen
+        for slot in bucket.slots():
+            last_seen[slot] = start
 
-    def _append(
-        self,
-        series: dict[tuple[int, str, SeriesType], Series],
-        slot: int,
-        suffix: str,
-        series_type: SeriesType,
-        timestamp: int,
-        value: float,
-    ) -> None:
-        entry = series.get((slot, suffix, series_type))
-        if entry is None:
-            context = self.context_of[slot]
-            if suffix:
-                context = context._replace(name=context.name + suffix)
-            entry = series[slot, suffix, series_type] = Series(context, series_type, [], self.interval)
-        entry.points.append((timestamp, value))
-
-    def _zero_fill(
-        self, start: int, sampled: dict[int, float], series: dict[tuple[int, str, SeriesType], Series]
-    ) -> None:
+    def _zero_fill(self, start: int, sampled: dict[int, float], series: _SeriesBuilder) -> None:
         """Counters without data in this bucket report 0 until dogstatsd_expiry_seconds after their last sample."""
-        expired = []
+        expired, zeros = [], []
         for slot, last_sampled in self.counter_last_sampled.items():
             if slot in sampled:
                 continue
             if last_sampled + self.counter_expiry > start:
-                self._append(series, slot, "", SeriesType.RATE, start, 0.0)
+                zeros.append((slot, 0.0))
             else:
                 expired.append(slot)
+        series.add_all("", SeriesType.RATE, start, zeros)
         for slot in expired:
             del self.counter_last_sampled[slot]
 
@@ -217,21 +208,58 @@ class Aggregator:
             if entry is None:
                 entry = series[slot, series_type] = Series(self.context_of[slot], series_type, [], self.interval)
             entry.points.append((timestamp, value))
-            self.last_seen[slot] = timestamp
+            self.last_seen[slot] = max(self.last_seen[slot], timestamp)
         self.timestamped = []
         return list(series.values())
 
     def _expire_contexts(self, cutoff: int) -> None:
         """Forget contexts idle for dogstatsd_context_expiry_seconds, unless a counter still reports zeros."""
         open_slots = set().union(*(bucket.slots() for bucket in self.buckets.values()))
+        horizon = cutoff - self.context_expiry
         expired = {
             slot
-            for slot, seen in self.last_seen.items()
-            if seen + self.context_expiry < cutoff and slot not in self.counter_last_sampled and slot not in open_slots
+            for slot, seen in enumerate(self.last_seen)
+            if seen < horizon
+            and self.context_of[slot] is not None
+            and slot not in self.counter_last_sampled
+            and slot not in open_slots
         }
         if not expired:
             return
         for slot in expired:
-            del self.last_seen[slot]
-            del self.slot_of[self.context_of.pop(slot)]
+            context = self.context_of[slot]
+            assert context is not None
+            del self.slot_of[context]
+            self.context_of[slot] = None
+        self._free_slots.extend(expired)
         self.on_expire(expired)
+
+
+class _SeriesBuilder:
+    """Series of one flush, one per (slot, name suffix, type); several closed buckets add points to the same one."""
+
+    def __init__(self, context_of: list[Context | None], interval: int) -> None:
+        self.context_of = context_of
+        self.interval = interval
+        self.by_kind: dict[tuple[str, SeriesType], dict[int, Series]] = {}
+
+    def add_all(
+        self, suffix: str, series_type: SeriesType, timestamp: int, values: Iterable[tuple[int, float]]
+    ) -> None:
+        by_slot = self.by_kind.get((suffix, series_type))
+        if by_slot is None:
+            by_slot = self.by_kind[suffix, series_type] = {}
+        context_of, interval = self.context_of, self.interval
+        for slot, value in values:
+            entry = by_slot.get(slot)
+            if entry is None:
+                context = context_of[slot]
+                assert context is not None
+                if suffix:
+                    context = context._replace(name=context.name + suffix)
+                by_slot[slot] = Series(context, series_type, [(timestamp, value)], interval)
+            else:
+                entry.points.append((timestamp, value))
+
+    def all(self) -> list[Series]:
+        return [series for by_slot in self.by_kind.values() for series in by_slot.values()]

@@ -11,7 +11,9 @@ from relay.model import Context, Event, ServiceCheck
 
 _STRIPPED_TAG_PREFIXES = ("dd.internal.entity_id:", "dd.internal.card:", "dd.internal.jmx_check_name:")
 _GROUP_REFERENCE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
-_CACHE_LIMIT = 500_000  # context cache entries; cleared when full (a miss only costs a rebuild)
+# Context cache entries, cleared when full (a miss only costs a rebuild). Known metric lines never get here (the
+# shape cache of relay/ingest.py answers them), so it only needs to cover the reference path's working set.
+_CACHE_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class Enricher:
         )
         self.profiles = build_profiles(config.dogstatsd_mapper_profiles)
         self._cache: dict[tuple[str, tuple[str, ...]], Context | None] = {}
+        self._strings: dict[str, str] = {}  # one copy of each name and tag: a million contexts share a few
 
     def context(self, name: str, raw_tags: tuple[str, ...]) -> Context | None:
         key = (name, raw_tags)
@@ -105,7 +108,15 @@ class Enricher:
         if name in self.blocklist or (self.blocklist_prefixes and name.startswith(self.blocklist_prefixes)):
             return None
         host, tags = self._host_and_tags(raw_tags, None)
-        return Context(name, host, tags)
+        return Context(self._shared(name), self._shared(host), tuple(self._shared(tag) for tag in tags))
+
+    def _shared(self, text: str) -> str:
+        shared = self._strings.get(text)
+        if shared is None:
+            if len(self._strings) >= _CACHE_LIMIT:
+                self._strings.clear()
+            shared = self._strings[text] = text
+        return shared
 
     def _map(self, name: str) -> tuple[str, tuple[str, ...]] | None:
         for profile in self.profiles:
@@ -120,12 +131,16 @@ class Enricher:
     def _host_and_tags(self, raw_tags: tuple[str, ...], explicit_host: str | None) -> tuple[str, tuple[str, ...]]:
         """`host:` sets the host (empty allowed); dd.internal.* and empty tags go; dogstatsd_tags are added."""
         host = None
-        kept = set(self.extra_tags)
-        for tag in raw_tags:
-            if tag.startswith("host:"):
-                host = tag[5:]
-            elif tag and not tag.startswith(_STRIPPED_TAG_PREFIXES):
-                kept.add(tag)
+        kept = set(raw_tags)
+        kept.update(self.extra_tags)
+        joined = ",".join(raw_tags)
+        if "host:" in joined or "dd.internal." in joined or "" in kept:  # rare: look at each tag
+            kept = set(self.extra_tags)
+            for tag in raw_tags:
+                if tag.startswith("host:"):
+                    host = tag[5:]
+                elif tag and not tag.startswith(_STRIPPED_TAG_PREFIXES):
+                    kept.add(tag)
         if explicit_host:
             host = explicit_host
         return (self.hostname if host is None else host), tuple(sorted(kept))

@@ -68,12 +68,13 @@ class Ingest:
             value, _, suffix = rest.partition(b"|")
             shape = shapes.get((name, suffix))
             if shape is None:
-                self._line(line, now, (name, suffix))
-                continue
+                shape = self._first_sight(line, now, (name, suffix))
+                if shape is None:
+                    continue
             slot, kind, rate, copy = shape
             if kind == SET:
                 if not value:
-                    self._line(line, now, None)
+                    self._line(line, now)
                     continue
                 ok += 1
                 members = bucket.sets.get(slot)
@@ -84,11 +85,11 @@ class Ingest:
             try:
                 number = float(value)
             except ValueError:
-                self._line(line, now, None)
+                self._line(line, now)
                 continue
             # NaN, Inf and overflow (x - x is not 0), and whitespace that float() forgives but Go does not.
             if number - number != 0.0 or value[0] <= 32 or value[-1] <= 32:
-                self._line(line, now, None)
+                self._line(line, now)
                 continue
             ok += 1
             if kind == COUNTER:
@@ -116,26 +117,31 @@ class Ingest:
         eol = transport.partition("_")[0] in self.eol_required
         self._handle(parse_datagram(data, eol_required=eol, timestamps=self.timestamps), now)
 
-    def _line(self, line: bytes, now: float, key: tuple[bytes, bytes] | None) -> None:
-        """One line the fast path cannot take; when `key` is given and the line is a plain metric, learn its shape."""
-        item = parse_line(line, self.timestamps)
-        if key is not None and type(item) is MetricSample and not item.timestamp:
-            self._learn(key, item)
-        self._handle((item,), now)
+    def _line(self, line: bytes, now: float) -> None:
+        """One line the fast path cannot take, through the reference parser."""
+        self._handle((parse_line(line, self.timestamps),), now)
 
-    def _learn(self, key: tuple[bytes, bytes], sample: MetricSample) -> None:
+    def _first_sight(self, line: bytes, now: float, key: tuple[bytes, bytes]) -> Shape | None:
+        """Learn the shape of a plain metric line and return it (the fast path then takes the line); anything
+        else is handled here through the reference path."""
+        item = parse_line(line, self.timestamps)
+        if type(item) is not MetricSample or item.timestamp or len(item.values) > 1:
+            self._handle((item,), now)
+            return None
         if len(self.shapes) >= SHAPE_CACHE_LIMIT:
             self.shapes.clear()
-        context = self.enricher.context(sample.name, sample.tags)
+        context = self.enricher.context(item.name, item.tags)
         if context is None:
-            self.shapes[key] = (-1, BLOCKED, 1.0, -1)
-            return
-        kind = _KINDS[sample.type]
-        rate = sample.rate
-        if kind == COUNTER:
-            rate = 1.0 / rate if 0 < rate <= 1 else 1.0  # the counter's scale
-        copy = self.aggregator.copy_slot(context) if kind == HISTOGRAM else -1
-        self.shapes[key] = (self.aggregator.slot(context), kind, rate, copy)
+            shape: Shape = (-1, BLOCKED, 1.0, -1)
+        else:
+            kind = _KINDS[item.type]
+            rate = item.rate
+            if kind == COUNTER:
+                rate = 1.0 / rate if 0 < rate <= 1 else 1.0  # the counter's scale
+            copy = self.aggregator.copy_slot(context) if kind == HISTOGRAM else -1
+            shape = (self.aggregator.slot(context), kind, rate, copy)
+        self.shapes[key] = shape
+        return shape
 
     def _handle(self, items: Iterable[MetricSample | Event | ServiceCheck | ParseError], now: float) -> None:
         stats, aggregator, enricher = self.stats, self.aggregator, self.enricher

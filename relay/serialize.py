@@ -59,18 +59,20 @@ class Serializer:
         self.use_v2 = config.use_v2_api_series
         self.hostname = config.hostname
         self.stats = stats
+        self.protobuf = ProtobufEncoder()
 
     def series(self, series: list[Series]) -> Iterator[Payload]:
         pieces = [piece for s in series for piece in _split_points(s, self.series_limits.max_points)]
         if self.use_v2:
-            items = ((b"\x0a" + _length_delimited(_series_proto(s)), len(s.points)) for s in pieces)
+            encode = self.protobuf.series
+            items = ((b"\x0a" + _length_delimited(encode(s)), len(s.points)) for s in pieces)
             yield from self._pack(Endpoint.SERIES_V2, items, b"", b"", b"", self.series_limits)
         else:
             items = ((_json(_series_json(s)), len(s.points)) for s in pieces)
             yield from self._pack(Endpoint.SERIES_V1, items, b'{"series":[', b",", b"]}", self.series_limits)
 
     def sketches(self, sketches: list[SketchSeries]) -> Iterator[Payload]:
-        items = ((b"\x0a" + _length_delimited(_sketch_proto(s)), 0) for s in sketches)
+        items = ((b"\x0a" + _length_delimited(self.protobuf.sketch(s)), 0) for s in sketches)
         # The Agent closes every SketchPayload with an empty CommonMetadata (field 2).
         yield from self._pack(Endpoint.SKETCHES, items, b"", b"", b"\x12\x00", self.other_limits)
 
@@ -149,8 +151,13 @@ def _device_and_tags(tags: tuple[str, ...]) -> tuple[str, list[str]]:
 
 # --- protobuf, hand-written --------------------------------------------------------------------------------------
 
+_SMALL_VARINTS = [bytes([n]) if n < 0x80 else bytes([(n & 0x7F) | 0x80, n >> 7]) for n in range(1 << 14)]
+_FIELD_CACHE_LIMIT = 200_000  # encoded names, tags and hosts kept between flushes; cleared when full
+
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 1 << 14:
+        return _SMALL_VARINTS[value]
     value &= 0xFFFFFFFFFFFFFFFF  # negative int64 → ten-byte two's complement, as protobuf does
     out = bytearray()
     while value > 0x7F:
@@ -168,44 +175,81 @@ def _string(tag: bytes, text: str) -> bytes:
     return tag + _length_delimited(text.encode())
 
 
-def _series_proto(series: Series) -> bytes:
-    """MetricSeries: resources=1, metric=2, tags=3, points=4, type=5, interval=8."""
-    context = series.context
-    device, tags = _device_and_tags(context.tags)
-    out = [b"\x0a" + _length_delimited(_string(b"\x0a", "host") + _string(b"\x12", context.host))]
-    if device:
-        out.append(b"\x0a" + _length_delimited(_string(b"\x0a", "device") + _string(b"\x12", device)))
-    out.append(_string(b"\x12", context.name))
-    out.extend(_string(b"\x1a", tag) for tag in tags)
-    for timestamp, value in series.points:  # MetricPoint: value=1 (double), timestamp=2 (int64)
-        out.append(b"\x22" + _length_delimited(b"\x09" + _DOUBLE.pack(value) + b"\x10" + _varint(timestamp)))
-    out.append(b"\x28" + _varint(series.type))
-    out.append(b"\x40" + _varint(series.interval))
-    return b"".join(out)
+class _FieldCache(dict[str, bytes]):
+    """Encoded string fields: names, tags and hosts repeat across contexts and flushes."""
+
+    def __init__(self, tag: bytes) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def __missing__(self, text: str) -> bytes:
+        if len(self) >= _FIELD_CACHE_LIMIT:
+            self.clear()
+        encoded = self[text] = _string(self.tag, text)
+        return encoded
 
 
-def _sketch_proto(sketch: SketchSeries) -> bytes:
-    """Sketch: metric=1, host=2, tags=4, dogsketches=7."""
-    context = sketch.context
-    out = [_string(b"\x0a", context.name), _string(b"\x12", context.host)]
-    out.extend(_string(b"\x22", tag) for tag in context.tags)
-    for point in sketch.points:
-        keys = b"".join(_varint((k << 1) ^ (k >> 31)) for k in point.keys)  # sint32: zigzag
-        counts = b"".join(_varint(n) for n in point.counts)
-        dogsketch = b"".join(
-            (
-                b"\x08" + _varint(point.timestamp),
-                b"\x10" + _varint(point.count),
-                b"\x19" + _DOUBLE.pack(point.min),
-                b"\x21" + _DOUBLE.pack(point.max),
-                b"\x29" + _DOUBLE.pack(point.sum / point.count),
-                b"\x31" + _DOUBLE.pack(point.sum),
-                b"\x3a" + _length_delimited(keys),
-                b"\x42" + _length_delimited(counts),
+class ProtobufEncoder:
+    """MetricSeries and Sketch messages; the field caches make a flush of known contexts mostly lookups."""
+
+    def __init__(self) -> None:
+        self.series_names = _FieldCache(b"\x12")  # MetricSeries.metric = 2
+        self.series_tags = _FieldCache(b"\x1a")  # MetricSeries.tags = 3
+        self.host_resources: dict[str, bytes] = {}
+        self.timestamps: dict[int, bytes] = {}
+        self.sketch_names = _FieldCache(b"\x0a")  # Sketch.metric = 1
+        self.sketch_hosts = _FieldCache(b"\x12")  # Sketch.host = 2
+        self.sketch_tags = _FieldCache(b"\x22")  # Sketch.tags = 4
+
+    def series(self, series: Series) -> bytes:
+        """MetricSeries: resources=1, metric=2, tags=3, points=4, type=5, interval=8."""
+        name, host, tags = series.context
+        resource = self.host_resources.get(host)
+        if resource is None:
+            resource = self.host_resources[host] = b"\x0a" + _length_delimited(
+                _string(b"\x0a", "host") + _string(b"\x12", host)
             )
-        )
-        out.append(b"\x3a" + _length_delimited(dogsketch))
-    return b"".join(out)
+        out = [resource]
+        if any(tag.startswith("device:") for tag in tags):
+            device, kept = _device_and_tags(tags)
+            out.append(b"\x0a" + _length_delimited(_string(b"\x0a", "device") + _string(b"\x12", device)))
+            tags = tuple(kept)
+        out.append(self.series_names[name])
+        encoded_tags = self.series_tags
+        out += [encoded_tags[tag] for tag in tags]
+        for timestamp, value in series.points:  # MetricPoint: value=1 (double), timestamp=2 (int64)
+            encoded_timestamp = self.timestamps.get(timestamp)
+            if encoded_timestamp is None:
+                if len(self.timestamps) >= _FIELD_CACHE_LIMIT:
+                    self.timestamps.clear()
+                encoded_timestamp = self.timestamps[timestamp] = b"\x10" + _varint(timestamp)
+            point = b"\x09" + _DOUBLE.pack(value) + encoded_timestamp
+            out.append(b"\x22" + _SMALL_VARINTS[len(point)] + point)
+        out.append(b"\x28" + _SMALL_VARINTS[series.type] + b"\x40" + _varint(series.interval))
+        return b"".join(out)
+
+    def sketch(self, sketch: SketchSeries) -> bytes:
+        """Sketch: metric=1, host=2, tags=4, dogsketches=7."""
+        name, host, tags = sketch.context
+        out = [self.sketch_names[name], self.sketch_hosts[host]]
+        out += [self.sketch_tags[tag] for tag in tags]
+        for point in sketch.points:
+            keys = b"".join(_varint((k << 1) ^ (k >> 31)) for k in point.keys)  # sint32: zigzag
+            counts = b"".join(_varint(n) for n in point.counts)
+            dogsketch = b"".join(
+                (
+                    b"\x08" + _varint(point.timestamp),
+                    b"\x10" + _varint(point.count),
+                    b"\x19" + _DOUBLE.pack(point.min),
+                    b"\x21" + _DOUBLE.pack(point.max),
+                    b"\x29" + _DOUBLE.pack(point.sum / point.count),
+                    b"\x31" + _DOUBLE.pack(point.sum),
+                    b"\x3a" + _length_delimited(keys),
+                    b"\x42" + _length_delimited(counts),
+                )
+            )
+            out.append(b"\x3a" + _length_delimited(dogsketch))
+        return b"".join(out)
 
 
 # --- JSON --------------------------------------------------------------------------------------------------------
