@@ -1,15 +1,17 @@
-"""Ingest: the shape-cache fast path gives exactly what the reference parser gives, on any input."""
+"""Ingest: both fast paths (Python and C) give exactly what the reference parser gives, on any input."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.aggregate import Aggregator
 from relay.enrich import Enricher
-from relay.ingest import SHAPE_CACHE_LIMIT, Ingest
+from relay.ingest import SHAPE_CACHE_LIMIT, Ingest, accelerated_ingest
 from relay.telemetry import Stats
 from tests.conftest import config
 
@@ -31,11 +33,21 @@ lines = st.one_of(
 datagrams = st.lists(lines, min_size=1, max_size=12).map(lambda parts: b"\n".join(parts))
 
 
-def pipeline(**overrides: Any) -> Ingest:
+def pipeline(accelerate: bool = False, **overrides: Any) -> Ingest:
     cfg = config(hostname="h", statsd_metric_blocklist="b.c", **overrides)
     stats = Stats()
     aggregator = Aggregator(cfg, stats)
-    return Ingest(cfg, stats, Enricher(cfg), aggregator)
+    return Ingest(cfg, stats, Enricher(cfg), aggregator, accelerate=accelerate)
+
+
+@pytest.fixture(params=["python", "c"])
+def accelerate(request: pytest.FixtureRequest) -> bool:
+    """Both fast paths: in Python, and in C (relay/_speedups.c, built when a C compiler is there)."""
+    if request.param == "c" and accelerated_ingest() is None:
+        if os.environ.get("CI"):
+            pytest.fail("relay._speedups was not built: CI has a C compiler, so the build is broken")
+        pytest.skip("relay._speedups is not built here (no C compiler): only the Python fast path is tested")
+    return request.param == "c"
 
 
 def outcome(ingest: Ingest) -> tuple[Any, ...]:
@@ -48,22 +60,22 @@ def outcome(ingest: Ingest) -> tuple[Any, ...]:
     return series, sketches, events, checks, dict(stats.messages), dict(stats.parse_errors), +stats.dropped
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(datagrams, min_size=1, max_size=8), st.sampled_from(["udp", "uds"]), st.booleans())
-def test_fast_path_equals_reference_path(sequence, transport, eol_required):
+def test_fast_path_equals_reference_path(accelerate, sequence, transport, eol_required):
     overrides = {"dogstatsd_eol_required": "udp uds"} if eol_required else {}
     overrides["histogram_copy_to_distribution"] = "true"
-    fast, reference = pipeline(**overrides), pipeline(**overrides)
+    fast, reference = pipeline(accelerate, **overrides), pipeline(**overrides)
     for data in sequence * 2:  # the second time round, every shape is cached
         fast.datagram(data, transport, 1000.0)
         reference.reference(data, transport, 1000.0)
     assert outcome(fast) == outcome(reference)
 
 
-def test_a_known_shape_costs_no_parse_and_timestamps_are_never_cached():
-    ingest = pipeline()
+def test_a_known_shape_costs_no_parse_and_timestamps_are_never_cached(accelerate):
+    ingest = pipeline(accelerate)
     ingest.datagram(b"a:1|c|#x\na:1|g|T100\nb.c:1|g", "udp", 1000.0)
-    assert set(ingest.shapes) == {(b"a", b"c|#x"), (b"b.c", b"g")}
+    assert set(ingest.shapes) == {b"a:c|#x", b"b.c:g"}
     ingest.datagram(b"a:41|c|#x", "udp", 1000.0)
     assert ingest.aggregator.bucket(1000).counters == {0: 42.0}
 

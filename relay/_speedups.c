@@ -1,0 +1,175 @@
+/* The ingest fast path of relay/ingest.py (Ingest._lines), in C. Optional: without it, Python does the same.
+ *
+ *   ingest(data, offset, shapes, gauges, counters, sets, histograms, distributions) -> (accepted, blocked, stop)
+ *
+ * Applies the lines of `data` from `offset` whose shape is already in `shapes` (b"name:suffix" -> (slot, kind,
+ * rate, copy slot)) and whose value is a plain decimal number (or, for sets, any non-empty member). It stops at
+ * the first other line and returns that line's offset as `stop` (len(data) when every line was taken), so the
+ * caller handles that one line in Python and calls again: lines are applied in datagram order either way.
+ * Numbers are parsed by PyOS_string_to_double, the routine behind float(), so results are identical.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+enum { GAUGE, COUNTER, SET, HISTOGRAM, DISTRIBUTION, BLOCKED };  /* as in relay/ingest.py */
+#define MAX_NUMBER 63
+
+/* The decimal subset of Go's ParseFloat that float() reads the same way: [+-] digits [. digits] [e [+-] digits]
+ * with at least one mantissa digit. Anything else (hex, underscores, inf, nan, spaces) is left to Python. */
+static int parse_number(const char *text, Py_ssize_t length, double *out) {
+    if (length == 0 || length > MAX_NUMBER) return 0;
+    Py_ssize_t i = 0, digits = 0;
+    if (text[i] == '+' || text[i] == '-') i++;
+    while (i < length && text[i] >= '0' && text[i] <= '9') { i++; digits++; }
+    if (i < length && text[i] == '.') {
+        i++;
+        while (i < length && text[i] >= '0' && text[i] <= '9') { i++; digits++; }
+    }
+    if (digits == 0) return 0;
+    if (i < length && (text[i] == 'e' || text[i] == 'E')) {
+        i++;
+        if (i < length && (text[i] == '+' || text[i] == '-')) i++;
+        Py_ssize_t exponent_digits = 0;
+        while (i < length && text[i] >= '0' && text[i] <= '9') { i++; exponent_digits++; }
+        if (exponent_digits == 0) return 0;
+    }
+    if (i != length) return 0;
+    char buffer[MAX_NUMBER + 1];
+    memcpy(buffer, text, length);
+    buffer[length] = '\0';
+    char *end = NULL;
+    double value = PyOS_string_to_double(buffer, &end, NULL);
+    if (value == -1.0 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+    if (end != buffer + length || !isfinite(value)) return 0;  /* overflow is an error in Go: Python decides */
+    *out = value;
+    return 1;
+}
+
+/* dict[slot] as a list, made when missing; a borrowed reference. */
+static PyObject *list_for(PyObject *dict, PyObject *slot) {
+    PyObject *list = PyDict_GetItemWithError(dict, slot);
+    if (list != NULL || PyErr_Occurred()) return list;
+    list = PyList_New(0);
+    if (list == NULL) return NULL;
+    int failed = PyDict_SetItem(dict, slot, list);
+    Py_DECREF(list);
+    return failed ? NULL : list;
+}
+
+static int apply_number(int kind, double number, PyObject *slot, PyObject *rate, PyObject *copy,
+                        PyObject *gauges, PyObject *counters, PyObject *histograms, PyObject *distributions) {
+    PyObject *value;
+    int failed;
+    switch (kind) {
+    case GAUGE:
+        value = PyFloat_FromDouble(number);
+        if (value == NULL) return -1;
+        failed = PyDict_SetItem(gauges, slot, value);
+        Py_DECREF(value);
+        return failed;
+    case COUNTER: {
+        PyObject *total = PyDict_GetItemWithError(counters, slot);
+        if (total == NULL && PyErr_Occurred()) return -1;
+        double sum = (total ? PyFloat_AS_DOUBLE(total) : 0.0) + number * PyFloat_AS_DOUBLE(rate);
+        value = PyFloat_FromDouble(sum);
+        if (value == NULL) return -1;
+        failed = PyDict_SetItem(counters, slot, value);
+        Py_DECREF(value);
+        return failed;
+    }
+    default: {  /* histogram or distribution: a float, or (value, rate) when the rate is not 1 */
+        PyObject *sample = PyFloat_AS_DOUBLE(rate) == 1.0
+            ? PyFloat_FromDouble(number)
+            : Py_BuildValue("(dO)", number, rate);
+        if (sample == NULL) return -1;
+        PyObject *samples = list_for(kind == HISTOGRAM ? histograms : distributions, slot);
+        failed = samples == NULL || PyList_Append(samples, sample) < 0;
+        if (!failed && PyLong_AsLong(copy) >= 0) {
+            PyObject *copies = list_for(distributions, copy);
+            failed = copies == NULL || PyList_Append(copies, sample) < 0;
+        }
+        Py_DECREF(sample);
+        return failed ? -1 : 0;
+    }
+    }
+}
+
+static int add_member(PyObject *sets, PyObject *slot, const char *text, Py_ssize_t length) {
+    PyObject *members = PyDict_GetItemWithError(sets, slot);
+    if (members == NULL) {
+        if (PyErr_Occurred()) return -1;
+        members = PySet_New(NULL);
+        if (members == NULL || PyDict_SetItem(sets, slot, members) < 0) { Py_XDECREF(members); return -1; }
+        Py_DECREF(members);
+    }
+    PyObject *member = PyUnicode_DecodeUTF8(text, length, "replace");
+    if (member == NULL) return -1;
+    int failed = PySet_Add(members, member);
+    Py_DECREF(member);
+    return failed;
+}
+
+static PyObject *ingest(PyObject *module, PyObject *args) {
+    PyObject *data, *shapes, *gauges, *counters, *sets, *histograms, *distributions;
+    Py_ssize_t offset;
+    if (!PyArg_ParseTuple(args, "SnO!O!O!O!O!O!", &data, &offset, &PyDict_Type, &shapes, &PyDict_Type, &gauges,
+                          &PyDict_Type, &counters, &PyDict_Type, &sets, &PyDict_Type, &histograms, &PyDict_Type,
+                          &distributions))
+        return NULL;
+    const char *buffer = PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data), accepted = 0, blocked = 0;
+    while (offset < size) {
+        const char *line = buffer + offset;
+        const char *newline = memchr(line, '\n', size - offset);
+        Py_ssize_t length = newline ? newline - line : size - offset;
+        if (length == 0) { offset += 1; continue; }
+        const char *colon = memchr(line, ':', length);
+        const char *bar = colon ? memchr(colon + 1, '|', length - (colon + 1 - line)) : NULL;
+        if (bar == NULL) break;
+        Py_ssize_t name_length = colon - line, suffix_length = length - (bar + 1 - line);
+        PyObject *key = PyBytes_FromStringAndSize(NULL, name_length + 1 + suffix_length);
+        if (key == NULL) return NULL;
+        char *key_bytes = PyBytes_AS_STRING(key);
+        memcpy(key_bytes, line, name_length + 1);  /* the name and its colon */
+        memcpy(key_bytes + name_length + 1, bar + 1, suffix_length);
+        PyObject *shape = PyDict_GetItemWithError(shapes, key);
+        Py_DECREF(key);
+        if (shape == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            break;  /* a shape not seen yet: Python learns it */
+        }
+        if (!PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) != 4) break;
+        PyObject *slot = PyTuple_GET_ITEM(shape, 0), *rate = PyTuple_GET_ITEM(shape, 2);
+        int kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(shape, 1));
+        if (!PyFloat_Check(rate)) break;
+        const char *value = colon + 1;
+        Py_ssize_t value_length = bar - value;
+        if (kind == SET) {
+            if (value_length == 0) break;
+            if (add_member(sets, slot, value, value_length) < 0) return NULL;
+        } else {
+            double number;
+            if (!parse_number(value, value_length, &number)) break;
+            if (kind == BLOCKED) {
+                blocked++;
+            } else if (apply_number(kind, number, slot, rate, PyTuple_GET_ITEM(shape, 3), gauges, counters,
+                                    histograms, distributions) < 0) {
+                return NULL;
+            }
+        }
+        accepted++;
+        offset += length + 1;
+    }
+    return Py_BuildValue("nnn", accepted, blocked, offset < size ? offset : size);
+}
+
+static PyMethodDef methods[] = {
+    {"ingest", ingest, METH_VARARGS, "Apply the lines of a datagram whose shape is known (see relay/ingest.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "relay._speedups", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
