@@ -51,6 +51,8 @@ class HistogramSpec:
 
 def histogram_points(samples: list[Sample], spec: HistogramSpec, interval: int) -> list[Point]:
     """Weight int(1/rate), sum of value/rate, quantiles by weighted nearest rank with no interpolation."""
+    if all(type(sample) is float for sample in samples):
+        return _unweighted_points(sorted(samples), spec, interval)  # type: ignore[type-var]
     weighted: list[tuple[float, int]] = []
     total = 0.0
     for sample in samples:
@@ -76,6 +78,23 @@ def histogram_points(samples: list[Sample], spec: HistogramSpec, interval: int) 
     for percentile in spec.percentiles:
         target = max(percentile * count - 1, 0) // 100
         points.append((f".{percentile}percentile", SeriesType.GAUGE, _rank(weighted, target)))
+    return points
+
+
+def _unweighted_points(ordered: list[float], spec: HistogramSpec, interval: int) -> list[Point]:
+    """The same as the weighted rule when every weight is 1: the rank is an index (the usual case, and faster)."""
+    count, total = len(ordered), sum(ordered)
+    values = {"max": ordered[-1], "min": ordered[0], "sum": total, "avg": total / count}
+    points: list[Point] = []
+    for aggregate in spec.aggregates:
+        if aggregate == "count":
+            points.append((".count", SeriesType.RATE, count / interval))
+        elif aggregate == "median":
+            points.append((".median", SeriesType.GAUGE, ordered[(count - 1) // 2]))
+        else:
+            points.append((f".{aggregate}", SeriesType.GAUGE, values[aggregate]))
+    for percentile in spec.percentiles:
+        points.append((f".{percentile}percentile", SeriesType.GAUGE, ordered[max(percentile * count - 1, 0) // 100]))
     return points
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from relay.accumulators import Bucket, HistogramSpec, histogram_points, sketch_of
 from relay.config import Config
@@ -22,6 +23,18 @@ from relay.model import Context, Event, Flushed, MetricType, Series, SeriesType,
 from relay.telemetry import Stats
 
 _HISTOGRAMS = (MetricType.HISTOGRAM, MetricType.TIMER)
+
+
+@dataclass(slots=True)
+class FlushWork:
+    """What `detach` took out of the aggregator for one flush."""
+
+    cutoff: int
+    closed: list[Bucket]
+    zeros: list[tuple[int, list[int]]]  # (bucket start, counters that report 0 there)
+    timestamped: list[tuple[int, SeriesType, int, float]]
+    events: list[Event]
+    service_checks: list[ServiceCheck]
 
 
 class Aggregator:
@@ -137,30 +150,55 @@ class Aggregator:
 
     def flush(self, now: float, *, force: bool = False) -> Flushed:
         """Everything whose bucket is closed at `now`; with `force` (shutdown) the open buckets too."""
+        work = self.detach(now, force=force)
+        flushed = self.build(work)
+        self.finish(work)
+        return flushed
+
+    def detach(self, now: float, *, force: bool = False) -> FlushWork:
+        """Step 1, cheap, on the ingest thread: take the closed buckets out and decide the zero points."""
         second = int(now)
         cutoff = second - second % self.interval
         for start in sorted(self.buckets):  # open buckets too: a counter's last sample may be in one
             self.counter_last_sampled.update(dict.fromkeys(self.buckets[start].counters, start))
         closed = [self.buckets.pop(start) for start in sorted(self.buckets) if force or start + self.interval <= cutoff]
-        series = _SeriesBuilder(self.context_of, self.interval)
-        sketches: dict[int, SketchSeries] = {}
-        for bucket in closed:
-            self._flush_bucket(bucket, series, sketches)
-            self._zero_fill(bucket.start, bucket.counters, series)
+        zeros = [(bucket.start, self._zero_slots(bucket.start, bucket.counters)) for bucket in closed]
         if not closed and not self.buckets and cutoff - self.last_cutoff >= self.interval:
             # No bucket pending at all: one zero point for the interval that just ended (Agent quirk:
             # when open buckets exist, nothing is zero-filled in this flush).
-            self._zero_fill(cutoff - self.interval, {}, series)
+            zeros.append((cutoff - self.interval, self._zero_slots(cutoff - self.interval, {})))
         self.last_cutoff = max(self.last_cutoff, cutoff)
-        flushed = Flushed(
-            series=[*series.all(), *self._flush_timestamped()],
+        work = FlushWork(cutoff, closed, zeros, self.timestamped, self.events, self.service_checks)
+        self.timestamped, self.events, self.service_checks = [], [], []
+        return work
+
+    def build(self, work: FlushWork) -> Flushed:
+        """Step 2, the arithmetic: reads only what `detach` took out, so it may run in another thread while
+        ingest goes on (slots are freed in `finish` only, so every slot it reads keeps its context)."""
+        series = _SeriesBuilder(self.context_of, self.interval)
+        sketches: dict[int, SketchSeries] = {}
+        buckets, zeros = {bucket.start: bucket for bucket in work.closed}, dict(work.zeros)
+        for start in sorted(buckets.keys() | zeros.keys()):  # in time order: each series' points stay sorted
+            if start in buckets:
+                self._flush_bucket(buckets[start], series, sketches)
+            series.add_all("", SeriesType.RATE, start, ((slot, 0.0) for slot in zeros.get(start, ())))
+        return Flushed(
+            series=[*series.all(), *self._timestamped_series(work.timestamped)],
             sketches=list(sketches.values()),
-            events=self.events,
-            service_checks=self.service_checks,
+            events=work.events,
+            service_checks=work.service_checks,
         )
-        self.events, self.service_checks = [], []
-        self._expire_contexts(cutoff)
-        return flushed
+
+    def finish(self, work: FlushWork) -> None:
+        """Step 3, on the ingest thread: record when each context was last seen, then forget idle ones."""
+        last_seen = self.last_seen
+        for bucket in work.closed:
+            start = bucket.start
+            for slot in bucket.slots():
+                last_seen[slot] = start
+        for slot, _, timestamp, _ in work.timestamped:
+            last_seen[slot] = max(last_seen[slot], timestamp)
+        self._expire_contexts(work.cutoff)
 
     def _flush_bucket(self, bucket: Bucket, series: _SeriesBuilder, sketches: dict[int, SketchSeries]) -> None:
         start, interval = bucket.start, self.interval
@@ -181,36 +219,36 @@ class Aggregator:
         for slot, samples in bucket.distributions.items():
             entry = sketches.get(slot)
             if entry is None:
-                entry = sketches[slot] = SketchSeries(self.context_of[slot], [])
+                entry = sketches[slot] = SketchSeries(self._context(slot), [])
             entry.points.append(sketch_of(samples).to_point(start))
-        last_seen = self.last_seen
-        for slot in bucket.slots():
-            last_seen[slot] = start
 
-    def _zero_fill(self, start: int, sampled: dict[int, float], series: _SeriesBuilder) -> None:
+    def _zero_slots(self, start: int, sampled: dict[int, float]) -> list[int]:
         """Counters without data in this bucket report 0 until dogstatsd_expiry_seconds after their last sample."""
         expired, zeros = [], []
         for slot, last_sampled in self.counter_last_sampled.items():
             if slot in sampled:
                 continue
             if last_sampled + self.counter_expiry > start:
-                zeros.append((slot, 0.0))
+                zeros.append(slot)
             else:
                 expired.append(slot)
-        series.add_all("", SeriesType.RATE, start, zeros)
         for slot in expired:
             del self.counter_last_sampled[slot]
+        return zeros
 
-    def _flush_timestamped(self) -> list[Series]:
+    def _timestamped_series(self, samples: list[tuple[int, SeriesType, int, float]]) -> list[Series]:
         series: dict[tuple[int, SeriesType], Series] = {}
-        for slot, series_type, timestamp, value in self.timestamped:
+        for slot, series_type, timestamp, value in samples:
             entry = series.get((slot, series_type))
             if entry is None:
-                entry = series[slot, series_type] = Series(self.context_of[slot], series_type, [], self.interval)
+                entry = series[slot, series_type] = Series(self._context(slot), series_type, [], self.interval)
             entry.points.append((timestamp, value))
-            self.last_seen[slot] = max(self.last_seen[slot], timestamp)
-        self.timestamped = []
         return list(series.values())
+
+    def _context(self, slot: int) -> Context:
+        context = self.context_of[slot]
+        assert context is not None, "a slot in a bucket always has its context"
+        return context
 
     def _expire_contexts(self, cutoff: int) -> None:
         """Forget contexts idle for dogstatsd_context_expiry_seconds, unless a counter still reports zeros."""

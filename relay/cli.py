@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the raw status JSON")
+    health = commands.add_parser("health", help="exit 0 when the running relay answers /healthz (for probes)")
+    health.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
+    health.set_defaults(set=[])
     intake = commands.add_parser("intake", help="run a local stand-in for Datadog's intake that shows what arrives")
     intake.add_argument("--host", default="127.0.0.1")
     intake.add_argument("--port", type=int, default=8080)
@@ -67,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _status(config, args.json)
+    if args.command == "health":
+        return _health(config)
     return _run(config)
 
 
@@ -96,7 +101,7 @@ def _run(config: Config) -> int:
 def _status(config: Config, as_json: bool) -> int:
     from relay.status import render
 
-    url = f"http://{config.relay_health_host}:{config.relay_health_port}/status"
+    url = _health_url(config, "/status")
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             status = json.load(response)
@@ -105,6 +110,21 @@ def _status(config: Config, as_json: bool) -> int:
         return 1
     print(json.dumps(status, indent=2) if as_json else render(status), end="\n" if as_json else "")
     return 0
+
+
+def _health_url(config: Config, path: str) -> str:
+    """The running relay's health endpoint; a wildcard bind address is reached through loopback."""
+    host = "127.0.0.1" if config.relay_health_host in ("0.0.0.0", "::", "") else config.relay_health_host
+    return f"http://{host}:{config.relay_health_port}{path}"
+
+
+def _health(config: Config) -> int:
+    try:
+        with urllib.request.urlopen(_health_url(config, "/healthz"), timeout=4):
+            return 0
+    except (urllib.error.URLError, OSError) as error:
+        print(f"health: {getattr(error, 'reason', error)}", file=sys.stderr)
+        return 1
 
 
 def _intake(host: str, port: int, keep: int) -> int:

@@ -8,6 +8,7 @@ field numbers), so it checks our hand-written encoder independently. Used by the
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import zlib
 from collections import deque
@@ -150,6 +151,7 @@ class Intake:
         app.router.add_post("/api/v1/check_run", self._receive)
         app.router.add_post("/intake/", self._receive)
         app.router.add_get("/_received", self._received)
+        app.router.add_get("/", self._page)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
@@ -221,6 +223,61 @@ class Intake:
                 "requests": [r.__dict__ for r in self.requests],
             }
         )
+
+    async def _page(self, request: web.Request) -> web.Response:
+        """What arrived, for a person: latest value per series, sketches, events, service checks."""
+        latest: dict[tuple[str, str, tuple[str, ...]], dict[str, Any]] = {}
+        for series in self.series:
+            latest[series["metric"], series["host"] or "", tuple(series["tags"])] = series
+        rows = [
+            (name, s["type"], f"{s['points'][-1][1]:g}" if s["points"] else "", host, ", ".join(tags))
+            for (name, host, tags), s in sorted(latest.items())
+        ]
+        sketches = {}
+        for sketch in self.sketches:
+            last = sketch["points"][-1]
+            sketches[sketch["metric"], sketch["host"], tuple(sketch["tags"])] = (last["cnt"], last["avg"])
+        sketch_rows = [
+            (name, str(count), f"{avg:g}", host, ", ".join(tags))
+            for (name, host, tags), (count, avg) in sorted(sketches.items())
+        ]
+        body = [
+            "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=10>",
+            "<title>intake stand-in</title><style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style>",
+            f"<h1>What reached the intake</h1><p>{len(self.requests)} requests kept; JSON at /_received.</p>",
+            _html_table("Series (latest point)", ("metric", "type", "value", "host", "tags"), rows),
+            _html_table("Distributions (last sketch)", ("metric", "count", "avg", "host", "tags"), sketch_rows),
+            _html_table(
+                "Events",
+                ("title", "text", "alert type", "host", "tags"),
+                [
+                    (
+                        e["msg_title"],
+                        e["msg_text"],
+                        e.get("alert_type", ""),
+                        e.get("host", ""),
+                        ", ".join(e.get("tags", [])),
+                    )
+                    for e in reversed(self.events[-50:])
+                ],
+            ),
+            _html_table(
+                "Service checks",
+                ("check", "status", "message", "host", "tags"),
+                [
+                    (c["check"], str(c["status"]), c["message"], c["host_name"], ", ".join(c["tags"] or []))
+                    for c in reversed(self.service_checks[-50:])
+                ],
+            ),
+        ]
+        return web.Response(text="".join(body), content_type="text/html")
+
+
+def _html_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<h2>{html.escape(title)} ({len(rows)})</h2><table><tr>{head}</tr>{body}</table>"
 
 
 _TYPE_NAMES = {0: "unspecified", 1: "count", 2: "rate", 3: "gauge"}

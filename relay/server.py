@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import __version__
-from relay.aggregate import Aggregator
+from relay.aggregate import Aggregator, FlushWork
 from relay.config import Config
 from relay.enrich import Enricher
 from relay.forward import DryRunSink, HttpSink, Sink
@@ -69,8 +69,11 @@ class Relay:
         # context many times over and double the flush time. Reference counting frees all of them anyway.
         gc.disable()
         try:
-            flushed = self.aggregator.flush(time.time(), force=force)
-            payloads = await asyncio.to_thread(self._serialize, flushed)
+            # Only taking the closed buckets out happens on the loop; the arithmetic and the encoding run in a
+            # thread, so that ingest keeps draining the sockets during a flush.
+            work = self.aggregator.detach(time.time(), force=force)
+            flushed, payloads = await asyncio.to_thread(self._build_and_serialize, work)
+            self.aggregator.finish(work)
         finally:
             gc.enable()
         for payload in payloads:
@@ -87,6 +90,10 @@ class Relay:
         if self.dry_run and payloads:
             self.out.write(render_flush(flushed, payloads))
             self.out.flush()
+
+    def _build_and_serialize(self, work: FlushWork) -> tuple[Flushed, list[Payload]]:
+        flushed = self.aggregator.build(work)
+        return flushed, self._serialize(flushed)
 
     def _serialize(self, flushed: Flushed) -> list[Payload]:
         serializer = self.serializer

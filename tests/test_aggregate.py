@@ -236,3 +236,15 @@ def test_histogram_aggregates_bound_each_other(values):
     assert result["h.min"] <= result["h.median"] <= result["h.95percentile"] <= result["h.max"]
     assert result["h.count"] * 10 == pytest.approx(len(values))
     assert result["h.median"] in values and result["h.95percentile"] in values
+
+
+@settings(max_examples=300)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60), st.sampled_from(["0.5", "0.95 0.99", "0 0.01 1"]))
+def test_unweighted_histograms_match_the_weighted_rule(values, percentiles):
+    from relay.accumulators import HistogramSpec, histogram_points
+
+    spec = HistogramSpec.from_config(("max", "min", "median", "avg", "sum", "count"), tuple(percentiles.split()))
+    plain = histogram_points([float(v) for v in values], spec, 10)
+    weighted = histogram_points([(float(v), 1.0) for v in values], spec, 10)
+    assert [(s, t) for s, t, _ in plain] == [(s, t) for s, t, _ in weighted]
+    assert [v for _, _, v in plain] == pytest.approx([v for _, _, v in weighted])
