@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "run the relay"),
         ("status", "show the live status of the running relay"),
         ("config", "print the effective configuration (API key redacted)"),
+        ("provision", "create or update the relay's dashboards, monitor and downtimes in Datadog"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the raw status JSON")
+        if name == "provision":
+            command.add_argument("--dry-run", action="store_true", help="print the JSON that would be sent")
+            command.add_argument("--downtimes", action="store_true", help="also schedule nights and weekends off")
     health = commands.add_parser("health", help="exit 0 when the running relay answers /healthz (for probes)")
     health.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
     health.set_defaults(set=[])
@@ -72,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(config, args.json)
     if args.command == "health":
         return _health(config)
+    if args.command == "provision":
+        return _provision(config, args.dry_run, args.downtimes)
     return _run(config)
 
 
@@ -125,6 +131,19 @@ def _health(config: Config) -> int:
     except (urllib.error.URLError, OSError) as error:
         print(f"health: {getattr(error, 'reason', error)}", file=sys.stderr)
         return 1
+
+
+def _provision(config: Config, dry_run: bool, with_downtimes: bool) -> int:
+    from relay.provision import provision
+
+    if not dry_run and not (config.api_key and config.app_key):
+        print("provision: needs DD_API_KEY and DD_APP_KEY (or --dry-run)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return provision(config, config.app_key, with_downtimes=with_downtimes, dry_run=dry_run, out=print)
+    except ImportError:
+        print("provision: needs the datadog package: pip install 'dogstatsd-relay[provision]'", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _intake(host: str, port: int, keep: int) -> int:

@@ -98,6 +98,7 @@ class Config:
     """The relay's whole configuration; built once by `load`, never mutated."""
 
     api_key: str = field(default="", repr=False, metadata={"key": "", "check": None})
+    app_key: str = field(default="", repr=False, metadata={"key": "", "check": None})  # provision only
     site: str = _key("datadoghq.com", check=lambda v: None if v else "must not be empty")
     dd_url: str = _key("", check=_url)
     hostname: str = _key("")
@@ -144,11 +145,25 @@ class Config:
     forwarder_recovery_interval: int = _key(2, check=_not_negative)
     forwarder_retry_queue_payloads_max_size: int = _key(15 * 1024 * 1024, check=_positive)
     forwarder_apikey_validation_interval: int = _key(60, check=_positive)
+    # Disk spool. The Agent's default is 0 (off); the relay spools by default, so that an outage loses nothing.
+    forwarder_storage_max_size_in_bytes: int = _key(512 * 1024 * 1024, check=_not_negative)
+    forwarder_storage_max_disk_ratio: float = _key(0.8, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
+    run_path: str = _key("")
     # The relay's own keys
     relay_flush_interval: int = _key(10, key="relay.flush_interval", check=_positive)
     relay_health_host: str = _key("127.0.0.1", key="relay.health_host")
     relay_health_port: int = _key(8127, key="relay.health_port", check=_port)
     relay_shutdown_timeout: float = _key(10.0, key="relay.shutdown_timeout", check=_not_negative)
+    relay_self_metrics: bool = _key(False, key="relay.self_metrics")
+    relay_spool_dir: str = _key("", key="relay.spool_dir")
+
+    @property
+    def spool_path(self) -> Path:
+        """relay.spool_dir, or `transactions_to_retry` (the Agent's name) under run_path."""
+        if self.relay_spool_dir:
+            return Path(self.relay_spool_dir)
+        run = Path(self.run_path) if self.run_path else Path.home() / ".local" / "state" / "dogstatsd-relay"
+        return run / "transactions_to_retry"
 
     @classmethod
     def load(
@@ -206,6 +221,7 @@ class Config:
         """Every key with its effective value; the API key shown as the Agent does."""
         values = {key_of(name): value for name, value in asdict(self).items()}
         values["api_key"] = redact(self.api_key)
+        values["app_key"] = redact(self.app_key)
         return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}
 
 

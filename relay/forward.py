@@ -8,18 +8,23 @@ Every outcome is counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import ssl
+import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import aiohttp
 
 from relay import __version__
 from relay.config import Config, redact
-from relay.model import Payload
+from relay.logs import RateLimitedLog
+from relay.model import Endpoint, Payload
+from relay.spool import Spool
 from relay.telemetry import Stats
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,14 @@ def outcome(status: int | None) -> Outcome:
     return "dropped" if status in _DROPPED_STATUSES else "retried"
 
 
+def _retry_after(value: str | None) -> float:
+    """Retry-After in seconds (the HTTP-date form is rare from an intake and read as no hint)."""
+    try:
+        return min(max(float(value), 0.0), 3600.0) if value else 0.0
+    except ValueError:
+        return 0.0
+
+
 def backoff_seconds(errors: int, base: float, factor: float, maximum: float) -> float:
     """The Agent's ExpBackoffPolicy: base * 2^n, jittered down to 1/factor of it, capped at `maximum`."""
     max_errors = math.floor(math.log2(maximum / base)) + 1
@@ -52,23 +65,39 @@ def backoff_seconds(errors: int, base: float, factor: float, maximum: float) -> 
     return random.uniform(delay / factor, delay)
 
 
-class HttpSink:
-    """Sends payloads one at a time, in order; a failing intake pauses the queue with backoff."""
+@dataclass
+class _Endpoint:
+    """One endpoint's queue and circuit breaker: after an error it is blocked until `blocked_until`."""
 
-    def __init__(self, config: Config, stats: Stats) -> None:
+    queue: deque[tuple[int, Payload]] = field(default_factory=deque)  # (arrival order, payload)
+    errors: int = 0
+    blocked_until: float = 0.0
+
+
+class HttpSink:
+    """Sends payloads in order per endpoint; an endpoint that fails backs off without holding up the others.
+
+    Payloads wait in memory, bounded by forwarder_retry_queue_payloads_max_size; beyond it the oldest go to the
+    disk spool (or are dropped and counted when there is none). At shutdown whatever is unsent is spooled, and
+    spooled payloads are sent first at the next start.
+    """
+
+    def __init__(self, config: Config, stats: Stats, spool: Spool | None = None) -> None:
         self.config = config
         self.stats = stats
-        self.queue: deque[Payload] = deque()
+        self.spool = spool
+        self.endpoints = {endpoint: _Endpoint() for endpoint in Endpoint}
         self.queue_bytes = 0
-        self.errors = 0
+        self._arrivals = 0
         self._wakeup = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._stopping = False
         self._session: aiohttp.ClientSession | None = None
         self._worker: asyncio.Task[None] | None = None
         self._validation: asyncio.Task[None] | None = None
         self._headers = {"DD-API-KEY": config.api_key, "User-Agent": f"dogstatsd-relay/{__version__}"}
+        self.log = RateLimitedLog(logger)
         stats.gauges["retry_queue_bytes"] = lambda: self.queue_bytes
-        stats.gauges["retry_queue_payloads"] = lambda: len(self.queue)
+        stats.gauges["retry_queue_payloads"] = lambda: sum(len(e.queue) for e in self.endpoints.values())
         stats.info["endpoint"] = config.intake_url
         stats.info["api_key"] = redact(config.api_key)
         stats.info["api_key_valid"] = None
@@ -80,49 +109,94 @@ class HttpSink:
             connector=aiohttp.TCPConnector(ssl=ssl_context),
             trust_env=True,  # HTTPS_PROXY / NO_PROXY, as users of the Agent expect
         )
+        if self.spool is not None and len(self.spool):
+            logger.info("spool: %d payloads from a previous run will be sent first", len(self.spool))
         self._worker = asyncio.create_task(self._run(), name="forwarder")
         self._validation = asyncio.create_task(self._validate_api_key_periodically(), name="api-key-validation")
 
     def send(self, payload: Payload) -> None:
-        self.queue.append(payload)
+        self._arrivals += 1
+        self.endpoints[payload.endpoint].queue.append((self._arrivals, payload))
         self.queue_bytes += len(payload.body)
-        while self.queue_bytes > self.config.forwarder_retry_queue_payloads_max_size and len(self.queue) > 1:
-            oldest = self.queue.popleft()
-            self.queue_bytes -= len(oldest.body)
-            self.stats.payloads[oldest.endpoint.value, "dropped"] += 1
-            self.stats.dropped["retry_queue_full"] += oldest.items
-            logger.warning("retry queue full: dropped the oldest %s payload", oldest.endpoint.value)
+        while self.queue_bytes > self.config.forwarder_retry_queue_payloads_max_size:
+            oldest = min((e for e in self.endpoints.values() if e.queue), key=lambda e: e.queue[0][0], default=None)
+            if oldest is None or (oldest.queue[0][1] is payload and self.queue_bytes == len(payload.body)):
+                break  # a single payload larger than the whole queue still gets its chance
+            _, evicted = oldest.queue.popleft()
+            self.queue_bytes -= len(evicted.body)
+            self._spool_or_drop(evicted, "retry_queue_full")
         self._wakeup.set()
 
-    async def _run(self) -> None:
-        while not (self._stopping.is_set() and not self.queue):
-            if not self.queue:
-                self._wakeup.clear()
-                await _first(self._wakeup.wait(), self._stopping.wait())
-                continue
-            payload = self.queue[0]
-            result = outcome(await self._post(payload))
-            if result == "retried":
-                self.stats.payloads[payload.endpoint.value, "retried"] += 1
-                self.errors += 1
-                delay = backoff_seconds(
-                    self.errors,
-                    self.config.forwarder_backoff_base,
-                    self.config.forwarder_backoff_factor,
-                    self.config.forwarder_backoff_max,
-                )
-                await asyncio.sleep(delay)  # close() cancels this at its timeout
-                continue
-            self.queue.popleft()
-            self.queue_bytes -= len(payload.body)
-            self.stats.payloads[payload.endpoint.value, result] += 1
-            if result == "sent":
-                self.stats.payload_bytes[payload.endpoint.value] += len(payload.body)
-                self.errors = max(0, self.errors - self.config.forwarder_recovery_interval)
-            else:
-                self.stats.dropped["payload_rejected"] += payload.items
+    def _spool_or_drop(self, payload: Payload, reason: str) -> None:
+        if self.spool is not None and self.spool.put(payload):
+            return
+        if self.spool is None:
+            self.stats.payloads[payload.endpoint.value, "dropped"] += 1
+            self.stats.dropped[reason] += payload.items
+        logger.warning(
+            "%s: %s payload dropped (%s)",
+            reason,
+            payload.endpoint.value,
+            "no spool" if not self.spool else "spool refused it",
+        )
 
-    async def _post(self, payload: Payload) -> int | None:
+    async def _run(self) -> None:
+        """One payload at a time from each endpoint that is not blocked, in turn."""
+        while True:
+            now = time.monotonic()
+            pending = [endpoint for endpoint in Endpoint if self._has_pending(endpoint)]
+            ready = [endpoint for endpoint in pending if self.endpoints[endpoint].blocked_until <= now]
+            if not ready:
+                if self._stopping:
+                    return  # close() spools what could not be sent
+                self._wakeup.clear()
+                timeout = min((self.endpoints[e].blocked_until for e in pending), default=now + 3600) - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), max(timeout, 0.001))
+                continue
+            for endpoint in ready:
+                await self._send_next(endpoint)
+
+    def _has_pending(self, endpoint: Endpoint) -> bool:
+        return bool(self.endpoints[endpoint].queue) or bool(self.spool and self.spool.files[endpoint])
+
+    async def _send_next(self, endpoint: Endpoint) -> None:
+        """The oldest payload of the endpoint: the spool's first (it holds the older ones), then memory."""
+        state = self.endpoints[endpoint]
+        spooled = self.spool.oldest(endpoint) if self.spool is not None else None
+        if spooled is not None:
+            path, payload = spooled
+        elif state.queue:
+            path, payload = None, state.queue[0][1]
+        else:
+            return
+        status, retry_after = await self._post(payload)
+        result = outcome(status)
+        self.stats.payloads[endpoint.value, result] += 1
+        if result == "retried":
+            state.errors += 1
+            delay = backoff_seconds(
+                state.errors,
+                self.config.forwarder_backoff_base,
+                self.config.forwarder_backoff_factor,
+                self.config.forwarder_backoff_max,
+            )
+            state.blocked_until = time.monotonic() + max(delay, retry_after)
+            return
+        if path is not None:
+            assert self.spool is not None
+            self.spool.remove(path)
+        else:
+            state.queue.popleft()
+            self.queue_bytes -= len(payload.body)
+        if result == "sent":
+            self.stats.payload_bytes[endpoint.value] += len(payload.body)
+            state.errors = max(0, state.errors - self.config.forwarder_recovery_interval)
+        else:
+            self.stats.dropped["payload_rejected"] += payload.items
+
+    async def _post(self, payload: Payload) -> tuple[int | None, float]:
+        """(HTTP status or None on a network error, seconds asked for by Retry-After on 429/503)."""
         assert self._session is not None
         headers = {**self._headers, "Content-Type": payload.endpoint.content_type}
         if payload.encoding:
@@ -131,24 +205,24 @@ class HttpSink:
         try:
             async with self._session.post(url, data=payload.body, headers=headers) as response:
                 await response.read()
-                status = response.status
+                status, retry_after = response.status, _retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             self.stats.http_errors[type(error).__name__] += 1
-            logger.warning("%s: %s; will retry", payload.endpoint.value, error or type(error).__name__)
-            return None
+            self.log.log(
+                logging.WARNING, payload.endpoint.value, "%s: %s; will retry",
+                payload.endpoint.value, error or type(error).__name__,
+            )  # fmt: skip
+            return None, 0.0
         if status >= 400:
             self.stats.http_errors[str(status)] += 1
             action = "dropping the payload" if outcome(status) == "dropped" else "will retry"
-            logger.warning(
-                "%s: HTTP %d %s; %s",
-                payload.endpoint.value,
-                status,
-                _DROPPED_STATUSES.get(status, ""),
-                action,
-            )
+            self.log.log(
+                logging.WARNING, f"{payload.endpoint.value}{status}", "%s: HTTP %d %s; %s",
+                payload.endpoint.value, status, _DROPPED_STATUSES.get(status, ""), action,
+            )  # fmt: skip
             if status == 403:
                 self.stats.info["api_key_valid"] = False
-        return status
+        return status, retry_after if status in (429, 503) else 0.0
 
     async def _validate_api_key_periodically(self) -> None:
         while True:
@@ -171,8 +245,9 @@ class HttpSink:
             logger.error("API key %s is invalid (HTTP %d)", redact(self.config.api_key), response.status)
 
     async def close(self, timeout: float) -> None:
-        """Send what is queued within `timeout`; what is left is dropped and counted."""
-        self._stopping.set()
+        """Send what is queued within `timeout`; spool what is left (or drop and count it without a spool)."""
+        self._stopping = True
+        self._wakeup.set()
         if self._validation is not None:
             self._validation.cancel()
         if self._worker is not None:
@@ -181,13 +256,15 @@ class HttpSink:
             except TimeoutError:
                 self._worker.cancel()
                 await asyncio.gather(self._worker, return_exceptions=True)
-        for payload in self.queue:
-            self.stats.payloads[payload.endpoint.value, "dropped"] += 1
-            self.stats.dropped["shutdown_unsent"] += payload.items
-        if self.queue:
-            logger.error("shutdown: %d payloads could not be sent in %.0f s", len(self.queue), timeout)
-        self.queue.clear()
+        unsent = sorted((item for state in self.endpoints.values() for item in state.queue), key=lambda item: item[0])
+        for state in self.endpoints.values():
+            state.queue.clear()
         self.queue_bytes = 0
+        for _, payload in unsent:
+            self._spool_or_drop(payload, "shutdown_unsent")
+        if unsent:
+            where = "spooled for the next start" if self.spool is not None else "dropped"
+            logger.warning("shutdown: %d unsent payloads %s", len(unsent), where)
         if self._session is not None:
             await self._session.close()
 
@@ -209,13 +286,3 @@ class DryRunSink:
 
     async def close(self, timeout: float) -> None:
         return None
-
-
-async def _first(*aws: object) -> None:
-    """Wait until the first of several awaitables finishes; cancel the rest."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]  # type: ignore[call-overload]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

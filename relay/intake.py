@@ -138,6 +138,10 @@ class Intake:
     events: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     faults: deque[int] = field(default_factory=deque)
+    failing_paths: dict[str, int] = field(default_factory=dict)  # path → status answered while it is set
+    retry_after: str = ""  # sent with 429 and 503 answers when set
+    objects: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # dashboard | monitor | downtime
+    api_calls: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._metric_payload, self._sketch_payload = _message_classes()
@@ -150,6 +154,10 @@ class Intake:
         app.router.add_post("/api/beta/sketches", self._receive)
         app.router.add_post("/api/v1/check_run", self._receive)
         app.router.add_post("/intake/", self._receive)
+        for kind in ("dashboard", "monitor", "downtime"):  # what `dogstatsd-relay provision` calls
+            app.router.add_get(f"/api/v1/{kind}", self._list_objects)
+            app.router.add_post(f"/api/v1/{kind}", self._save_object)
+            app.router.add_put(f"/api/v1/{kind}/{{id}}", self._save_object)
         app.router.add_get("/_received", self._received)
         app.router.add_get("/", self._page)
         return app
@@ -177,11 +185,14 @@ class Intake:
         headers = {k: v for k, v in request.headers.items() if k.lower() != "dd-api-key"}
         self.requests.append(Request(request.method, request.path, status, headers, len(body), len(raw)))
         if status != 202:
-            return web.json_response({"errors": [f"status {status}"]}, status=status)
+            headers = {"Retry-After": self.retry_after} if self.retry_after and status in (429, 503) else {}
+            return web.json_response({"errors": [f"status {status}"]}, status=status, headers=headers)
         self._decode(request.path, raw)
         return web.json_response({"errors": []}, status=202)
 
     def _status_for(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
+        if request.path in self.failing_paths:
+            return self.failing_paths[request.path], b""
         if self.faults:
             return self.faults.popleft(), b""
         if not self._key_ok(request):
@@ -212,6 +223,29 @@ class Intake:
                 self.events.extend({**e, "_source_group": source} for e in events)
         for items in (self.series, self.sketches, self.service_checks, self.events, self.requests):
             del items[: max(0, len(items) - self.keep)]
+
+    async def _list_objects(self, request: web.Request) -> web.Response:
+        kind = request.path.rsplit("/", 1)[1]
+        self.api_calls.append((request.method, request.path_qs))
+        if not self._key_ok(request):
+            return web.json_response({"errors": ["Forbidden"]}, status=403)
+        items = list(self.objects.get(kind, {}).values())
+        if kind == "dashboard":
+            return web.json_response({"dashboards": [{"id": i["id"], "title": i["title"]} for i in items]})
+        if kind == "monitor" and "name" in request.query:
+            items = [i for i in items if request.query["name"] in i.get("name", "")]
+        return web.json_response(items)
+
+    async def _save_object(self, request: web.Request) -> web.Response:
+        kind = request.path.split("/")[3]
+        self.api_calls.append((request.method, request.path_qs))
+        if not self._key_ok(request):
+            return web.json_response({"errors": ["Forbidden"]}, status=403)
+        store = self.objects.setdefault(kind, {})
+        body = await request.json()
+        identifier = int(request.match_info["id"]) if "id" in request.match_info else len(store) + 1
+        store[identifier] = {**body, "id": identifier}
+        return web.json_response(store[identifier])
 
     async def _received(self, request: web.Request) -> web.Response:
         return web.json_response(

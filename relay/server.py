@@ -26,8 +26,9 @@ from relay.ingest import Ingest
 from relay.listen import Listeners
 from relay.model import Flushed, Payload
 from relay.serialize import Serializer
+from relay.spool import Spool
 from relay.status import render_flush
-from relay.telemetry import Stats, build_registry
+from relay.telemetry import Stats, build_registry, self_series
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +46,22 @@ class Relay:
         self.stats.gauges["contexts"] = lambda: self.aggregator.contexts
         self.serializer = Serializer(config, self.stats)
         self.dry_run = not config.api_key
-        self.sink: Sink = DryRunSink(self.stats) if self.dry_run else HttpSink(config, self.stats)
+        self.sink: Sink = DryRunSink(self.stats) if self.dry_run else HttpSink(config, self.stats, self._spool())
         self.listeners = Listeners(config, self.stats, self.ingest)
         self.registry = build_registry(self.stats)
         self.ingester = Ingest(config, self.stats, self.enricher, self.aggregator)
+        self._self_previous: dict[str, dict[object, int]] = {}  # relay.self_metrics: counters at the last flush
         self.should_exit = asyncio.Event()
+
+    def _spool(self) -> Spool | None:
+        if not self.config.forwarder_storage_max_size_in_bytes:
+            return None
+        return Spool(
+            self.config.spool_path,
+            self.config.forwarder_storage_max_size_in_bytes,
+            self.config.forwarder_storage_max_disk_ratio,
+            self.stats,
+        )
 
     def ingest(self, data: bytes, transport: str) -> None:
         """The listeners' callback: nothing in a datagram can stop the relay."""
@@ -93,6 +105,10 @@ class Relay:
 
     def _build_and_serialize(self, work: FlushWork) -> tuple[Flushed, list[Payload]]:
         flushed = self.aggregator.build(work)
+        if self.config.relay_self_metrics:
+            interval = self.config.relay_flush_interval
+            timestamp = work.cutoff - interval
+            flushed.series += self_series(self.stats, self._self_previous, timestamp, interval, self.config.hostname)
         return flushed, self._serialize(flushed)
 
     def _serialize(self, flushed: Flushed) -> list[Payload]:

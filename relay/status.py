@@ -60,6 +60,10 @@ def render(status: dict[str, Any]) -> str:
         f"  Retry Queue: {_number(forwarder['retry_queue_payloads'])} payloads, "
         f"{_number(forwarder['retry_queue_bytes'])} bytes"
     )
+    lines.append(
+        f"  Disk Spool: {_number(forwarder.get('spool_payloads', 0))} payloads, "
+        f"{_number(forwarder.get('spool_bytes', 0))} bytes"
+    )
     for code, count in sorted(forwarder["http_errors"].items()):
         lines.append(f"  HTTP errors {code}: {_number(count)}")
     return "\n".join(lines) + "\n"

@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
+from relay.model import Context, Series, SeriesType
+
 MESSAGE_TYPES = ("metric", "event", "service_check")
 
 
@@ -38,6 +40,7 @@ class Stats:
     payloads: Counter[tuple[str, str]] = field(default_factory=Counter)  # (endpoint, sent|dropped|retried)
     payload_bytes: Counter[str] = field(default_factory=Counter)  # compressed bytes accepted, by endpoint
     http_errors: Counter[str] = field(default_factory=Counter)  # by status code or error kind
+    spooled: Counter[str] = field(default_factory=Counter)  # payloads written to the disk spool, by endpoint
     gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # contexts, retry_queue_bytes, ...
     info: dict[str, Any] = field(default_factory=dict)  # version, hostname, listeners, endpoint, api key state
 
@@ -83,6 +86,9 @@ class Stats:
                 "http_errors": dict(self.http_errors),
                 "retry_queue_bytes": int(self.gauge("retry_queue_bytes")),
                 "retry_queue_payloads": int(self.gauge("retry_queue_payloads")),
+                "spooled": dict(self.spooled),
+                "spool_bytes": int(self.gauge("spool_bytes")),
+                "spool_payloads": int(self.gauge("spool_payloads")),
             },
         }
 
@@ -125,6 +131,9 @@ class RelayCollector:
         yield _counter("relay_http_errors", "Failed intake requests.", ["code"], s.http_errors)
         yield _gauge("relay_retry_queue_bytes", "Bytes of payloads waiting to be sent.", s.gauge("retry_queue_bytes"))
         yield _gauge("relay_retry_queue_payloads", "Payloads waiting to be sent.", s.gauge("retry_queue_payloads"))
+        yield _counter("relay_spooled_payloads", "Payloads written to the disk spool.", ["endpoint"], s.spooled)
+        yield _gauge("relay_spool_bytes", "Bytes of payloads in the disk spool.", s.gauge("spool_bytes"))
+        yield _gauge("relay_spool_payloads", "Payloads in the disk spool.", s.gauge("spool_payloads"))
         yield _gauge(
             "relay_api_key_valid",
             "1 when the intake accepted the API key.",
@@ -142,6 +151,43 @@ def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetr
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=float(value))
+
+
+SELF_PREFIX = "dogstatsd_relay."
+# (series name, Stats counter, tag keys): what relay.self_metrics sends, as per-second rates.
+_SELF_RATES = (
+    ("packets", "packets", ("transport",)),
+    ("messages", "messages", ("type", "state")),
+    ("samples_dropped", "dropped", ("reason",)),
+    ("payloads", "payloads", ("endpoint", "result")),
+)
+
+
+def self_series(
+    stats: Stats, previous: dict[str, dict[Any, int]], timestamp: int, interval: int, host: str
+) -> list[Series]:
+    """The relay's own telemetry as series (relay.self_metrics): counter deltas since the last flush as rates,
+    under the relay's own namespace (never datadog.agent.*). `previous` is updated in place."""
+    series = []
+    for name, field_name, keys in _SELF_RATES:
+        counter: Counter[Any] = getattr(stats, field_name)
+        last = previous.setdefault(field_name, {})
+        for labels, value in counter.items():
+            values = labels if isinstance(labels, tuple) else (labels,)
+            tags = tuple(f"{key}:{label}" for key, label in zip(keys, values, strict=True))
+            delta = value - last.get(labels, 0)
+            last[labels] = value
+            context = Context(SELF_PREFIX + name, host, tags)
+            series.append(Series(context, SeriesType.RATE, [(timestamp, delta / interval)], interval))
+    for name, value in (
+        ("contexts", stats.gauge("contexts")),
+        ("flush.duration", stats.last_flush_seconds),
+        ("retry_queue.bytes", stats.gauge("retry_queue_bytes")),
+    ):
+        series.append(
+            Series(Context(SELF_PREFIX + name, host, ()), SeriesType.GAUGE, [(timestamp, float(value))], interval)
+        )
+    return series
 
 
 def build_registry(stats: Stats) -> CollectorRegistry:

@@ -90,6 +90,7 @@ async def run_relay(tmp_path: Path, intake_url: str | None, **env: str) -> Async
         "DD_FORWARDER_BACKOFF_BASE": "0.05",
         "DD_FORWARDER_BACKOFF_MAX": "0.4",
         "DD_LOG_LEVEL": "debug",
+        "DD_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
     }
     if intake_url:
         full_env.update(DD_API_KEY=API_KEY, DD_DD_URL=intake_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -272,3 +273,39 @@ async def test_oversized_datagrams_are_truncated_and_counted_and_eol_is_enforced
     assert total(stand_in.series, "kept") == 1 and total(stand_in.series, "lost.tail") == 6  # 6 whole lines fit
     assert status["dropped"]["unterminated"] == 2  # the cut line, and the line without its "\n"
     assert not any(s["metric"] == "unterminated" for s in stand_in.series)
+
+
+async def test_self_metrics_report_the_relay_through_its_own_pipeline(intake, tmp_path):
+    stand_in, url = intake
+    async with run_relay(tmp_path, url, DD_RELAY_SELF_METRICS="true") as relay:
+        relay.send_udp(b"app.metric:1|c\nbroken")
+        await wait_for(lambda: any(s["metric"] == "dogstatsd_relay.packets" for s in stand_in.series))
+        await wait_for(lambda: any(s["metric"] == "dogstatsd_relay.messages" and "state:error" in s["tags"]
+                                   for s in stand_in.series))  # fmt: skip
+        await relay.stop()
+    packets = next(s for s in stand_in.series if s["metric"] == "dogstatsd_relay.packets")
+    assert packets["tags"] == ["transport:udp"] and packets["host"] == "test-host" and packets["type"] == "rate"
+    assert any(s["metric"] == "dogstatsd_relay.contexts" for s in stand_in.series)
+
+
+async def test_outage_then_restart_delivers_everything_exactly_once(intake, tmp_path):
+    stand_in, url = intake
+    stand_in.failing_paths["/api/v2/series"] = 503
+    env = {"DD_RELAY_SPOOL_DIR": str(tmp_path / "spool"), "DD_RELAY_SHUTDOWN_TIMEOUT": "1"}
+    async with run_relay(tmp_path, url, **env) as relay:
+        for index in range(5):
+            relay.send_udp(b"outage.total:%d|c" % (index + 1))
+            await asyncio.sleep(1.1)  # one flush each
+        await wait_for(lambda: relay.status()["forwarder"]["payloads"].get("/api/v2/series", {}).get("retried", 0) >= 3)
+        code, _, err = await relay.stop()
+    assert code == 0, err
+    assert not any(s["metric"] == "outage.total" for s in stand_in.series)
+    assert list((tmp_path / "spool").glob("*.payload"))
+    del stand_in.failing_paths["/api/v2/series"]
+    async with run_relay(tmp_path, url, **env) as relay:  # the next start replays the spool
+        await wait_for(lambda: total(stand_in.series, "outage.total") == 15)
+        await relay.stop()
+    points = [point for s in stand_in.series if s["metric"] == "outage.total" for point in s["points"]]
+    timestamps = [ts for ts, _ in points]
+    assert len(timestamps) == len(set(timestamps))  # no point twice (zero-fill points included)
+    assert not list((tmp_path / "spool").glob("*.payload"))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from relay.forward import HttpSink, backoff_seconds, outcome
 from relay.model import Endpoint, Payload
+from relay.spool import Spool
 from relay.telemetry import Stats
 from tests.conftest import API_KEY, config, wait_for
 
@@ -30,7 +34,7 @@ def payload(size: int = 10, endpoint: Endpoint = Endpoint.CHECK_RUN) -> Payload:
     return Payload(endpoint, b"[" + b" " * (size - 2) + b"]", "", 1, size)
 
 
-async def test_full_queue_drops_the_oldest_and_counts_it(intake):
+async def test_full_queue_without_spool_drops_the_oldest_and_counts_it(intake):
     stand_in, url = intake
     stats = Stats()
     sink = HttpSink(config(dd_url=url, api_key=API_KEY, forwarder_retry_queue_payloads_max_size=25), stats)
@@ -40,10 +44,66 @@ async def test_full_queue_drops_the_oldest_and_counts_it(intake):
         sink.send(payload())
     assert sink.queue_bytes == 20 and stats.dropped["retry_queue_full"] == 2
     stand_in.faults.clear()
-    await wait_for(lambda: not sink.queue)
+    await wait_for(lambda: sink.queue_bytes == 0)
     await sink.close(1)
     assert stats.payloads["/api/v1/check_run", "sent"] == 2
     assert stats.payloads["/api/v1/check_run", "dropped"] == 2
+
+
+async def test_full_queue_goes_to_the_spool_and_everything_arrives_in_order(intake, tmp_path):
+    stand_in, url = intake
+    stats = Stats()
+    cfg = config(dd_url=url, api_key=API_KEY, forwarder_retry_queue_payloads_max_size=40, forwarder_backoff_base=0.01)
+    sink = HttpSink(cfg, stats, Spool(tmp_path, 10_000, 1.0, stats))
+    stand_in.failing_paths["/api/v1/check_run"] = 503
+    await sink.start()
+    for index in range(6):
+        sink.send(Payload(Endpoint.CHECK_RUN, json.dumps([{"check": str(index)}]).encode(), "", 1, 0))
+    assert len(sink.spool) == 4 and stats.dropped["retry_queue_full"] == 0  # 16-byte payloads: 2 fit in 40
+    del stand_in.failing_paths["/api/v1/check_run"]
+    await wait_for(lambda: len(stand_in.service_checks) == 6)
+    await sink.close(1)
+    assert [c["check"] for c in stand_in.service_checks] == ["0", "1", "2", "3", "4", "5"]
+    assert len(sink.spool) == 0 and not list(tmp_path.glob("*.payload"))
+
+
+async def test_a_failing_endpoint_does_not_hold_up_the_others(intake):
+    stand_in, url = intake
+    stats = Stats()
+    sink = HttpSink(config(dd_url=url, api_key=API_KEY, forwarder_backoff_base=0.01), stats)
+    stand_in.failing_paths["/api/beta/sketches"] = 500
+    await sink.start()
+    sink.send(payload(endpoint=Endpoint.SKETCHES))
+    sink.send(payload())
+    await wait_for(lambda: stats.payloads["/api/v1/check_run", "sent"] == 1)
+    assert stats.payloads["/api/beta/sketches", "retried"] >= 1 and stats.payloads["/api/beta/sketches", "sent"] == 0
+    await sink.close(0.1)
+
+
+async def test_retry_after_is_honoured_on_429(intake):
+    stand_in, url = intake
+    stats = Stats()
+    sink = HttpSink(config(dd_url=url, api_key=API_KEY, forwarder_backoff_base=0.01), stats)
+    stand_in.faults.append(429)
+    stand_in.retry_after = "1"
+    await sink.start()
+    started = time.monotonic()
+    sink.send(payload())
+    await wait_for(lambda: stats.payloads["/api/v1/check_run", "sent"] == 1)
+    await sink.close(1)
+    assert time.monotonic() - started >= 1.0
+
+
+async def test_shutdown_during_an_outage_spools_what_is_unsent(intake, tmp_path):
+    stand_in, url = intake
+    stats = Stats()
+    stand_in.faults.extend([500] * 1000)
+    sink = HttpSink(config(dd_url=url, api_key=API_KEY), stats, Spool(tmp_path, 10_000, 1.0, stats))
+    await sink.start()
+    sink.send(payload())
+    await wait_for(lambda: stats.payloads["/api/v1/check_run", "retried"] >= 1)
+    await sink.close(0.2)
+    assert len(list(tmp_path.glob("*.payload"))) == 1 and stats.dropped["shutdown_unsent"] == 0
 
 
 async def test_api_key_validation_is_reported(intake):

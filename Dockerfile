@@ -1,0 +1,39 @@
+# dogstatsd-relay: a DogStatsD-compatible relay. Configured by DD_* environment variables, like the Datadog Agent.
+#
+#   docker build -t dogstatsd-relay .
+#   docker run --rm -p 8125:8125/udp -p 8127:8127 -e DD_API_KEY=... dogstatsd-relay
+
+# Build stage: a wheel of the relay, with its optional C accelerator compiled (the final image has no compiler).
+FROM python:3.11-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc=4:12.* libc6-dev=2.36-* \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY relay ./relay
+COPY collectors ./collectors
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[intake]"
+
+FROM python:3.11-slim
+# The same install as the README's: pip installs the project (here from the wheel built above).
+COPY --from=build /wheels /wheels
+# --no-index: only the wheels built above can be installed, so every version is already fixed by the build stage.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --no-index --find-links /wheels "dogstatsd-relay[intake]" \
+    && rm -rf /wheels \
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/dogstatsd-relay --create-home relay \
+    && mkdir -p /var/run/datadog \
+    && chown relay:relay /var/run/datadog
+USER 10001:10001
+WORKDIR /var/lib/dogstatsd-relay
+# In a container, loopback is not reachable from other containers: listen on every interface, as the Agent's
+# DogStatsD image does. Set DD_DOGSTATSD_NON_LOCAL_TRAFFIC=false for a sidecar that shares the pod's loopback.
+ENV DD_DOGSTATSD_NON_LOCAL_TRAFFIC=true \
+    DD_RELAY_HEALTH_HOST=0.0.0.0 \
+    PYTHONUNBUFFERED=1
+EXPOSE 8125/udp 8127
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["dogstatsd-relay", "health"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["dogstatsd-relay"]
+CMD ["run"]

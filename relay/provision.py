@@ -1,0 +1,132 @@
+"""Provision: the relay's dashboards, monitor and downtimes in Datadog, through the official `datadog` package.
+
+Idempotent: objects are found by their title (dashboards, monitors) or by the marker in their message
+(downtimes) and updated in place; nothing is created twice. The API host follows `site` (or `dd_url`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from relay.config import Config
+
+MARKER = "[dogstatsd-relay]"
+HEALTH_TITLE = "dogstatsd-relay: relay health"
+DATA_TITLE = "dogstatsd-relay: my_metric and PostgreSQL"
+MONITOR_NAME = "dogstatsd-relay: my_metric is high"
+WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri"]
+
+
+def _timeseries(title: str, query: str) -> dict[str, Any]:
+    return {"definition": {"type": "timeseries", "title": title, "requests": [{"q": query, "display_type": "line"}]}}
+
+
+def dashboards() -> list[dict[str, Any]]:
+    """The relay's own health (from relay.self_metrics) and the data it carries."""
+    health = [
+        _timeseries("Packets received per second, by transport", "sum:dogstatsd_relay.packets{*} by {transport}"),
+        _timeseries("Messages per second, by type and state", "sum:dogstatsd_relay.messages{*} by {type,state}"),
+        _timeseries("Parse errors per second", "sum:dogstatsd_relay.messages{state:error} by {type}"),
+        _timeseries("Samples dropped per second, by reason", "sum:dogstatsd_relay.samples_dropped{*} by {reason}"),
+        _timeseries("Live contexts", "max:dogstatsd_relay.contexts{*} by {host}"),
+        _timeseries("Flush duration (s)", "max:dogstatsd_relay.flush.duration{*} by {host}"),
+        _timeseries(
+            "Payloads per second, by endpoint and result", "sum:dogstatsd_relay.payloads{*} by {endpoint,result}"
+        ),
+        _timeseries("Retry queue (bytes)", "max:dogstatsd_relay.retry_queue.bytes{*} by {host}"),
+    ]
+    data = [
+        _timeseries("my_metric by host", "avg:my_metric{*} by {host}"),
+        _timeseries(
+            "PostgreSQL connections in use (%), with anomalies",
+            "anomalies(avg:postgresql.percent_usage_connections{*}, 'basic', 2)",
+        ),
+        _timeseries("my_metric, hourly sum", "sum:my_metric{*}.rollup(sum, 3600)"),
+    ]
+    return [
+        {"title": HEALTH_TITLE, "layout_type": "ordered", "widgets": health,
+         "description": f"{MARKER} Ingest, parse errors, drops, contexts, flushes and payloads of the relays."},
+        {"title": DATA_TITLE, "layout_type": "ordered", "widgets": data,
+         "description": f"{MARKER} What the demo stack sends through the relay."},
+    ]  # fmt: skip
+
+
+def monitor() -> dict[str, Any]:
+    """The average of my_metric over the last 5 minutes: warning at 500, critical at 800, no data after 10 min."""
+    message = "\n".join(
+        [
+            "{{#is_alert}}my_metric is {{value}} on {{host.name}}: above 800 for 5 minutes.{{/is_alert}}",
+            "{{#is_warning}}my_metric is {{value}} on {{host.name}}: above 500 for 5 minutes.{{/is_warning}}",
+            "{{#is_no_data}}No my_metric from {{host.name}} for 10 minutes: is the app or its relay down?"
+            "{{/is_no_data}}",
+            "{{#is_recovery}}my_metric is back to {{value}} on {{host.name}}.{{/is_recovery}}",
+            MARKER,
+        ]
+    )
+    return {
+        "type": "metric alert",
+        "name": MONITOR_NAME,
+        "query": "avg(last_5m):avg:my_metric{*} by {host} > 800",
+        "message": message,
+        "tags": ["managed-by:dogstatsd-relay"],
+        "options": {
+            "thresholds": {"critical": 800, "warning": 500},
+            "notify_no_data": True,
+            "no_data_timeframe": 10,
+            "include_tags": True,
+        },
+    }
+
+
+def downtimes(monitor_id: int | None, now: float, timezone: str = "UTC") -> list[dict[str, Any]]:
+    """Weeknights 19:00-09:00 and whole weekends, as weekly recurrences."""
+    day = int(now) - int(now) % 86400
+    days_to_saturday = (5 - time.gmtime(day).tm_wday) % 7
+    saturday = day + days_to_saturday * 86400
+    common = {"scope": ["*"], "monitor_id": monitor_id, "timezone": timezone}
+    return [
+        {**common, "message": f"{MARKER} weeknights 19:00-09:00", "start": day + 19 * 3600, "end": day + 33 * 3600,
+         "recurrence": {"type": "weeks", "period": 1, "week_days": WEEKDAYS}},
+        {**common, "message": f"{MARKER} weekends", "start": saturday, "end": saturday + 2 * 86400,
+         "recurrence": {"type": "weeks", "period": 1, "week_days": ["Sat"]}},
+    ]  # fmt: skip
+
+
+def provision(config: Config, app_key: str, *, with_downtimes: bool, dry_run: bool, out: Callable[[str], None]) -> int:
+    """Create or update every object; in a dry run, print the JSON that would be sent instead."""
+    if dry_run:
+        plan = {"dashboards": dashboards(), "monitor": monitor()}
+        if with_downtimes:
+            plan["downtimes"] = downtimes(None, time.time())
+        out(json.dumps(plan, indent=2))
+        return 0
+    from datadog import api, initialize  # optional dependency: pip install 'dogstatsd-relay[provision]'
+
+    initialize(api_key=config.api_key, app_key=app_key, api_host=config.api_url)
+    existing = {d["title"]: d["id"] for d in api.Dashboard.get_all().get("dashboards", [])}
+    for body in dashboards():
+        if body["title"] in existing:
+            api.Dashboard.update(existing[body["title"]], **body)
+            out(f"dashboard updated: {body['title']}")
+        else:
+            api.Dashboard.create(**body)
+            out(f"dashboard created: {body['title']}")
+    body = monitor()
+    found = [m for m in api.Monitor.get_all(name=body["name"]) if m.get("name") == body["name"]]
+    monitor_id = found[0]["id"] if found else api.Monitor.create(**body)["id"]
+    if found:
+        api.Monitor.update(monitor_id, **body)
+    out(f"monitor {'updated' if found else 'created'}: {body['name']} (id {monitor_id})")
+    if with_downtimes:
+        current = {d.get("message"): d["id"] for d in api.Downtime.get_all() if MARKER in (d.get("message") or "")}
+        for downtime in downtimes(monitor_id, time.time()):
+            if downtime["message"] in current:
+                api.Downtime.update(current[downtime["message"]], **downtime)
+                out(f"downtime updated: {downtime['message']}")
+            else:
+                api.Downtime.create(**downtime)
+                out(f"downtime created: {downtime['message']}")
+    return 0
