@@ -7,6 +7,7 @@ field numbers), so it checks our hand-written encoder independently. Used by the
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import html
 import json
@@ -140,6 +141,8 @@ class Intake:
     faults: deque[int] = field(default_factory=deque)
     failing_paths: dict[str, int] = field(default_factory=dict)  # path → status answered while it is set
     retry_after: str = ""  # sent with 429 and 503 answers when set
+    behaviour: str = "normal"  # or: hang (never answer), slow (answer after 0.3 s), reset (cut the connection),
+    #                            garbage (202 with a body that is not JSON), to rehearse a broken intake
     objects: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # dashboard | monitor | downtime
     api_calls: list[tuple[str, str]] = field(default_factory=list)
 
@@ -165,7 +168,7 @@ class Intake:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
         """Serve in the running loop; returns the runner (call cleanup()) and the bound port."""
         # Bodies stay compressed: the intake checks the compressed size, then decodes them itself.
-        runner = web.AppRunner(self.app(), access_log=None, auto_decompress=False)
+        runner = web.AppRunner(self.app(), access_log=None, auto_decompress=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -180,6 +183,14 @@ class Intake:
         return web.json_response({"errors": ["Forbidden"]}, status=403)
 
     async def _receive(self, request: web.Request) -> web.Response:
+        if self.behaviour == "hang":
+            await asyncio.sleep(3600)
+        if self.behaviour == "reset":
+            assert request.transport is not None
+            request.transport.abort()  # mid-exchange: the client sees a reset, never a status
+            return web.Response(status=500)
+        if self.behaviour == "slow":
+            await asyncio.sleep(0.3)
         body = await request.read()
         status, raw = self._status_for(request, body)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "dd-api-key"}
@@ -188,6 +199,8 @@ class Intake:
             headers = {"Retry-After": self.retry_after} if self.retry_after and status in (429, 503) else {}
             return web.json_response({"errors": [f"status {status}"]}, status=status, headers=headers)
         self._decode(request.path, raw)
+        if self.behaviour == "garbage":
+            return web.Response(body=b"\x00\xffnot json at all", status=202)
         return web.json_response({"errors": []}, status=202)
 
     def _status_for(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
