@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from relay.accumulators import Bucket, HistogramSpec, histogram_points, sketch_of
 from relay.config import Config
@@ -23,6 +25,9 @@ from relay.model import Context, Event, Flushed, MetricType, Series, SeriesType,
 from relay.telemetry import Stats
 
 _HISTOGRAMS = (MetricType.HISTOGRAM, MetricType.TIMER)
+OVERFLOW_METRIC = "dogstatsd_relay.context_overflow"
+MAX_PER_FLUSH = 100_000  # events, and service checks, kept between two flushes
+OVERFLOW_LABELS = 200  # distinct (metric, tag key) pairs counted apart; the rest go to ("other", "other")
 
 
 @dataclass(slots=True)
@@ -43,6 +48,7 @@ class Aggregator:
         self.counter_expiry = config.dogstatsd_expiry_seconds
         self.context_expiry = config.dogstatsd_context_expiry_seconds
         self.histogram_spec = HistogramSpec.from_config(config.histogram_aggregates, config.histogram_percentiles)
+        self.max_contexts = config.relay_max_contexts
         self.copy_prefix = (
             config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
         )
@@ -65,8 +71,11 @@ class Aggregator:
         return len(self.slot_of)
 
     def slot(self, context: Context) -> int:
-        """The slot of a context, made on first sight."""
+        """The slot of a context, made on first sight; past relay.max_contexts the context is folded first."""
         slot = self.slot_of.get(context)
+        if slot is None and self.max_contexts and len(self.slot_of) >= self.max_contexts:
+            context = self._fold(context)
+            slot = self.slot_of.get(context)
         if slot is None:
             if self._free_slots:
                 slot = self._free_slots.pop()
@@ -78,6 +87,46 @@ class Aggregator:
                 self.last_seen.append(self.last_cutoff)
             self.slot_of[context] = slot
         return slot
+
+    def _fold(self, context: Context) -> Context:
+        """Over the limit, new contexts are folded, not lost: every tag value becomes `overflow`, and the counter
+        says which metric and tag key overflowed. Should even folded contexts grow past a 10 % headroom (random
+        metric names), the name is folded too."""
+        name, host, tags = context
+        keys = sorted({tag.partition(":")[0] if ":" in tag else "" for tag in tags})
+        overflow = self.stats.context_overflow
+        for key in keys or [""]:
+            label = (name, key) if (name, key) in overflow or len(overflow) < OVERFLOW_LABELS else ("other", "other")
+            overflow[label] += 1
+        folded = Context(name, host, tuple(f"{key}:overflow" if key else "overflow" for key in keys))
+        if folded not in self.slot_of and len(self.slot_of) >= self.max_contexts * 1.1:
+            self.stats.dropped["context_overflow_name_folded"] += 1
+            folded = Context(OVERFLOW_METRIC, host, ())
+        return folded
+
+    def cardinality(self, top: int = 20, scan: int = 100_000) -> dict[str, Any]:
+        """Live contexts per metric name (exact), and distinct values per tag key of the top metrics (from at most
+        `scan` contexts, so that asking never stalls ingest)."""
+        per_metric: Counter[str] = Counter()
+        values: dict[str, dict[str, set[str]]] = {}
+        for scanned, context in enumerate(c for c in self.context_of if c is not None):
+            if scanned >= scan:
+                break
+            per_metric[context.name] += 1
+            by_key = values.setdefault(context.name, {})
+            for tag in context.tags:
+                key, _, value = tag.partition(":")
+                by_key.setdefault(key, set()).add(value)
+        return {
+            "contexts": self.contexts,
+            "scanned": min(self.contexts, scan),
+            "max_contexts": self.max_contexts,
+            "top_metrics": [
+                {"metric": name, "contexts": count,
+                 "tag_values": dict(sorted(((k, len(v)) for k, v in values[name].items()), key=lambda kv: -kv[1])[:10])}
+                for name, count in per_metric.most_common(top)
+            ],
+        }  # fmt: skip
 
     def bucket(self, now: float) -> Bucket:
         second = int(now)
@@ -139,11 +188,17 @@ class Aggregator:
             self.stats.dropped["timestamped_unsupported_type"] += len(values)
 
     def add_event(self, event: Event, now: float) -> None:
+        if len(self.events) >= MAX_PER_FLUSH:  # a flood of events must not grow memory without bound
+            self.stats.dropped["events_over_limit"] += 1
+            return
         if not event.timestamp:
             event.timestamp = int(now)
         self.events.append(event)
 
     def add_service_check(self, check: ServiceCheck, now: float) -> None:
+        if len(self.service_checks) >= MAX_PER_FLUSH:
+            self.stats.dropped["service_checks_over_limit"] += 1
+            return
         if not check.timestamp:
             check.timestamp = int(now)
         self.service_checks.append(check)

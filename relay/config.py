@@ -104,6 +104,9 @@ class Config:
     hostname: str = _key("")
     log_level: str = _key("info", check=_one_of(LOG_LEVELS))
     skip_ssl_validation: bool = _key(False)
+    proxy_http: str = _key("", key="proxy.http", check=_url)
+    proxy_https: str = _key("", key="proxy.https", check=_url)
+    proxy_no_proxy: tuple[str, ...] = _key((), key="proxy.no_proxy")
     # Listeners
     dogstatsd_port: int = _key(8125, check=_port)
     bind_host: str = _key("localhost")
@@ -156,6 +159,12 @@ class Config:
     relay_shutdown_timeout: float = _key(10.0, key="relay.shutdown_timeout", check=_not_negative)
     relay_self_metrics: bool = _key(False, key="relay.self_metrics")
     relay_spool_dir: str = _key("", key="relay.spool_dir")
+    relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=_not_negative)
+    relay_socket_mode: str = _key(
+        "0660",
+        key="relay.socket_mode",
+        check=lambda v: None if re.fullmatch(r"0?[0-7]{3}", v) else "must be octal, like 0660",
+    )
 
     @property
     def spool_path(self) -> Path:
@@ -210,6 +219,14 @@ class Config:
     def api_url(self) -> str:
         """Where the API key is validated; a `dd_url` (a proxy or stand-in) serves that too."""
         return (self.dd_url or f"https://api.{self.site}").rstrip("/")
+
+    def proxy_for(self, url: str) -> str | None:
+        """The Agent's proxy.* keys: by the URL's scheme, unless its host is listed in proxy.no_proxy."""
+        scheme, _, rest = url.partition("://")
+        host = rest.split("/", 1)[0].rsplit(":", 1)[0]
+        if any(host == entry or host.endswith("." + entry.lstrip(".")) for entry in self.proxy_no_proxy):
+            return None
+        return (self.proxy_https if scheme == "https" else self.proxy_http) or None
 
     @property
     def udp_bind_host(self) -> str:

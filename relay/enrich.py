@@ -84,6 +84,7 @@ class Enricher:
         )
         self.profiles = build_profiles(config.dogstatsd_mapper_profiles)
         self._cache: dict[tuple[str, tuple[str, ...]], Context | None] = {}
+        self.cache_limit = min(_CACHE_LIMIT, 2 * config.relay_max_contexts or _CACHE_LIMIT)
         self._strings: dict[str, str] = {}  # one copy of each name and tag: a million contexts share a few
 
     def context(self, name: str, raw_tags: tuple[str, ...]) -> Context | None:
@@ -92,7 +93,7 @@ class Enricher:
             return self._cache[key]
         except KeyError:
             pass
-        if len(self._cache) >= _CACHE_LIMIT:
+        if len(self._cache) >= self.cache_limit:
             self._cache.clear()
         context = self._cache[key] = self._build(name, raw_tags)
         return context
@@ -113,7 +114,7 @@ class Enricher:
     def _shared(self, text: str) -> str:
         shared = self._strings.get(text)
         if shared is None:
-            if len(self._strings) >= _CACHE_LIMIT:
+            if len(self._strings) >= self.cache_limit:
                 self._strings.clear()
             shared = self._strings[text] = text
         return shared

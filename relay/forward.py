@@ -203,7 +203,8 @@ class HttpSink:
             headers["Content-Encoding"] = payload.encoding
         url = self.config.intake_url + payload.endpoint.value
         try:
-            async with self._session.post(url, data=payload.body, headers=headers) as response:
+            proxy = self.config.proxy_for(url)
+            async with self._session.post(url, data=payload.body, headers=headers, proxy=proxy) as response:
                 await response.read()
                 status, retry_after = response.status, _retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -233,7 +234,9 @@ class HttpSink:
         """GET /api/v1/validate, as the Agent does; an invalid key is reported and the relay keeps running."""
         assert self._session is not None
         try:
-            async with self._session.get(self.config.api_url + "/api/v1/validate", headers=self._headers) as response:
+            url = self.config.api_url + "/api/v1/validate"
+            proxy = self.config.proxy_for(url)
+            async with self._session.get(url, headers=self._headers, proxy=proxy) as response:
                 valid = response.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             logger.warning("API key validation failed: %s", error or type(error).__name__)

@@ -60,6 +60,8 @@ class Ingest:
         self.eol_required = frozenset(config.dogstatsd_eol_required)
         self.shapes: dict[bytes, Shape] = {}  # b"name:suffix" (a name holds no ":", so the key is unambiguous)
         self.accelerated = accelerated_ingest() if accelerate else None
+        # Under a flood of new contexts the cache must stay bounded too: twice the context limit is plenty.
+        self.shape_limit = min(SHAPE_CACHE_LIMIT, 2 * config.relay_max_contexts or SHAPE_CACHE_LIMIT)
         self.log = RateLimitedLog(logger)
         aggregator.on_expire = self._forget
 
@@ -164,7 +166,7 @@ class Ingest:
         if type(item) is not MetricSample or item.timestamp or len(item.values) > 1:
             self._handle((item,), now)
             return None
-        if len(self.shapes) >= SHAPE_CACHE_LIMIT:
+        if len(self.shapes) >= self.shape_limit:
             self.shapes.clear()
         context = self.enricher.context(item.name, item.tags)
         if context is None:

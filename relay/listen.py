@@ -27,6 +27,22 @@ _BATCH = 64  # datagrams read per wakeup, so one busy socket cannot starve the r
 _MAX_FRAME = 8 * 1024 * 1024  # a stream frame claiming more is a broken client: the connection is closed
 
 
+def kernel_drops(inode: int) -> int:
+    """Datagrams the kernel dropped on one UDP socket (its receive buffer was full): the `drops` column of
+    /proc/net/udp and /proc/net/udp6, found by the socket's inode. 0 where /proc does not tell."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 12 and fields[9] == str(inode):
+                        return int(fields[-1])
+        except (OSError, StopIteration, ValueError):
+            continue
+    return 0
+
+
 class ListenError(Exception):
     """A listener could not start (address in use, path taken by a file, ...)."""
 
@@ -125,6 +141,7 @@ class Listeners:
             path.unlink()
         try:
             sock.bind(str(path))
+            os.chmod(path, int(self.config.relay_socket_mode, 8))  # relay.socket_mode: who may write metrics
         except OSError as error:
             sock.close()
             raise ListenError(f"{path}: cannot bind: {error.strerror}") from None
@@ -135,6 +152,9 @@ class Listeners:
         sock.setblocking(False)
         join = name not in self.config.dogstatsd_eol_required
         reader = _DatagramReader(sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            inode = os.fstat(sock.fileno()).st_ino
+            self.stats.gauges[f"kernel_drops:{name}"] = lambda: kernel_drops(inode)
         asyncio.get_running_loop().add_reader(sock, reader.on_readable)
         self._readers.append(sock)
 

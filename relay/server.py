@@ -167,6 +167,7 @@ class Relay:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/status", self._status)
+        app.router.add_get("/debug/cardinality", self._cardinality)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.config.relay_health_host, self.config.relay_health_port)
@@ -183,4 +184,10 @@ class Relay:
         return web.Response(text="ok\n")
 
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.snapshot())
+        return web.json_response(
+            {**self.stats.snapshot(), "cardinality": self.aggregator.cardinality(top=10, scan=20_000)}
+        )
+
+    async def _cardinality(self, request: web.Request) -> web.Response:
+        top = int(request.query.get("top", "20")) if request.query.get("top", "20").isdigit() else 20
+        return web.json_response(self.aggregator.cardinality(top=min(top, 1000)))

@@ -44,6 +44,14 @@ def render(status: dict[str, Any]) -> str:
     aggregator = status["aggregator"]
     lines += _title("Aggregator")
     lines.append(f"  Contexts: {_number(aggregator['contexts'])}")
+    cardinality = status.get("cardinality", {})
+    if cardinality.get("max_contexts"):
+        lines.append(f"  Context Limit (relay.max_contexts): {_number(cardinality['max_contexts'])}")
+    for row in cardinality.get("top_metrics", [])[:5]:
+        keys = ", ".join(f"{key or '(bare)'}={count}" for key, count in row["tag_values"].items())
+        lines.append(f"    {row['metric']}: {_number(row['contexts'])} contexts ({keys})")
+    for row in status.get("context_overflow", []):
+        lines.append(f"  Overflow: {row['metric']} tag {row['tag_key'] or '(bare)'}: {_number(row['contexts'])} folded")
     lines.append(f"  Number Of Flushes: {_number(aggregator['flushes'])}")
     lines.append(f"  Last Flush Duration: {aggregator['last_flush_seconds'] * 1000:.1f} ms")
     for kind in ("series", "sketches", "events", "service_checks"):

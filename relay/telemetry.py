@@ -41,8 +41,17 @@ class Stats:
     payload_bytes: Counter[str] = field(default_factory=Counter)  # compressed bytes accepted, by endpoint
     http_errors: Counter[str] = field(default_factory=Counter)  # by status code or error kind
     spooled: Counter[str] = field(default_factory=Counter)  # payloads written to the disk spool, by endpoint
+    context_overflow: Counter[tuple[str, str]] = field(default_factory=Counter)  # (metric, tag key) folded
     gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # contexts, retry_queue_bytes, ...
     info: dict[str, Any] = field(default_factory=dict)  # version, hostname, listeners, endpoint, api key state
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Per listener, read from /proc at the time of asking."""
+        return {
+            name.partition(":")[2]: int(read())
+            for name, read in self.gauges.items()
+            if name.startswith("kernel_drops:")
+        }
 
     def gauge(self, name: str) -> float:
         read = self.gauges.get(name)
@@ -65,6 +74,7 @@ class Stats:
                     "bytes": self.bytes[transport],
                     "truncated": self.truncated[transport],
                     "read_errors": self.read_errors[transport],
+                    "kernel_drops": self.kernel_drops().get(transport, 0),
                 }
                 for transport in sorted(set(self.info.get("listeners", {})) | set(self.packets))
             },
@@ -72,6 +82,10 @@ class Stats:
                 kind: {"ok": self.messages[kind, "ok"], "error": self.messages[kind, "error"]} for kind in MESSAGE_TYPES
             },
             "parse_errors": dict(self.parse_errors),
+            "context_overflow": [
+                {"metric": metric, "tag_key": key, "contexts": count}
+                for (metric, key), count in self.context_overflow.most_common(20)
+            ],
             "dropped": dict(self.dropped),
             "aggregator": {
                 "contexts": int(self.gauge("contexts")),
@@ -117,10 +131,22 @@ class RelayCollector:
             s.truncated,
         )
         yield _counter("relay_packet_read_errors", "Socket read errors.", ["transport"], s.read_errors)
+        yield _counter(
+            "relay_kernel_drops",
+            "Datagrams the kernel dropped because the socket's receive buffer was full.",
+            ["listener"],
+            s.kernel_drops(),
+        )
         yield _counter("relay_messages", "Messages parsed, one per metric value.", ["type", "state"], s.messages)
         yield _counter("relay_parse_errors", "Lines rejected by the parser.", ["reason"], s.parse_errors)
         yield _counter("relay_samples_dropped", "Samples dropped after parsing.", ["reason"], s.dropped)
         yield _gauge("relay_contexts", "Live aggregation contexts.", s.gauge("contexts"))
+        yield _counter(
+            "relay_context_overflow",
+            "New contexts folded past relay.max_contexts, by metric and tag key.",
+            ["metric", "tag_key"],
+            s.context_overflow,
+        )
         yield _counter("relay_flushes", "Aggregator flushes.", [], {(): s.flushes})
         summary = SummaryMetricFamily("relay_flush_duration_seconds", "Aggregate, serialize and compress time.")
         summary.add_metric([], count_value=s.flushes, sum_value=s.flush_seconds)

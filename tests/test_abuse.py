@@ -52,3 +52,9 @@ async def test_garbage_never_crashes_the_relay_and_good_lines_beside_it_count(in
     assert len(many["tags"]) == 5000
     assert any(s["metric"] == "\ufffd\ufffd\ufffd" for s in stand_in.series)  # invalid UTF-8 kept, as U+FFFD
     assert total(stand_in.series, "rate.zero") == 1 and total(stand_in.series, "rate.negative") == 1
+    print(
+        f"reliability: {sent} hostile datagrams: relay up, {status['messages']['metric']['error']} metric and "
+        f"{status['messages']['event']['error']} event lines rejected and counted, {status['dropped']['nan_or_inf']} "
+        f"NaN/Inf samples dropped and counted, {total(stand_in.series, 'good.line'):g} of {2 * sent - 1} good "
+        "neighbours delivered (the last one of the 64 KiB datagram is truncated, as in the Agent)"
+    )

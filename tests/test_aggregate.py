@@ -248,3 +248,33 @@ def test_unweighted_histograms_match_the_weighted_rule(values, percentiles):
     weighted = histogram_points([(float(v), 1.0) for v in values], spec, 10)
     assert [(s, t) for s, t, _ in plain] == [(s, t) for s, t, _ in weighted]
     assert [v for _, _, v in plain] == pytest.approx([v for _, _, v in weighted])
+
+
+def test_contexts_past_the_limit_are_folded_not_lost():
+    agg = aggregator(relay__max_contexts=3)
+    for user in range(10):
+        add(agg, "logins", MetricType.COUNTER, 1, 1001, tags=(f"user:{user}", "env:prod"))
+    flushed = agg.flush(1010).series
+    assert sum(s.points[0][1] for s in flushed) * 10 == pytest.approx(10)  # every sample kept
+    assert len(flushed) == 4 and agg.contexts == 4  # 3, plus the folded one
+    assert agg.stats.context_overflow == {("logins", "env"): 7, ("logins", "user"): 7}
+    folded = [c for c in agg.context_of if c is not None and "user:overflow" in c.tags]
+    assert folded == [Context("logins", "h", ("env:overflow", "user:overflow"))]
+
+
+def test_even_folded_contexts_are_bounded():
+    agg = aggregator(relay__max_contexts=10)
+    for index in range(100):  # random names: folding tags alone cannot help
+        add(agg, f"random.{index}", MetricType.GAUGE, 1, 1001)
+    assert agg.contexts <= 12 and agg.stats.dropped["context_overflow_name_folded"] > 0
+    names = {s.context.name for s in agg.flush(1010).series}
+    assert "dogstatsd_relay.context_overflow" in names
+
+
+def test_cardinality_report():
+    agg = aggregator()
+    for index in range(30):
+        add(agg, "api.hits", MetricType.COUNTER, 1, 1001, tags=(f"path:/p{index % 6}", f"id:{index}"))
+    add(agg, "other", MetricType.GAUGE, 1, 1001)
+    report = agg.cardinality()
+    assert report["top_metrics"][0] == {"metric": "api.hits", "contexts": 30, "tag_values": {"id": 30, "path": 6}}

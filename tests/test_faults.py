@@ -33,6 +33,11 @@ async def test_broken_intake(intake, tmp_path, behaviour, expected):
         code, _, err = await relay.stop(timeout=60)
     assert code == 0, err
     assert status["dropped"].get("internal_error", 0) == 0
+    series = status["forwarder"]["payloads"].get("/api/v2/series", {})
+    print(
+        f"reliability: intake that is {behaviour}: 10 samples ingested meanwhile, payloads sent {series.get('sent', 0)}, "
+        f"retried {series.get('retried', 0)}, at the intake {total(stand_in.series, 'fault.count'):g} of 55"
+    )
     if expected == "sent":
         assert total(stand_in.series, "fault.count") == 55
     if behaviour == "refused":

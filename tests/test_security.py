@@ -1,0 +1,90 @@
+"""Security defaults: the API key never shows, sockets are not world-writable, proxies are honoured."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+from aiohttp import ClientSession, web
+
+from tests.conftest import API_KEY, run_relay, wait_for
+
+
+async def test_the_api_key_never_appears_in_logs_status_metrics_or_config(intake, tmp_path):
+    stand_in, url = intake
+    stand_in.api_key = "some-other-key"  # every request is answered 403: the key shows up in error paths
+    async with run_relay(tmp_path, url, DD_LOG_LEVEL="debug") as relay:
+        relay.send_udp(b"secret.check:1|c")
+        await wait_for(lambda: relay.status()["info"]["api_key_valid"] is False)
+        await wait_for(lambda: relay.status()["forwarder"]["payloads"].get("/api/v2/series", {}).get("dropped", 0))
+        status = str(relay.status())
+        metrics = relay.metrics_text()
+        env = {**relay.env}
+        _, out, err = await relay.stop()
+    config = subprocess.run([sys.executable, "-m", "relay", "config"], env=env, capture_output=True, text=True).stdout
+    for text in (status, metrics, out, err, config):
+        assert API_KEY not in text
+    assert API_KEY[-5:] in status and "***" + API_KEY[-5:] in config
+    assert "API key" in err and "403" in err
+
+
+async def test_unix_sockets_are_created_0660_unless_configured(intake, short_tmp):
+    _, url = intake
+    path = short_tmp / "dsd.socket"
+    async with run_relay(short_tmp, url, DD_DOGSTATSD_SOCKET=str(path)) as relay:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        await relay.stop()
+    async with run_relay(short_tmp, url, DD_DOGSTATSD_SOCKET=str(path), DD_RELAY_SOCKET_MODE="0666") as relay:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+        await relay.stop()
+
+
+async def test_a_path_that_is_not_a_socket_is_never_replaced(short_tmp):
+    path = short_tmp / "precious.txt"
+    path.write_text("keep me")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DD_")}
+    env.update(DD_DOGSTATSD_SOCKET=str(path), DD_DOGSTATSD_PORT="0", DD_RELAY_HEALTH_PORT="0")
+    result = subprocess.run([sys.executable, "-m", "relay", "run"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3 and "exists and is not a socket" in result.stderr
+    assert path.read_text() == "keep me"
+
+
+async def test_payloads_go_through_the_configured_proxy(intake, tmp_path):
+    stand_in, intake_url = intake
+    seen: list[str] = []
+
+    async def forward(request: web.Request) -> web.Response:  # a plain HTTP forward proxy
+        seen.append(str(request.url))
+        async with (
+            ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method, str(request.url), data=await request.read(), headers=request.headers
+            ) as answer,
+        ):
+            return web.Response(body=await answer.read(), status=answer.status)
+
+    proxy = web.Application()
+    proxy.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(proxy, auto_decompress=False)  # pass bodies through untouched
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with run_relay(tmp_path, intake_url, DD_PROXY_HTTP=f"http://127.0.0.1:{port}") as relay:
+            relay.send_udp(b"via.proxy:1|c")
+            await wait_for(lambda: any(s["metric"] == "via.proxy" for s in stand_in.series))
+            await relay.stop()
+    finally:
+        await runner.cleanup()
+    assert any(url.endswith("/api/v2/series") for url in seen) and any("/api/v1/validate" in url for url in seen)
+
+
+def test_health_endpoint_listens_on_loopback_by_default():
+    from relay.config import Config
+
+    config = Config.load(None, {})
+    assert config.relay_health_host == "127.0.0.1" and config.udp_bind_host == "127.0.0.1"
+    assert Config.load(None, {"DD_DOGSTATSD_NON_LOCAL_TRAFFIC": "true"}).udp_bind_host == "0.0.0.0"
