@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,13 @@ def generator_binary() -> Path | None:
     return binary
 
 
-def send(target: str, datagrams_file: Path, rate: float, seconds: float) -> dict[str, float]:
-    """Run the generator on the load core; `target` is "udp:PORT" or "unix:PATH"; rate in datagrams/s, 0 = max."""
+def send(target: str, datagrams_file: Path, rate: float, seconds: float, clients: int = 1) -> dict[str, float]:
+    """Run the generator on the load core; `target` is "udp:PORT" or "unix:PATH"; rate in datagrams/s, 0 = max.
+    With several clients, that many generators (each its own socket) share the rate."""
+    if clients > 1:
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(lambda _: send(target, datagrams_file, rate / clients, seconds), range(clients)))
+        return {"sent": sum(r["sent"] for r in results), "seconds": max(r["seconds"] for r in results)}
     kind, _, where = target.partition(":")
     binary = generator_binary()
     if binary is not None:
@@ -131,7 +137,7 @@ class Relay(Server):
 
     name = "dogstatsd-relay"
 
-    def __init__(self, intake_url: str, socket_path: str = "", **env: str) -> None:
+    def __init__(self, intake_url: str, socket_path: str = "", cpus: set[int] = SERVER_CPU, **env: str) -> None:
         self.port = free_port()
         self.health = free_port(socket.SOCK_STREAM)
         full_env = {
@@ -148,9 +154,11 @@ class Relay(Server):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relay", "run"],
             env=full_env,
-            preexec_fn=pinned(SERVER_CPU),
+            preexec_fn=pinned(cpus),
             stdout=subprocess.DEVNULL,
         )
+        if "DD_RELAY_WORKERS" in env:
+            self.name = f"dogstatsd-relay (workers {env['DD_RELAY_WORKERS']})"
         _wait(lambda: self.status() is not None, f"relay on port {self.port}")
 
     def status(self) -> dict[str, Any] | None:
@@ -242,12 +250,14 @@ class Window:
         return {**self.__dict__, "loss": self.loss, "accepted_lines_per_s": self.accepted_lines_per_s}
 
 
-def measure(server: Server, datagrams_file: Path, lines_per_datagram: float, rate: float, seconds: float) -> Window:
+def measure(
+    server: Server, datagrams_file: Path, lines_per_datagram: float, rate: float, seconds: float, clients: int = 1
+) -> Window:
     """Send for `seconds`, wait for the server's queue to drain, and read the counters."""
     _, drops_before = udp_socket_stats(server.port)
     lines_before = server.accepted_lines()
     cpu_before, _ = process_usage(server.process.pid)
-    result = send(f"udp:{server.port}", datagrams_file, rate, seconds)
+    result = send(f"udp:{server.port}", datagrams_file, rate, seconds, clients)
     deadline = time.monotonic() + 30
     while udp_socket_stats(server.port)[0] and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -38,14 +38,16 @@ def datagrams(per_datagram: int, contexts: int, mix: bool, count: int) -> list[b
     return [b"\n".join(all_lines[i : i + per_datagram]) for i in range(0, len(all_lines), per_datagram)]
 
 
-def sweep(server: Server, file: Any, per_datagram: int, seconds: float, steps: int = 6) -> tuple[float, list[Window]]:
+def sweep(
+    server: Server, file: Any, per_datagram: int, seconds: float, steps: int = 6, clients: int = 1
+) -> tuple[float, list[Window]]:
     """The highest offered rate (datagrams/s) with < 0.1 % kernel loss: a flat-out run, then a bisection."""
-    flat = measure(server, file, per_datagram, 0, min(seconds, 5))
+    flat = measure(server, file, per_datagram, 0, min(seconds, 5), clients)
     windows = [flat]
     best, worst = 0.0, None
     rate = max(flat.accepted_lines_per_s / per_datagram * 0.9, 100)
     for _ in range(steps):
-        window = measure(server, file, per_datagram, rate, seconds)
+        window = measure(server, file, per_datagram, rate, seconds, clients)
         windows.append(window)
         if window.loss < 0.001:
             best = rate
@@ -174,7 +176,32 @@ def contexts(seconds: float, counts: tuple[int, ...] = (1_000, 100_000, 1_000_00
     return Result("contexts", summary, [], {"kind": "rss", "points": points})
 
 
+def workers(seconds: float, clients: int) -> Result:
+    """relay.workers 2 against 1, with one client socket (a sidecar's app) or several (SO_REUSEPORT territory).
+    With workers, the relay is not pinned: on a 2-core machine it shares the generator's core."""
+    file = write_datagrams(datagrams(20, 1000, True, 5000))
+    intake = Intake()
+    summary: dict[str, Any] = {"lines_per_datagram": 20, "type_mix": True, "client_sockets": clients}
+    windows: list[Window] = []
+    try:
+        for count, cpus in (("1", {0}), ("2", {0, 1})):
+            relay = Relay(intake.url, cpus=cpus, DD_RELAY_WORKERS=count)
+            try:
+                best, measured = sweep(relay, file, 20, seconds, clients=clients)
+            finally:
+                relay.stop()
+            windows += measured
+            summary[f"workers_{count}_max_lines_per_s"] = round(best * 20)
+    finally:
+        intake.stop()
+        file.unlink()
+    plots = {"kind": "load", "windows": [w.as_dict() for w in windows]}
+    return Result(f"workers-{clients}-clients", summary, windows, plots)
+
+
 SCENARIOS: dict[str, Callable[[float], Result]] = {
+    "workers-1-client": lambda seconds: workers(seconds, clients=1),
+    "workers-4-clients": lambda seconds: workers(seconds, clients=4),
     "udp-1": lambda seconds: throughput("udp-1", 1, False, peer=False, seconds=seconds),
     "udp-20": lambda seconds: throughput("udp-20", 20, False, peer=True, seconds=seconds),
     "mix": lambda seconds: throughput("mix", 20, True, peer=True, seconds=seconds),

@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 enum { GAUGE, COUNTER, SET, HISTOGRAM, DISTRIBUTION, BLOCKED };  /* as in relay/ingest.py */
@@ -165,8 +166,62 @@ static PyObject *ingest(PyObject *module, PyObject *args) {
     return Py_BuildValue("nnn", accepted, blocked, offset < size ? offset : size);
 }
 
+/* shard(data, count) -> list of `count` bytes: the lines of `data`, each sent to the worker that owns its metric
+ * name (FNV-1a of the bytes before the first ':'), so that every context lives in exactly one worker. */
+static PyObject *shard(PyObject *module, PyObject *args) {
+    PyObject *data;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "Sn", &data, &count) || count < 1 || count > 1024) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "count must be 1..1024");
+        return NULL;
+    }
+    const char *buffer = PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    char *out = PyMem_Malloc(size + 1);  /* every shard together holds at most the input plus newlines */
+    Py_ssize_t *starts = PyMem_Calloc(count + 1, sizeof *starts), *used = PyMem_Calloc(count, sizeof *used);
+    PyObject *result = NULL;
+    if (out == NULL || starts == NULL || used == NULL) { PyErr_NoMemory(); goto done; }
+    /* First pass: the bytes each shard needs; second pass: copy the lines in place. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (Py_ssize_t offset = 0; offset < size;) {
+            const char *line = buffer + offset;
+            const char *newline = memchr(line, '\n', size - offset);
+            Py_ssize_t length = newline ? newline - line : size - offset;
+            if (length > 0) {
+                const char *colon = memchr(line, ':', length);
+                Py_ssize_t name_length = colon ? colon - line : length;
+                uint32_t hash = 2166136261u;
+                for (Py_ssize_t i = 0; i < name_length; i++) hash = (hash ^ (unsigned char)line[i]) * 16777619u;
+                Py_ssize_t target = hash % (uint32_t)count;
+                if (pass == 0) {
+                    starts[target + 1] += length + 1;
+                } else {
+                    memcpy(out + starts[target] + used[target], line, length);
+                    used[target] += length;
+                    out[starts[target] + used[target]++] = '\n';
+                }
+            }
+            offset += length + 1;
+        }
+        if (pass == 0)
+            for (Py_ssize_t i = 0; i < count; i++) starts[i + 1] += starts[i];
+    }
+    result = PyList_New(count);
+    for (Py_ssize_t i = 0; result != NULL && i < count; i++) {
+        PyObject *part = PyBytes_FromStringAndSize(out + starts[i], used[i]);
+        if (part == NULL) { Py_CLEAR(result); break; }
+        PyList_SET_ITEM(result, i, part);
+    }
+done:
+    PyMem_Free(out);
+    PyMem_Free(starts);
+    PyMem_Free(used);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"ingest", ingest, METH_VARARGS, "Apply the lines of a datagram whose shape is known (see relay/ingest.py)."},
+    {"shard", shard, METH_VARARGS, "Split a datagram's lines between workers by metric name (relay/workers.py)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -94,7 +94,12 @@ def _run(config: Config) -> int:
     except ImportError:  # uvloop is optional off Linux/macOS
         runner = asyncio.run
     try:
-        runner(Relay(config).run())
+        if config.worker_count > 1:
+            from relay.workers import ShardedRelay
+
+            runner(ShardedRelay(config, config.worker_count).run())
+        else:
+            runner(Relay(config).run())
     except ListenError as error:
         logging.getLogger("relay").error("cannot start: %s", error)
         return EXIT_START

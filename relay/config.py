@@ -8,6 +8,7 @@ the dot as an underscore and named in the field's metadata. The environment vari
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import typing
@@ -160,11 +161,21 @@ class Config:
     relay_self_metrics: bool = _key(False, key="relay.self_metrics")
     relay_spool_dir: str = _key("", key="relay.spool_dir")
     relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=_not_negative)
+    relay_workers: str = _key(
+        "1",
+        key="relay.workers",
+        check=lambda v: None if v == "auto" or (v.isdigit() and 1 <= int(v) <= 64) else "must be 1..64 or auto",
+    )
     relay_socket_mode: str = _key(
         "0660",
         key="relay.socket_mode",
         check=lambda v: None if re.fullmatch(r"0?[0-7]{3}", v) else "must be octal, like 0660",
     )
+
+    @property
+    def worker_count(self) -> int:
+        """relay.workers: `auto` is one worker per core."""
+        return (os.cpu_count() or 1) if self.relay_workers == "auto" else int(self.relay_workers)
 
     @property
     def spool_path(self) -> Path:

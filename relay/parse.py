@@ -186,16 +186,29 @@ def parse_event(line: bytes) -> Event:
     return event
 
 
+def _shared_field(item: Event | ServiceCheck, field: bytes) -> bool:
+    """`d:`, `h:` and `#` mean the same for events and service checks; True when `field` was one of them.
+    An invalid timestamp is ignored and the item kept, like the Agent."""
+    prefix = field[:2]
+    if prefix == b"d:":
+        timestamp = parse_int(field[2:])
+        if timestamp is not None:
+            item.timestamp = timestamp
+    elif prefix == b"h:":
+        item.host = _text(field[2:])
+    elif field[:1] == b"#":
+        item.tags = parse_tags(field[1:])
+    else:
+        return False
+    return True
+
+
 def _event_field(event: Event, field: bytes) -> None:
     """Apply one optional event field; an invalid value is ignored and the event kept, like the Agent."""
+    if _shared_field(event, field):
+        return
     prefix, value = field[:2], field[2:]
-    if prefix == b"d:":
-        timestamp = parse_int(value)
-        if timestamp is not None:
-            event.timestamp = timestamp
-    elif prefix == b"h:":
-        event.host = _text(value)
-    elif prefix == b"k:":
+    if prefix == b"k:":
         event.aggregation_key = _text(value)
     elif prefix == b"p:" and _text(value) in _PRIORITIES:
         event.priority = _text(value)
@@ -203,16 +216,12 @@ def _event_field(event: Event, field: bytes) -> None:
         event.source_type_name = _text(value)
     elif prefix == b"t:" and _text(value) in _ALERT_TYPES:
         event.alert_type = _text(value)
-    elif field[:1] == b"#":
-        event.tags = parse_tags(field[1:])
 
 
 def parse_service_check(line: bytes) -> ServiceCheck:
     """`_sc|<name>|<status>|d:..|h:..|#tags|m:..`; the message is passed through unescaped, like the Agent."""
     fields = line.split(b"|")
-    if len(fields) < 3 or len(line) < 4:
-        raise ParseError(SERVICE_CHECK, "invalid dogstatsd service check format")
-    if fields[0] != b"_sc":
+    if len(fields) < 3 or fields[0] != b"_sc":
         raise ParseError(SERVICE_CHECK, "invalid dogstatsd service check format")
     if not fields[1]:
         raise ParseError(SERVICE_CHECK, "invalid dogstatsd service check name")
@@ -221,17 +230,8 @@ def parse_service_check(line: bytes) -> ServiceCheck:
         raise ParseError(SERVICE_CHECK, "invalid dogstatsd service check status")
     check = ServiceCheck(name=_text(fields[1]), status=status)
     for field in fields[3:]:
-        prefix, value = field[:2], field[2:]
-        if prefix == b"d:":
-            timestamp = parse_int(value)
-            if timestamp is not None:
-                check.timestamp = timestamp
-        elif prefix == b"h:":
-            check.host = _text(value)
-        elif prefix == b"m:":
-            check.message = _text(value)
-        elif field[:1] == b"#":
-            check.tags = parse_tags(field[1:])
+        if not _shared_field(check, field) and field[:2] == b"m:":
+            check.message = _text(field[2:])
     return check
 
 

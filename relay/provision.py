@@ -95,6 +95,19 @@ def downtimes(monitor_id: int | None, now: float, timezone: str = "UTC") -> list
     ]  # fmt: skip
 
 
+def _upsert(
+    resource: Any, existing: dict[str, Any], key: str, body: dict[str, Any], kind: str, out: Callable[[str], None]
+) -> Any:
+    """Update the object already there under `key`, or create it: provisioning twice changes nothing."""
+    if key in existing:
+        resource.update(existing[key], **body)
+        out(f"{kind} updated: {key}")
+        return existing[key]
+    created = resource.create(**body)
+    out(f"{kind} created: {key}")
+    return created["id"]
+
+
 def provision(config: Config, app_key: str, *, with_downtimes: bool, dry_run: bool, out: Callable[[str], None]) -> int:
     """Create or update every object; in a dry run, print the JSON that would be sent instead."""
     if dry_run:
@@ -106,27 +119,14 @@ def provision(config: Config, app_key: str, *, with_downtimes: bool, dry_run: bo
     from datadog import api, initialize  # optional dependency: pip install 'dogstatsd-relay[provision]'
 
     initialize(api_key=config.api_key, app_key=app_key, api_host=config.api_url)
-    existing = {d["title"]: d["id"] for d in api.Dashboard.get_all().get("dashboards", [])}
+    dashboards_by_title = {d["title"]: d["id"] for d in api.Dashboard.get_all().get("dashboards", [])}
     for body in dashboards():
-        if body["title"] in existing:
-            api.Dashboard.update(existing[body["title"]], **body)
-            out(f"dashboard updated: {body['title']}")
-        else:
-            api.Dashboard.create(**body)
-            out(f"dashboard created: {body['title']}")
+        _upsert(api.Dashboard, dashboards_by_title, body["title"], body, "dashboard", out)
     body = monitor()
-    found = [m for m in api.Monitor.get_all(name=body["name"]) if m.get("name") == body["name"]]
-    monitor_id = found[0]["id"] if found else api.Monitor.create(**body)["id"]
-    if found:
-        api.Monitor.update(monitor_id, **body)
-    out(f"monitor {'updated' if found else 'created'}: {body['name']} (id {monitor_id})")
+    monitors = {m["name"]: m["id"] for m in api.Monitor.get_all(name=body["name"]) if m.get("name") == body["name"]}
+    monitor_id = _upsert(api.Monitor, monitors, body["name"], body, "monitor", out)
     if with_downtimes:
-        current = {d.get("message"): d["id"] for d in api.Downtime.get_all() if MARKER in (d.get("message") or "")}
+        ours = {d.get("message"): d["id"] for d in api.Downtime.get_all() if MARKER in (d.get("message") or "")}
         for downtime in downtimes(monitor_id, time.time()):
-            if downtime["message"] in current:
-                api.Downtime.update(current[downtime["message"]], **downtime)
-                out(f"downtime updated: {downtime['message']}")
-            else:
-                api.Downtime.create(**downtime)
-                out(f"downtime created: {downtime['message']}")
+            _upsert(api.Downtime, ours, downtime["message"], downtime, "downtime", out)
     return 0

@@ -7,15 +7,15 @@ listeners' callbacks (no queue hop per datagram); flushes run on a timer, serial
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import json
 import logging
 import signal
 import sys
 import time
+from multiprocessing.connection import Connection
 from typing import TextIO
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import __version__
 from relay.aggregate import Aggregator, FlushWork
@@ -28,7 +28,7 @@ from relay.model import Flushed, Payload
 from relay.serialize import Serializer
 from relay.spool import Spool
 from relay.status import render_flush
-from relay.telemetry import Stats, build_registry, self_series
+from relay.telemetry import Stats, build_registry, self_series, serve_health, worker_report
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,10 @@ class Relay:
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        health = await self._start_health()
+        health = await serve_health(
+            self.config.relay_health_host, self.config.relay_health_port, self.stats, self.registry,
+            self.aggregator.cardinality,
+        )  # fmt: skip
         await self.sink.start()
         await self.listeners.start()
         self.stats.info["listeners"] = dict(self.listeners.addresses)
@@ -149,45 +152,50 @@ class Relay:
         )
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         await self.should_exit.wait()
-        await self.shutdown(flusher, health)
-
-    async def shutdown(self, flusher: asyncio.Task[None], health: web.AppRunner) -> None:
-        """Stop reading, flush every bucket (open ones too), send within relay.shutdown_timeout."""
         logger.info("shutting down: final flush")
         await self.listeners.stop()
+        await self.shutdown(flusher)
+        await health.cleanup()
+        logger.info("stopped")
+
+    async def run_as_worker(self, data: Connection, reports: Connection) -> None:
+        """relay.workers > 1: lines come from the main process through `data`; counters go back through
+        `reports` every second. An empty message (or the main process going away) means: flush and stop."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: None)  # the main process decides when to stop
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        await self.sink.start()
+
+        def receive() -> None:
+            try:
+                message = data.recv_bytes()
+            except (EOFError, OSError):
+                message = b""
+            if message:
+                self.ingest(message, "shard")
+            else:
+                loop.remove_reader(data.fileno())
+                self.should_exit.set()
+
+        loop.add_reader(data.fileno(), receive)
+        flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        reporter = asyncio.create_task(self._report(reports), name="reporter")
+        await self.should_exit.wait()
+        await self.shutdown(flusher)
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            reports.send_bytes(json.dumps(worker_report(self.stats)).encode())
+
+    async def _report(self, reports: Connection) -> None:
+        while True:
+            await asyncio.sleep(1)
+            with contextlib.suppress(OSError):
+                reports.send_bytes(json.dumps(worker_report(self.stats)).encode())
+
+    async def shutdown(self, flusher: asyncio.Task[None]) -> None:
+        """Flush every bucket (open ones too), send within relay.shutdown_timeout."""
         flusher.cancel()
         await asyncio.gather(flusher, return_exceptions=True)
         await self.flush(force=True)
         await self.sink.close(self.config.relay_shutdown_timeout)
-        await health.cleanup()
-        logger.info("stopped")
-
-    async def _start_health(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/status", self._status)
-        app.router.add_get("/debug/cardinality", self._cardinality)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.relay_health_host, self.config.relay_health_port)
-        await site.start()
-        host, port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
-        self.stats.info["health"] = f"{host}:{port}"
-        return runner
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {**self.stats.snapshot(), "cardinality": self.aggregator.cardinality(top=10, scan=20_000)}
-        )
-
-    async def _cardinality(self, request: web.Request) -> web.Response:
-        top = int(request.query.get("top", "20")) if request.query.get("top", "20").isdigit() else 20
-        return web.json_response(self.aggregator.cardinality(top=min(top, 1000)))

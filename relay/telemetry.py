@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from relay.model import Context, Series, SeriesType
@@ -214,6 +215,76 @@ def self_series(
             Series(Context(SELF_PREFIX + name, host, ()), SeriesType.GAUGE, [(timestamp, float(value))], interval)
         )
     return series
+
+
+# What a worker process reports to the main one (relay.workers > 1): everything but the listeners' counters.
+WORKER_COUNTERS = (
+    "messages", "parse_errors", "dropped", "flushed", "payloads", "payload_bytes", "http_errors", "spooled",
+    "context_overflow",
+)  # fmt: skip
+WORKER_GAUGES = ("contexts", "retry_queue_bytes", "retry_queue_payloads", "spool_bytes", "spool_payloads")
+
+
+def worker_report(stats: Stats) -> dict[str, Any]:
+    """A worker's counters as JSON-safe data (tuple keys become lists)."""
+    return {
+        "counters": {name: [[key, value] for key, value in getattr(stats, name).items()] for name in WORKER_COUNTERS},
+        "gauges": {name: stats.gauge(name) for name in WORKER_GAUGES},
+        "flush": [stats.flushes, stats.flush_seconds, stats.last_flush_seconds, stats.last_flush_at],
+        "api_key_valid": stats.info.get("api_key_valid"),
+    }
+
+
+def absorb_reports(stats: Stats, local_dropped: Counter[str], reports: list[dict[str, Any]]) -> None:
+    """The main process's view: its own listener counters plus the sum of every worker's report."""
+    for name in WORKER_COUNTERS:
+        total: Counter[Any] = Counter(local_dropped) if name == "dropped" else Counter()
+        for report in reports:
+            for key, value in report["counters"][name]:
+                total[tuple(key) if isinstance(key, list) else key] += value
+        setattr(stats, name, total)
+    for name in WORKER_GAUGES:
+        stats.gauges[name] = lambda name=name: sum(r["gauges"][name] for r in reports)
+    flushes = [r["flush"] for r in reports]
+    stats.flushes = sum(f[0] for f in flushes)
+    stats.flush_seconds = sum(f[1] for f in flushes)
+    stats.last_flush_seconds = max((f[2] for f in flushes), default=0.0)
+    stats.last_flush_at = max((f[3] for f in flushes), default=0.0)
+    if reports:
+        stats.info["api_key_valid"] = reports[0]["api_key_valid"]
+
+
+async def serve_health(
+    host: str, port: int, stats: Stats, registry: CollectorRegistry, cardinality: Callable[..., dict[str, Any]]
+) -> web.AppRunner:
+    """/metrics (Prometheus text), /healthz (liveness), /status (the JSON of `dogstatsd-relay status`) and
+    /debug/cardinality."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({**stats.snapshot(), "cardinality": cardinality(top=10, scan=20_000)})
+
+    async def debug_cardinality(request: web.Request) -> web.Response:
+        top = request.query.get("top", "20")
+        return web.json_response(cardinality(top=min(int(top), 1000) if top.isdigit() else 20))
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/debug/cardinality", debug_cardinality)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+    stats.info["health"] = f"{bound[0]}:{bound[1]}"
+    return runner
 
 
 def build_registry(stats: Stats) -> CollectorRegistry:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import struct
@@ -337,3 +338,45 @@ async def test_kernel_drops_are_counted_per_listener(intake, tmp_path):
     drops = status["listeners"]["udp"]["kernel_drops"]
     assert drops + status["listeners"]["udp"]["packets"] == 3000  # every datagram read or counted as dropped
     assert f'relay_kernel_drops_total{{listener="udp"}} {float(drops)}' in metrics
+
+
+def _signature(stand_in: Any) -> tuple[Any, ...]:
+    """What reached the intake, independent of timestamps and of payload boundaries."""
+    series = sorted((s["metric"], s["type"], tuple(sorted(s["tags"])), s["host"], round(sum(v for _, v in s["points"]), 6))
+                    for s in stand_in.series if not s["metric"].startswith("dogstatsd_relay."))  # fmt: skip
+    sketches = sorted((s["metric"], tuple(s["tags"]), sum(p["cnt"] for p in s["points"])) for s in stand_in.sketches)
+    return series, sketches, len(stand_in.events), len(stand_in.service_checks)
+
+
+async def test_several_workers_send_what_one_process_sends(tmp_path):
+    from relay.intake import Intake
+
+    rng = random.Random(7)
+    datagrams = [
+        "\n".join(
+            f"work.{kind}.{rng.randint(0, 40)}:{rng.randint(1, 9)}|{kind}|#shard:{rng.randint(0, 5)}"
+            for kind in rng.choices(["c", "g", "h", "d", "s", "ms"], k=20)
+        ).encode()
+        + b"\n_e{5,4}:title|text\n_sc|svc|1"
+        for _ in range(300)
+    ]
+    signatures = []
+    for workers in ("1", "3"):
+        stand_in = Intake(api_key=API_KEY)
+        runner, port = await stand_in.start()
+        try:
+            env = {"DD_RELAY_WORKERS": workers, "DD_RELAY_FLUSH_INTERVAL": "3600", "DD_DOGSTATSD_SO_RCVBUF": "4194304"}
+            async with run_relay(tmp_path / workers, f"http://127.0.0.1:{port}", **env) as relay:
+                for datagram in datagrams:
+                    relay.send_udp(datagram)
+                    await asyncio.sleep(0.002)  # new contexts are the slow path: no kernel drop, same input twice
+                await wait_for(lambda: relay.status()["messages"]["metric"]["ok"] == 6000, timeout=30)
+                status = relay.status()
+                code, _, err = await relay.stop()
+            assert code == 0, err
+            assert status["messages"]["event"]["ok"] == 300 and status["listeners"]["udp"]["packets"] == 300
+            signatures.append(_signature(stand_in))
+        finally:
+            await runner.cleanup()
+    assert signatures[0] == signatures[1]
+    assert len(signatures[0][0]) > 100 and signatures[0][2] == 300

@@ -1,0 +1,150 @@
+"""Workers: relay.workers > 1 spreads parsing and aggregation over processes, sharded by metric name.
+
+The main process keeps the sockets and the health endpoint; it splits each batch of datagrams by metric name
+(so every context lives in exactly one worker, and the intake gets what one process would have sent) and hands
+each worker its lines through a pipe. SO_REUSEPORT alone would not do: the kernel spreads sockets by their
+4-tuple, so one busy client (a sidecar's app) would still land on one process, and a context seen by two
+processes would be sent twice. Each worker runs the usual pipeline (ingest, aggregate, flush, forward, spool)
+and reports its counters every second; /status and /metrics show the sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import signal
+import zlib
+from collections import Counter
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from typing import Any
+
+from relay import __version__
+from relay.config import Config
+from relay.listen import Listeners
+from relay.telemetry import Stats, absorb_reports, build_registry, serve_health
+
+logger = logging.getLogger(__name__)
+
+
+def shard_lines(data: bytes, count: int) -> list[bytes]:
+    """The lines of a batch for each worker, by metric name (the bytes before the first ':')."""
+    shards: list[list[bytes]] = [[] for _ in range(count)]
+    for line in data.split(b"\n"):
+        if line:
+            shards[zlib.crc32(line.partition(b":")[0]) % count].append(line)
+    return [b"\n".join(lines) + b"\n" if lines else b"" for lines in shards]
+
+
+def _shard_function() -> Any:
+    try:
+        from relay._speedups import shard
+    except ImportError:
+        return shard_lines
+    return shard
+
+
+def worker_main(config: Config, index: int, data: Connection, reports: Connection) -> None:
+    """The entry point of a worker process."""
+    from relay.logs import setup_logging
+    from relay.server import Relay
+
+    setup_logging(config.log_level, config.api_key)
+    try:
+        import uvloop
+
+        uvloop.run(Relay(config).run_as_worker(data, reports))
+    except ImportError:
+        asyncio.run(Relay(config).run_as_worker(data, reports))
+
+
+class ShardedRelay:
+    """The main process of a relay with several workers."""
+
+    def __init__(self, config: Config, workers: int) -> None:
+        self.config = config
+        self.count = workers
+        self.stats = Stats()
+        self.stats.info.update(
+            version=__version__, hostname=config.hostname, flush_interval=config.relay_flush_interval, workers=workers
+        )
+        self.local_dropped: Counter[str] = Counter()  # what the main process itself drops
+        self.reports: list[dict[str, Any]] = []
+        self.registry = build_registry(self.stats)
+        self.listeners = Listeners(config, self.stats, self.dispatch)
+        self.shard = _shard_function()
+        self.eol_required = frozenset(config.dogstatsd_eol_required)
+        self.pipes: list[Connection] = []
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.should_exit = asyncio.Event()
+
+    def dispatch(self, data: bytes, transport: str) -> None:
+        """The listeners' callback: split the batch between the workers."""
+        if data[-1:] != b"\n" and transport.partition("_")[0] in self.eol_required:
+            data, _, _ = data.rpartition(b"\n")  # the unterminated last line is dropped, as in one process
+            self.local_dropped["unterminated"] += 1
+        for pipe, lines in zip(self.pipes, self.shard(data, self.count), strict=True):
+            if lines:
+                pipe.send_bytes(lines)  # blocks when a worker lags: the socket buffer is the queue, as usual
+
+    def _receive_report(self, index: int, pipe: Connection) -> None:
+        try:
+            self.reports[index] = json.loads(pipe.recv_bytes())
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(pipe.fileno())
+            return
+        absorb_reports(self.stats, self.local_dropped, [r for r in self.reports if r])
+
+    async def run(self) -> None:
+        context = multiprocessing.get_context("spawn")  # a clean interpreter: no loop or sockets inherited
+        loop = asyncio.get_running_loop()
+        self.reports = [{} for _ in range(self.count)]
+        for index in range(self.count):
+            data_main, data_worker = context.Pipe(duplex=False)[::-1]
+            reports_main, reports_worker = context.Pipe(duplex=False)
+            spool = self.config.spool_path / f"worker-{index}"
+            worker_config = replace(self.config, relay_spool_dir=str(spool))
+            process = context.Process(
+                target=worker_main, args=(worker_config, index, data_worker, reports_worker), name=f"worker-{index}"
+            )
+            process.start()
+            data_worker.close()
+            reports_worker.close()
+            self.pipes.append(data_main)
+            self.processes.append(process)
+            loop.add_reader(reports_main.fileno(), self._receive_report, index, reports_main)
+        health = await serve_health(
+            self.config.relay_health_host, self.config.relay_health_port, self.stats, self.registry,
+            lambda **_: {"workers": self.count, "note": "per worker: see each worker's own counters"},
+        )  # fmt: skip
+        await self.listeners.start()
+        self.stats.info["listeners"] = dict(self.listeners.addresses)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        logger.info(
+            "dogstatsd-relay %s listening on %s with %d workers; health on http://%s",
+            __version__,
+            ", ".join(f"{k} {v}" for k, v in self.listeners.addresses.items()),
+            self.count,
+            self.stats.info["health"],
+        )
+        await self.should_exit.wait()
+        await self.shutdown(health)
+
+    async def shutdown(self, health: Any) -> None:
+        """Stop reading, tell every worker to flush and send, and wait for them."""
+        logger.info("shutting down: %d workers flush", self.count)
+        await self.listeners.stop()
+        for pipe in self.pipes:
+            pipe.send_bytes(b"")
+        deadline = self.config.relay_shutdown_timeout + 10
+        for process in self.processes:
+            await asyncio.to_thread(process.join, deadline)
+            if process.is_alive():
+                logger.error("%s did not stop in time; terminating it", process.name)
+                process.terminate()
+        await asyncio.sleep(0.1)  # the last reports
+        await health.cleanup()
+        logger.info("stopped")
