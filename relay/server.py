@@ -29,6 +29,7 @@ from relay.serialize import Serializer
 from relay.spool import Spool
 from relay.status import render_flush
 from relay.telemetry import Stats, build_registry, self_series, serve_health, worker_report
+from relay.workers import pump
 
 logger = logging.getLogger(__name__)
 
@@ -166,18 +167,13 @@ class Relay:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         await self.sink.start()
 
-        def receive() -> None:
-            try:
-                message = data.recv_bytes()
-            except (EOFError, OSError):
-                message = b""
+        def receive(message: bytes) -> None:
             if message:
                 self.ingest(message, "shard")
             else:
-                loop.remove_reader(data.fileno())
                 self.should_exit.set()
 
-        loop.add_reader(data.fileno(), receive)
+        pump(data, loop, receive)
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         reporter = asyncio.create_task(self._report(reports), name="reporter")
         await self.should_exit.wait()

@@ -15,8 +15,10 @@ import json
 import logging
 import multiprocessing
 import signal
+import threading
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -27,6 +29,36 @@ from relay.listen import Listeners
 from relay.telemetry import Stats, absorb_reports, build_registry, serve_health
 
 logger = logging.getLogger(__name__)
+
+
+def pump(connection: Connection, loop: asyncio.AbstractEventLoop, handle: Callable[[bytes], None]) -> None:
+    """Read whole messages from a pipe in a thread and hand each to `handle` on the loop, one at a time.
+
+    Not loop.add_reader: libuv makes the descriptor non-blocking, and multiprocessing's recv_bytes() then fails
+    half-way through a message that is still being written. One message in flight keeps back-pressure: the
+    writer blocks until the loop has used what it sent. An empty message means the other side is gone.
+    """
+    done = threading.Event()
+
+    def deliver(message: bytes) -> None:
+        try:
+            handle(message)
+        finally:
+            done.set()
+
+    def read() -> None:
+        while True:
+            try:
+                message = connection.recv_bytes()
+            except (EOFError, OSError):
+                message = b""
+            done.clear()
+            loop.call_soon_threadsafe(deliver, message)
+            if not message:
+                return
+            done.wait()
+
+    threading.Thread(target=read, name="pipe-reader", daemon=True).start()
 
 
 def shard_lines(data: bytes, count: int) -> list[bytes]:
@@ -76,7 +108,7 @@ class ShardedRelay:
         self.listeners = Listeners(config, self.stats, self.dispatch)
         self.shard = _shard_function()
         self.eol_required = frozenset(config.dogstatsd_eol_required)
-        self.pipes: list[Connection] = []
+        self.pipes: list[Connection | None] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.should_exit = asyncio.Event()
 
@@ -85,16 +117,24 @@ class ShardedRelay:
         if data[-1:] != b"\n" and transport.partition("_")[0] in self.eol_required:
             data, _, _ = data.rpartition(b"\n")  # the unterminated last line is dropped, as in one process
             self.local_dropped["unterminated"] += 1
-        for pipe, lines in zip(self.pipes, self.shard(data, self.count), strict=True):
-            if lines:
-                pipe.send_bytes(lines)  # blocks when a worker lags: the socket buffer is the queue, as usual
+        for index, lines in enumerate(self.shard(data, self.count)):
+            if lines and self.pipes[index] is not None:
+                try:
+                    self.pipes[index].send_bytes(lines)  # blocks when a worker lags: the socket buffer is the queue
+                except OSError:
+                    self._worker_lost(index, lines.count(b"\n"))
 
-    def _receive_report(self, index: int, pipe: Connection) -> None:
-        try:
-            self.reports[index] = json.loads(pipe.recv_bytes())
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(pipe.fileno())
-            return
+    def _worker_lost(self, index: int, lines: int) -> None:
+        """A worker died: its lines from now on are dropped and counted; the others go on."""
+        self.local_dropped["worker_down"] += lines
+        if self.pipes[index] is not None:
+            logger.error("worker-%d is gone (exit code %s): its share of the lines is dropped and counted",
+                         index, self.processes[index].exitcode)  # fmt: skip
+            self.pipes[index] = None
+
+    def _receive_report(self, index: int, message: bytes) -> None:
+        if message:
+            self.reports[index] = json.loads(message)
         absorb_reports(self.stats, self.local_dropped, [r for r in self.reports if r])
 
     async def run(self) -> None:
@@ -114,7 +154,7 @@ class ShardedRelay:
             reports_worker.close()
             self.pipes.append(data_main)
             self.processes.append(process)
-            loop.add_reader(reports_main.fileno(), self._receive_report, index, reports_main)
+            pump(reports_main, loop, lambda message, index=index: self._receive_report(index, message))
         health = await serve_health(
             self.config.relay_health_host, self.config.relay_health_port, self.stats, self.registry,
             lambda **_: {"workers": self.count, "note": "per worker: see each worker's own counters"},
@@ -137,8 +177,12 @@ class ShardedRelay:
         """Stop reading, tell every worker to flush and send, and wait for them."""
         logger.info("shutting down: %d workers flush", self.count)
         await self.listeners.stop()
-        for pipe in self.pipes:
-            pipe.send_bytes(b"")
+        for index, pipe in enumerate(self.pipes):
+            if pipe is not None:
+                try:
+                    pipe.send_bytes(b"")
+                except OSError:
+                    self._worker_lost(index, 0)
         deadline = self.config.relay_shutdown_timeout + 10
         for process in self.processes:
             await asyncio.to_thread(process.join, deadline)

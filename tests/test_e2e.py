@@ -380,3 +380,22 @@ async def test_several_workers_send_what_one_process_sends(tmp_path):
             await runner.cleanup()
     assert signatures[0] == signatures[1]
     assert len(signatures[0][0]) > 100 and signatures[0][2] == 300
+
+
+async def test_a_dead_worker_costs_its_share_only_and_is_counted(intake, tmp_path):
+    _, url = intake
+    async with run_relay(tmp_path, url, DD_RELAY_WORKERS="2") as relay:
+        relay.send_udp(b"\n".join(b"before.%d:1|c" % i for i in range(50)))
+        await wait_for(lambda: relay.status()["messages"]["metric"]["ok"] == 50)
+        children = subprocess.run(["pgrep", "-P", str(relay.process.pid), "-f", "spawn_main"], capture_output=True,
+                                  text=True).stdout.split()  # fmt: skip
+        os.kill(int(children[0]), signal.SIGKILL)
+        for _ in range(20):
+            relay.send_udp(b"\n".join(b"after.%d:1|c" % i for i in range(50)))
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: relay.status()["dropped"].get("worker_down", 0) > 0)
+        status = relay.status()
+        code, _, err = await relay.stop()
+    assert code == 0, err
+    assert status["listeners"]["udp"]["packets"] == 21
+    assert "worker-" in err and "is gone" in err
