@@ -235,10 +235,6 @@ class Window:
     rss_bytes: int
 
     @property
-    def sent_lines(self) -> float:
-        return self.sent_datagrams * self.lines_per_datagram
-
-    @property
     def loss(self) -> float:
         return self.kernel_drops / self.sent_datagrams if self.sent_datagrams else 0.0
 

@@ -57,14 +57,6 @@ class Sketch:
         if value > self.max:
             self.max = value
 
-    def merge(self, other: Sketch) -> None:
-        for k, n in other.bins.items():
-            self.bins[k] = self.bins.get(k, 0) + n
-        self.count += other.count
-        self.sum += other.sum
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-
     def to_point(self, timestamp: int) -> SketchPoint:
         keys, counts = self._wire_bins()
         return SketchPoint(timestamp, self.count, self.min, self.max, self.sum, keys, counts)
