@@ -40,6 +40,7 @@ class FlushWork:
     timestamped: list[tuple[int, SeriesType, int, float]]
     events: list[Event]
     service_checks: list[ServiceCheck]
+    passthrough: list[Series]
 
 
 class Aggregator:
@@ -61,6 +62,7 @@ class Aggregator:
         self._free_slots: list[int] = []
         self.counter_last_sampled: dict[int, int] = {}  # slot → start of the last bucket with a sample
         self.timestamped: list[tuple[int, SeriesType, int, float]] = []
+        self.passthrough: list[Series] = []  # series made elsewhere (checks), sent at the next flush as they are
         self.events: list[Event] = []
         self.service_checks: list[ServiceCheck] = []
         self.last_cutoff = 0
@@ -187,6 +189,10 @@ class Aggregator:
         else:
             self.stats.dropped["timestamped_unsupported_type"] += len(values)
 
+    def add_series(self, series: list[Series]) -> None:
+        """Series already computed (a check's run): they leave with the next flush, untouched."""
+        self.passthrough.extend(series)
+
     def add_event(self, event: Event, now: float) -> None:
         if len(self.events) >= MAX_PER_FLUSH:  # a flood of events must not grow memory without bound
             self.stats.dropped["events_over_limit"] += 1
@@ -223,8 +229,8 @@ class Aggregator:
             # when open buckets exist, nothing is zero-filled in this flush).
             zeros.append((cutoff - self.interval, self._zero_slots(cutoff - self.interval, {})))
         self.last_cutoff = max(self.last_cutoff, cutoff)
-        work = FlushWork(cutoff, closed, zeros, self.timestamped, self.events, self.service_checks)
-        self.timestamped, self.events, self.service_checks = [], [], []
+        work = FlushWork(cutoff, closed, zeros, self.timestamped, self.events, self.service_checks, self.passthrough)
+        self.timestamped, self.events, self.service_checks, self.passthrough = [], [], [], []
         return work
 
     def build(self, work: FlushWork) -> Flushed:
@@ -238,7 +244,7 @@ class Aggregator:
                 self._flush_bucket(buckets[start], series, sketches)
             series.add_all("", SeriesType.RATE, start, ((slot, 0.0) for slot in zeros.get(start, ())))
         return Flushed(
-            series=[*series.all(), *self._timestamped_series(work.timestamped)],
+            series=[*series.all(), *self._timestamped_series(work.timestamped), *work.passthrough],
             sketches=list(sketches.values()),
             events=work.events,
             service_checks=work.service_checks,

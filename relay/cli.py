@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "show the live status of the running relay"),
         ("config", "print the effective configuration (API key redacted)"),
         ("provision", "create or update the relay's dashboards, monitor and downtimes in Datadog"),
+        ("check", "run one check once (or --times N) and print what it submitted, like `datadog-agent check`"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the raw status JSON")
+        if name == "check":
+            command.add_argument("name", help="the check's name: conf.d/<name>.yaml")
+            command.add_argument("--times", type=int, default=1, help="runs, 1 s apart (rates need two)")
+            command.add_argument("--json", action="store_true", help="print JSON")
         if name == "provision":
             command.add_argument("--dry-run", action="store_true", help="print the JSON that would be sent")
             command.add_argument("--downtimes", action="store_true", help="also schedule nights and weekends off")
@@ -76,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(config, args.json)
     if args.command == "health":
         return _health(config)
+    if args.command == "check":
+        return _check(config, args.name, args.times, args.json)
     if args.command == "provision":
         return _provision(config, args.dry_run, args.downtimes)
     return _run(config)
@@ -136,6 +143,46 @@ def _health(config: Config) -> int:
     except (urllib.error.URLError, OSError) as error:
         print(f"health: {getattr(error, 'reason', error)}", file=sys.stderr)
         return 1
+
+
+def _check(config: Config, name: str, times: int, as_json: bool) -> int:
+    import dataclasses
+    import time
+
+    from relay.aggregate import Aggregator
+    from relay.checks.runner import CheckRunner
+    from relay.telemetry import Stats
+
+    stats = Stats()
+    aggregator = Aggregator(config, stats)
+    runner = CheckRunner(config, aggregator, stats)
+    runner.load(only=name)
+    if not runner.instances:
+        reason = (
+            stats.check_errors.get(name) or f"no instance configured in {config.confd_path or '(confd_path unset)'}"
+        )
+        print(f"check: {name}: {reason}", file=sys.stderr)
+        return 1
+    for run in range(max(times, 1)):
+        if run:
+            time.sleep(1)
+        for instance in runner.instances:
+            runner.run_once(instance)
+            runner.commit(instance)
+    flushed = aggregator.flush(time.time(), force=True)
+    result = {
+        "series": [{**dataclasses.asdict(s), "type": s.type.name.lower()} for s in flushed.series],
+        "service_checks": [dataclasses.asdict(c) for c in flushed.service_checks],
+        "events": [dataclasses.asdict(e) for e in flushed.events],
+        "instances": stats.checks(),
+    }
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        from relay.status import render_check
+
+        print(render_check(result), end="")
+    return 0 if all(not i["last_error"] for i in result["instances"]) else 1
 
 
 def _provision(config: Config, dry_run: bool, with_downtimes: bool) -> int:

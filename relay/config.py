@@ -161,6 +161,8 @@ class Config:
     relay_self_metrics: bool = _key(False, key="relay.self_metrics")
     relay_spool_dir: str = _key("", key="relay.spool_dir")
     relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=_not_negative)
+    confd_path: str = _key("")  # checks: conf.d directory ("" = no checks); checks.d is looked for beside it
+    additional_checksd: tuple[str, ...] = _key(())
     relay_workers: str = _key(
         "1",
         key="relay.workers",

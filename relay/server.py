@@ -19,6 +19,7 @@ from typing import TextIO
 
 from relay import __version__
 from relay.aggregate import Aggregator, FlushWork
+from relay.checks.runner import CheckRunner
 from relay.config import Config
 from relay.enrich import Enricher
 from relay.forward import DryRunSink, HttpSink, Sink
@@ -52,6 +53,10 @@ class Relay:
         self.registry = build_registry(self.stats)
         self.ingester = Ingest(config, self.stats, self.enricher, self.aggregator)
         self._self_previous: dict[str, dict[object, int]] = {}  # relay.self_metrics: counters at the last flush
+        self.checks: CheckRunner | None = None
+        if config.confd_path:
+            self.checks = CheckRunner(config, self.aggregator, self.stats)
+            self.checks.load()
         self.should_exit = asyncio.Event()
 
     def _spool(self) -> Spool | None:
@@ -152,9 +157,14 @@ class Relay:
             "dry run (no API key): flushes are printed" if self.dry_run else f"sending to {self.config.intake_url}",
         )
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        checks = asyncio.create_task(self.checks.run(), name="checks") if self.checks else None
         await self.should_exit.wait()
         logger.info("shutting down: final flush")
         await self.listeners.stop()
+        if checks is not None and self.checks is not None:
+            checks.cancel()
+            await asyncio.gather(checks, return_exceptions=True)
+            self.checks.close()
         await self.shutdown(flusher)
         await health.cleanup()
         logger.info("stopped")

@@ -57,6 +57,22 @@ def render(status: dict[str, Any]) -> str:
     for kind in ("series", "sketches", "events", "service_checks"):
         label = kind.replace("_", " ").title()
         lines.append(f"  {label} Flushed: {_number(aggregator['flushed'].get(kind, 0))}")
+    if status.get("checks") or status.get("check_errors"):
+        lines += _title("Checks")
+        for check in status.get("checks", []):
+            state = f"[ERROR] {check['last_error']}" if check["last_error"] else "[OK]"
+            lines.append(f"  {check['id']} {state}")
+            lines.append(
+                f"    Total Runs: {_number(check['runs'])}, Metric Samples: {_number(check['metric_samples'])}, "
+                f"Events: {_number(check['events'])}, Service Checks: {_number(check['service_checks'])}"
+            )
+            lines.append(
+                f"    Average Execution Time: {check['average_execution_seconds'] * 1000:.0f} ms, "
+                f"Interval: {check['interval']:g} s, Last Run: {_ago(check['last_run'])}"
+            )
+            lines += [f"    [WARNING] {warning}" for warning in check["warnings"]]
+        for name, error in status.get("check_errors", {}).items():
+            lines.append(f"  {name} [LOADING ERROR] {error}")
     forwarder = status["forwarder"]
     lines += _title("Forwarder")
     lines.append(f"  Endpoint: {info.get('endpoint', '')}")
@@ -79,6 +95,10 @@ def render(status: dict[str, Any]) -> str:
 
 def _key_state(valid: bool | None) -> str:
     return {True: "valid", False: "INVALID"}.get(valid, "not checked")  # type: ignore[arg-type]
+
+
+def _ago(when: float) -> str:
+    return f"{time.time() - when:.0f} s ago" if when else "never"
 
 
 def _duration(seconds: float) -> str:
@@ -129,3 +149,23 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return [line.format(*header), line.format(*("-" * w for w in widths))] + [
         line.format(*(str(cell)[:60] for cell in row)) for row in rows
     ]
+
+
+def render_check(result: dict[str, Any]) -> str:
+    """What `dogstatsd-relay check NAME` prints: the submissions, then each instance's status."""
+    lines = ["=== Series ==="]
+    for series in result["series"]:
+        name, host, tags = series["context"]
+        points = " ".join(f"{timestamp}={value:g}" for timestamp, value in series["points"])
+        lines.append(f"  {name} ({series['type']}) {points} host={host} tags={','.join(tags)}")
+    lines.append("=== Service Checks ===")
+    lines += [
+        f"  {c['name']} status={c['status']} {c['message']!r} tags={','.join(c['tags'])}"
+        for c in result["service_checks"]
+    ]
+    lines.append("=== Events ===")
+    lines += [f"  {e['title']!r} [{e['alert_type']}] tags={','.join(e['tags'])}" for e in result["events"]]
+    for instance in result["instances"]:
+        state = f"[ERROR] {instance['last_error']}" if instance["last_error"] else "[OK]"
+        lines.append(f"{instance['id']} {state}: {instance['runs']} runs, {instance['metric_samples']} metric samples")
+    return "\n".join(lines) + "\n"

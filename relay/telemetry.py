@@ -45,6 +45,8 @@ class Stats:
     context_overflow: Counter[tuple[str, str]] = field(default_factory=Counter)  # (metric, tag key) folded
     gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # contexts, retry_queue_bytes, ...
     info: dict[str, Any] = field(default_factory=dict)  # version, hostname, listeners, endpoint, api key state
+    checks: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])  # per check instance, for status
+    check_errors: dict[str, str] = field(default_factory=dict)  # checks that could not be loaded
 
     def kernel_drops(self) -> dict[str, int]:
         """Per listener, read from /proc at the time of asking."""
@@ -83,6 +85,8 @@ class Stats:
                 kind: {"ok": self.messages[kind, "ok"], "error": self.messages[kind, "error"]} for kind in MESSAGE_TYPES
             },
             "parse_errors": dict(self.parse_errors),
+            "checks": self.checks(),
+            "check_errors": dict(self.check_errors),
             "context_overflow": [
                 {"metric": metric, "tag_key": key, "contexts": count}
                 for (metric, key), count in self.context_overflow.most_common(20)

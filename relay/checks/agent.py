@@ -1,0 +1,82 @@
+"""The Agent side of the check contract: the `aggregator` and `datadog_agent` modules a check imports.
+
+Installed into sys.modules before any check (or the real `datadog_checks.base`) is imported; submissions are
+routed by check id to that instance's CheckSampler. When the real package is absent, our base is registered
+as `datadog_checks.base`, `datadog_checks.checks` and `checks` so that every import line of the docs works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from relay import __version__
+from relay.checks import base
+from relay.checks.sampler import CheckSampler
+
+logger = logging.getLogger("relay.checks")
+
+
+def install(samplers: dict[str, CheckSampler], hostname: str, config_value: Callable[[str], Any]) -> bool:
+    """Install the modules; returns True when the real datadog_checks.base is used."""
+    aggregator = types.ModuleType("aggregator")
+    for index, name in enumerate(("GAUGE", "RATE", "COUNT", "MONOTONIC_COUNT", "COUNTER", "HISTOGRAM", "HISTORATE")):
+        setattr(aggregator, name, index)
+
+    def submit_metric(check: Any, check_id: str, mtype: int, name: str, value: float, tags: Any, hostname: str,
+                      flush_first_value: bool = False) -> None:  # fmt: skip
+        samplers[check_id].submit_metric(mtype, name, value, tags, hostname, flush_first_value)
+
+    def submit_service_check(check: Any, check_id: str, name: str, status: int, tags: Any, hostname: str,
+                             message: str) -> None:  # fmt: skip
+        samplers[check_id].submit_service_check(name, status, tags, hostname, message)
+
+    def submit_event(check: Any, check_id: str, event: dict[str, Any]) -> None:
+        samplers[check_id].submit_event(event)
+
+    def ignored(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    aggregator.submit_metric = submit_metric  # type: ignore[attr-defined]
+    aggregator.submit_service_check = submit_service_check  # type: ignore[attr-defined]
+    aggregator.submit_event = submit_event  # type: ignore[attr-defined]
+    aggregator.submit_histogram_bucket = ignored  # type: ignore[attr-defined]
+    aggregator.submit_event_platform_event = ignored  # type: ignore[attr-defined]
+
+    agent = types.ModuleType("datadog_agent")
+    cache: dict[str, str] = {}
+    functions: dict[str, Callable[..., Any]] = {
+        "get_config": config_value,
+        "get_hostname": lambda: hostname,
+        "get_version": lambda: f"dogstatsd-relay-{__version__}",
+        "get_host_tags": lambda: "{}",
+        "get_clustername": lambda: "",
+        "log": lambda message, level: logger.log(level, "%s", message),  # relay's logger: never the root one
+        "set_check_metadata": ignored,
+        "set_external_tags": ignored,
+        "read_persistent_cache": lambda key: cache.get(key, ""),
+        "write_persistent_cache": cache.__setitem__,
+        "tracemalloc_enabled": lambda: False,
+        "get_process_start_time": lambda: 0,
+        "headers": lambda *args, **kwargs: {"User-Agent": f"dogstatsd-relay/{__version__}"},
+        "send_log": ignored,
+        "emit_agent_telemetry": ignored,
+    }
+    for name, function in functions.items():
+        setattr(agent, name, function)
+    sys.modules["aggregator"], sys.modules["datadog_agent"] = aggregator, agent
+    if importlib.util.find_spec("datadog_checks") is not None and importlib.util.find_spec("datadog_checks.base"):
+        return True
+    package = types.ModuleType("datadog_checks")
+    package.__path__ = []  # type: ignore[attr-defined]
+    for name in ("datadog_checks.base", "datadog_checks.checks", "checks"):
+        module = types.ModuleType(name)
+        module.AgentCheck = base.AgentCheck  # type: ignore[attr-defined]
+        sys.modules[name] = module
+    package.base, package.checks = sys.modules["datadog_checks.base"], sys.modules["datadog_checks.checks"]  # type: ignore[attr-defined]
+    sys.modules["datadog_checks"] = package
+    return False
