@@ -23,6 +23,7 @@ COMPRESSOR_KINDS = ("zstd", "zlib", "deflate", "gzip", "none")
 HISTOGRAM_AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
 EOL_TRANSPORTS = ("udp", "uds", "named_pipe")
+HOST_COLLECTORS = ("cpu", "load", "memory", "uptime", "file_handle", "disk", "io", "network")
 NAMESPACE_BLACKLIST = (
     "datadog.agent", "datadog.dogstatsd", "datadog.process", "datadog.trace_agent", "datadog.tracer",
     "activemq", "activemq_58", "airflow", "cassandra", "confluent", "hazelcast", "hive", "ignite", "jboss",
@@ -163,6 +164,9 @@ class Config:
     relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=_not_negative)
     confd_path: str = _key("")  # checks: conf.d directory ("" = no checks); checks.d is looked for beside it
     additional_checksd: tuple[str, ...] = _key(())
+    relay_host_collectors: tuple[str, ...] = _key(
+        HOST_COLLECTORS, key="relay.host_collectors", check=_one_of(HOST_COLLECTORS)
+    )
     relay_workers: str = _key(
         "1",
         key="relay.workers",

@@ -54,7 +54,7 @@ class Relay:
         self.ingester = Ingest(config, self.stats, self.enricher, self.aggregator)
         self._self_previous: dict[str, dict[object, int]] = {}  # relay.self_metrics: counters at the last flush
         self.checks: CheckRunner | None = None
-        if config.confd_path:
+        if config.confd_path or config.relay_host_collectors:
             self.checks = CheckRunner(config, self.aggregator, self.stats)
             self.checks.load()
         self.should_exit = asyncio.Event()

@@ -146,6 +146,8 @@ class ShardedRelay:
             reports_main, reports_worker = context.Pipe(duplex=False)
             spool = self.config.spool_path / f"worker-{index}"
             worker_config = replace(self.config, relay_spool_dir=str(spool))
+            if index:  # checks and host collectors run in worker 0 only: one run, one series each
+                worker_config = replace(worker_config, confd_path="", relay_host_collectors=())
             process = context.Process(
                 target=worker_main, args=(worker_config, index, data_worker, reports_worker), name=f"worker-{index}"
             )

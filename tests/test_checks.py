@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+
+import pytest
 
 from relay.accumulators import HistogramSpec
 from relay.checks.base import COUNT, GAUGE, MONOTONIC_COUNT, RATE
@@ -140,3 +143,55 @@ def test_check_command_runs_a_check_once_and_prints_it(tmp_path):
     assert "my_metric (gauge)" in text.stdout and "[OK]" in text.stdout
     missing = subprocess.run([sys.executable, "-m", "relay", "check", "nope"], env=env, capture_output=True, text=True)
     assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+async def test_a_relay_with_no_check_configured_sends_the_agents_system_metrics(intake, tmp_path):
+    stand_in, url = intake
+    collectors = "cpu load memory uptime file_handle disk io network"
+    async with run_relay(tmp_path, url, DD_RELAY_HOST_COLLECTORS=collectors, DD_RELAY_FLUSH_INTERVAL="1") as relay:
+        # cpu percentages and rates need two runs: the collectors run every 15 s, so wait for the first only
+        await wait_for(
+            lambda: {"system.load.1", "system.mem.total", "system.uptime"} <= {s["metric"] for s in stand_in.series}
+        )
+        status = relay.status()
+        await relay.stop()
+    by_name = {s["metric"]: s for s in stand_in.series}
+    expected = {
+        "system.cpu.num_cores", "system.load.1", "system.load.norm.15", "system.mem.total", "system.mem.used",
+        "system.mem.usable", "system.mem.pct_usable", "system.swap.total", "system.swap.pct_free", "system.uptime",
+        "system.fs.file_handles.used", "system.fs.file_handles.in_use", "system.disk.total", "system.disk.in_use",
+        "system.fs.inodes.total",
+    }  # fmt: skip
+    assert expected <= set(by_name), expected - set(by_name)
+    import psutil
+
+    assert by_name["system.mem.total"]["points"][0][1] == pytest.approx(psutil.virtual_memory().total / 2**20)  # MiB
+    assert 0 <= by_name["system.mem.pct_usable"]["points"][0][1] <= 1
+    disk = by_name["system.disk.total"]
+    # The device: tag becomes the series' device resource, as the Agent's serializer does it.
+    assert disk["device"] and any(t.startswith("device_name:") for t in disk["tags"])
+    assert all(s["host"] == "test-host" for s in stand_in.series)
+    assert {c["check"] for c in status["checks"]} == set(collectors.split())
+
+
+def test_collectors_compute_rates_and_percentages_on_the_second_run(tmp_path):
+    from relay.aggregate import Aggregator
+    from relay.checks.runner import CheckRunner
+    from relay.telemetry import Stats
+    from tests.conftest import config
+
+    cfg = config(hostname="h", relay__host_collectors="cpu network io")
+    stats = Stats()
+    aggregator = Aggregator(cfg, stats)
+    runner = CheckRunner(cfg, aggregator, stats)
+    runner.load()
+    for run in range(2):
+        for instance in runner.instances:
+            runner.run_once(instance)
+            runner.commit(instance)
+        if not run:
+            time.sleep(0.2)
+    names = {s.context.name: s for s in aggregator.flush(time.time(), force=True).series}
+    assert {"system.cpu.user", "system.cpu.idle", "system.net.bytes_rcvd"} <= set(names)
+    assert 0 <= names["system.cpu.idle"].points[0][1] <= 100
+    assert names["system.net.bytes_rcvd"].type is SeriesType.GAUGE  # a check rate is sent as a gauge

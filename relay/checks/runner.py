@@ -144,8 +144,20 @@ class CheckRunner:
         stats.checks = lambda: [i.status() for i in self.instances]
 
     def load(self, only: str | None = None) -> None:
-        checksd = [Path(p) for p in self.config.additional_checksd] + [Path(self.config.confd_path).parent / "checks.d"]
-        for name, files in find_configs(Path(self.config.confd_path), self.errors).items():
+        """The host collectors (tuned by conf.d/<name>.yaml when there is one), then the custom checks."""
+        from collectors import DEFAULT
+
+        confd = Path(self.config.confd_path) if self.config.confd_path else None
+        configs = find_configs(confd, self.errors) if confd else {}
+        for name in self.config.relay_host_collectors:
+            if only is not None and name != only:
+                continue
+            files = configs.pop(name, None) or [(Path("<built-in>"), {"init_config": {}, "instances": [{}]})]
+            for path, document in files:
+                for instance in document["instances"]:
+                    self._add(name, DEFAULT[name], document.get("init_config") or {}, instance or {}, path)
+        checksd = [Path(p) for p in self.config.additional_checksd] + ([confd.parent / "checks.d"] if confd else [])
+        for name, files in configs.items():
             if only is not None and name != only:
                 continue
             try:

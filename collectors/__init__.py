@@ -1,0 +1,19 @@
+"""Host collectors: the Agent's default system checks (cpu, load, memory, uptime, file_handle, disk, io, network)
+as AgentChecks, so they run, schedule, and can be tuned in conf.d/<name>.yaml like any check."""
+
+from __future__ import annotations
+
+from collectors.disk import DiskCheck, IoCheck
+from collectors.network import NetworkCheck
+from collectors.system import CpuCheck, FileHandleCheck, LoadCheck, MemoryCheck, UptimeCheck
+
+DEFAULT: dict[str, type] = {
+    "cpu": CpuCheck,
+    "load": LoadCheck,
+    "memory": MemoryCheck,
+    "uptime": UptimeCheck,
+    "file_handle": FileHandleCheck,
+    "disk": DiskCheck,
+    "io": IoCheck,
+    "network": NetworkCheck,
+}
