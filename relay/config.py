@@ -105,6 +105,10 @@ class Config:
     dd_url: str = _key("", check=_url)
     hostname: str = _key("")
     log_level: str = _key("info", check=_one_of(LOG_LEVELS))
+    tags: tuple[str, ...] = _key(())  # host tags: sent with the host metadata, like the Agent
+    extra_tags: tuple[str, ...] = _key(())
+    env: str = _key("")
+    enable_metadata_collection: bool = _key(True)  # the host metadata payload (host tags)
     skip_ssl_validation: bool = _key(False)
     proxy_http: str = _key("", key="proxy.http", check=_url)
     proxy_https: str = _key("", key="proxy.https", check=_url)
@@ -164,6 +168,7 @@ class Config:
     relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=_not_negative)
     confd_path: str = _key("")  # checks: conf.d directory ("" = no checks); checks.d is looked for beside it
     additional_checksd: tuple[str, ...] = _key(())
+    relay_host_tags_on_metrics: bool = _key(False, key="relay.host_tags_on_metrics")
     relay_host_collectors: tuple[str, ...] = _key(
         HOST_COLLECTORS, key="relay.host_collectors", check=_one_of(HOST_COLLECTORS)
     )
@@ -177,6 +182,12 @@ class Config:
         key="relay.socket_mode",
         check=lambda v: None if re.fullmatch(r"0?[0-7]{3}", v) else "must be octal, like 0660",
     )
+
+    @property
+    def host_tags(self) -> tuple[str, ...]:
+        """tags, extra_tags and env:<env>, as the Agent builds its host tags."""
+        env = (f"env:{self.env}",) if self.env else ()
+        return tuple(dict.fromkeys((*self.tags, *self.extra_tags, *env)))
 
     @property
     def worker_count(self) -> int:

@@ -74,7 +74,9 @@ class Enricher:
 
     def __init__(self, config: Config) -> None:
         self.hostname = config.hostname
-        self.extra_tags = tuple(config.dogstatsd_tags)
+        # dogstatsd_tags, and the host tags too when relay.host_tags_on_metrics (sidecars without an Agent).
+        host_tags = config.host_tags if config.relay_host_tags_on_metrics else ()
+        self.extra_tags = tuple(dict.fromkeys((*config.dogstatsd_tags, *host_tags)))
         namespace = config.statsd_metric_namespace
         self.namespace = namespace + "." if namespace and not namespace.endswith(".") else namespace
         self.namespace_exempt = tuple(config.statsd_metric_namespace_blacklist)

@@ -145,6 +145,7 @@ class Intake:
     #                            garbage (202 with a body that is not JSON), to rehearse a broken intake
     objects: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # dashboard | monitor | downtime
     api_calls: list[tuple[str, str]] = field(default_factory=list)
+    host_metadata: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._metric_payload, self._sketch_payload = _message_classes()
@@ -232,6 +233,9 @@ class Intake:
             self.service_checks.extend(json.loads(raw))
         else:
             document = json.loads(raw)
+            if "host-tags" in document:  # host metadata shares /intake/ with events
+                self.host_metadata.append(document)
+                return
             for source, events in document["events"].items():
                 self.events.extend({**e, "_source_group": source} for e in events)
         for items in (self.series, self.sketches, self.service_checks, self.events, self.requests):

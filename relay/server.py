@@ -126,6 +126,12 @@ class Relay:
             *serializer.events(flushed.events),
         ]
 
+    async def _host_metadata_loop(self) -> None:
+        """Host metadata at start and every 30 minutes, as the Agent sends it: the host and its host tags."""
+        while True:
+            self.sink.send(self.serializer.host_metadata(self.config.host_tags))
+            await asyncio.sleep(1800)
+
     async def _flush_loop(self) -> None:
         """Flush just after each bucket boundary, so a bucket leaves as soon as it is closed."""
         interval = self.config.relay_flush_interval
@@ -158,8 +164,12 @@ class Relay:
         )
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         checks = asyncio.create_task(self.checks.run(), name="checks") if self.checks else None
+        metadata = asyncio.create_task(self._host_metadata_loop(), name="host-metadata")
+        if not self.config.enable_metadata_collection or self.dry_run:
+            metadata.cancel()
         await self.should_exit.wait()
         logger.info("shutting down: final flush")
+        metadata.cancel()
         await self.listeners.stop()
         if checks is not None and self.checks is not None:
             checks.cancel()

@@ -92,6 +92,7 @@ async def run_relay(tmp_path: Path, intake_url: str | None, **env: str) -> Async
         "DD_LOG_LEVEL": "debug",
         "DD_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
         "DD_RELAY_HOST_COLLECTORS": "",  # host metrics only where a test asks for them: exact counts elsewhere
+        "DD_ENABLE_METADATA_COLLECTION": "false",  # likewise the host metadata payload
     }
     if intake_url:
         full_env.update(DD_API_KEY=API_KEY, DD_DD_URL=intake_url)

@@ -399,3 +399,22 @@ async def test_a_dead_worker_costs_its_share_only_and_is_counted(intake, tmp_pat
     assert code == 0, err
     assert status["listeners"]["udp"]["packets"] == 21
     assert "worker-" in err and "is gone" in err
+
+
+async def test_host_tags_go_with_the_host_metadata_and_optionally_on_every_series(intake, tmp_path):
+    stand_in, url = intake
+    env = {"DD_TAGS": "team:core role:web", "DD_ENV": "prod", "DD_ENABLE_METADATA_COLLECTION": "true"}
+    async with run_relay(tmp_path, url, **env) as relay:
+        relay.send_udp(b"plain:1|c|#a:b")
+        await wait_for(lambda: stand_in.host_metadata and any(s["metric"] == "plain" for s in stand_in.series))
+        await relay.stop()
+    metadata = stand_in.host_metadata[0]
+    assert metadata["host-tags"] == {"system": ["team:core", "role:web", "env:prod"]}
+    assert metadata["internalHostname"] == "test-host" and metadata["meta"]["hostname"] == "test-host"
+    assert next(s for s in stand_in.series if s["metric"] == "plain")["tags"] == ["a:b"]  # not on metrics by default
+    async with run_relay(tmp_path, url, **env, DD_RELAY_HOST_TAGS_ON_METRICS="true") as relay:
+        relay.send_udp(b"tagged:1|c|#a:b")
+        await wait_for(lambda: any(s["metric"] == "tagged" for s in stand_in.series))
+        await relay.stop()
+    tagged = next(s for s in stand_in.series if s["metric"] == "tagged")
+    assert sorted(tagged["tags"]) == ["a:b", "env:prod", "role:web", "team:core"]

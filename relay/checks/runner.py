@@ -175,7 +175,8 @@ class CheckRunner:
         digest = hashlib.sha256(json.dumps([str(path), init_config, instance], sort_keys=True, default=str).encode())
         check_id = f"{name}:{digest.hexdigest()[:16]}"
         interval = instance.get("min_collection_interval") or init_config.get("min_collection_interval")
-        sampler = self.samplers[check_id] = CheckSampler(self.config.hostname, self.spec)
+        host_tags = self.config.host_tags if self.config.relay_host_tags_on_metrics else ()
+        sampler = self.samplers[check_id] = CheckSampler(self.config.hostname, self.spec, host_tags)
         try:
             check = instantiate(cls, name, init_config, instance)
         except Exception as error:

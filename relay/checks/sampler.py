@@ -20,8 +20,9 @@ Key = tuple[int, str, str, tuple[str, ...]]  # (metric type, name, host, tags)
 
 
 class CheckSampler:
-    def __init__(self, hostname: str, histogram_spec: HistogramSpec) -> None:
+    def __init__(self, hostname: str, histogram_spec: HistogramSpec, extra_tags: tuple[str, ...] = ()) -> None:
         self.hostname = hostname
+        self.extra_tags = extra_tags  # the host tags, with relay.host_tags_on_metrics
         self.histogram_spec = histogram_spec
         self.values: dict[Key, list[float]] = {}
         self.flush_first: set[Key] = set()
@@ -33,7 +34,7 @@ class CheckSampler:
     def submit_metric(self, mtype: int, name: str, value: float, tags: Any, hostname: str, first: bool) -> None:
         if not math.isfinite(value):
             return
-        key = (mtype, name, hostname or self.hostname, tuple(sorted(set(tags or ()))))
+        key = (mtype, name, hostname or self.hostname, tuple(sorted({*(tags or ()), *self.extra_tags})))
         self.values.setdefault(key, []).append(value)
         if first:
             self.flush_first.add(key)
