@@ -12,14 +12,14 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY relay ./relay
 COPY collectors ./collectors
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[intake]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[intake,postgres]"
 
 FROM python:3.11-slim
 # The same install as the README's: pip installs the project (here from the wheel built above).
 COPY --from=build /wheels /wheels
 # --no-index: only the wheels built above can be installed, so every version is already fixed by the build stage.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --no-index --find-links /wheels "dogstatsd-relay[intake]" \
+RUN pip install --no-cache-dir --no-index --find-links /wheels "dogstatsd-relay[intake,postgres]" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/dogstatsd-relay --create-home relay \
     && mkdir -p /var/run/datadog \

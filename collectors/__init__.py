@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collectors.disk import DiskCheck, IoCheck
 from collectors.network import NetworkCheck
+from collectors.postgres import PostgresCheck
 from collectors.system import CpuCheck, FileHandleCheck, LoadCheck, MemoryCheck, UptimeCheck
 
 DEFAULT: dict[str, type] = {
@@ -17,3 +18,5 @@ DEFAULT: dict[str, type] = {
     "io": IoCheck,
     "network": NetworkCheck,
 }
+# Built-in integrations: used for conf.d/<name>.yaml when no checks.d/<name>.py stands in for them.
+INTEGRATIONS: dict[str, type] = {"postgres": PostgresCheck}

@@ -46,7 +46,7 @@ def test_image_installs_the_way_the_readme_does_and_runs_as_non_root():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER 10001:10001$", dockerfile, re.M) and "--uid 10001" in dockerfile
     assert "EXPOSE 8125/udp 8127" in dockerfile and 'CMD ["dogstatsd-relay", "health"]' in dockerfile
-    assert 'pip wheel --no-cache-dir --wheel-dir /wheels ".[intake]"' in dockerfile
+    assert 'pip wheel --no-cache-dir --wheel-dir /wheels ".[intake,postgres]"' in dockerfile
     assert "pip install ." in (ROOT / "README.md").read_text()
 
 

@@ -100,8 +100,9 @@ def find_configs(confd: Path, errors: dict[str, str] | None = None) -> dict[str,
     return configs
 
 
-def load_class(name: str, checksd: list[Path], uses_real_base: bool) -> type:
-    """The module `datadog_checks.<name>` if installed, else `<name>.py` from a checks.d directory."""
+def load_class(name: str, checksd: list[Path], uses_real_base: bool, builtin: type | None = None) -> type:
+    """The module `datadog_checks.<name>` if installed, else `<name>.py` from a checks.d directory, else the
+    relay's built-in integration of that name."""
     module = None
     if uses_real_base and importlib.util.find_spec(f"datadog_checks.{name}") is not None:
         module = importlib.import_module(f"datadog_checks.{name}")
@@ -112,6 +113,8 @@ def load_class(name: str, checksd: list[Path], uses_real_base: bool) -> type:
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
+    if module is None and builtin is not None:
+        return builtin
     if module is None:
         raise LookupError(f"no check module {name}.py in {', '.join(map(str, checksd)) or 'no checks.d'}")
     base = sys.modules["datadog_checks.checks"].AgentCheck
@@ -145,7 +148,7 @@ class CheckRunner:
 
     def load(self, only: str | None = None) -> None:
         """The host collectors (tuned by conf.d/<name>.yaml when there is one), then the custom checks."""
-        from collectors import DEFAULT
+        from collectors import DEFAULT, INTEGRATIONS
 
         confd = Path(self.config.confd_path) if self.config.confd_path else None
         configs = find_configs(confd, self.errors) if confd else {}
@@ -161,7 +164,7 @@ class CheckRunner:
             if only is not None and name != only:
                 continue
             try:
-                cls = load_class(name, checksd, self.uses_real_base)
+                cls = load_class(name, checksd, self.uses_real_base, INTEGRATIONS.get(name))
             except Exception as error:  # a broken check file must not stop the relay
                 self.errors[name] = f"{type(error).__name__}: {error}"
                 logger.error("check %s cannot be loaded: %s", name, error)
