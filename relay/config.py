@@ -168,6 +168,7 @@ class Config:
     relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=_not_negative)
     confd_path: str = _key("")  # checks: conf.d directory ("" = no checks); checks.d is looked for beside it
     additional_checksd: tuple[str, ...] = _key(())
+    relay_checks_base: str = _key("auto", key="relay.checks_base", check=_one_of(("auto", "builtin")))
     relay_host_tags_on_metrics: bool = _key(False, key="relay.host_tags_on_metrics")
     relay_host_collectors: tuple[str, ...] = _key(
         HOST_COLLECTORS, key="relay.host_collectors", check=_one_of(HOST_COLLECTORS)

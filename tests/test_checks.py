@@ -97,7 +97,8 @@ def test_config_discovery_rules(tmp_path):
     assert sum(len(doc["instances"]) for _, doc in configs["two"]) == 3
 
 
-async def test_the_seed_custom_check_reaches_the_intake_with_its_tags(intake, tmp_path):
+@pytest.mark.parametrize("base", ["auto", "builtin"])  # the real datadog-checks-base (test extra), then ours
+async def test_the_seed_custom_check_reaches_the_intake_with_its_tags(intake, tmp_path, base):
     stand_in, url = intake
     confd = agent_layout(tmp_path, {"custom_hello": SEED_CHECK, **BROKEN_CHECKS}, {
         "custom_hello.yaml": "init_config:\n\ninstances:\n  - min_collection_interval: 45\n",
@@ -105,7 +106,7 @@ async def test_the_seed_custom_check_reaches_the_intake_with_its_tags(intake, tm
         "missing.yaml": "instances: [{}]",
         "broken_yaml.yaml": "instances: [{: :",
     })  # fmt: skip
-    async with run_relay(tmp_path, url, DD_CONFD_PATH=str(confd)) as relay:
+    async with run_relay(tmp_path, url, DD_CONFD_PATH=str(confd), DD_RELAY_CHECKS_BASE=base) as relay:
         relay.send_udp(b"dogstatsd.still.works:1|c")
         await wait_for(lambda: any(s["metric"] == "my_metric" for s in stand_in.series))
         await wait_for(lambda: any(s["metric"] == "dogstatsd.still.works" for s in stand_in.series))

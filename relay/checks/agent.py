@@ -21,8 +21,11 @@ from relay.checks.sampler import CheckSampler
 logger = logging.getLogger("relay.checks")
 
 
-def install(samplers: dict[str, CheckSampler], hostname: str, config_value: Callable[[str], Any]) -> bool:
-    """Install the modules; returns True when the real datadog_checks.base is used."""
+def install(
+    samplers: dict[str, CheckSampler], hostname: str, config_value: Callable[[str], Any], builtin: bool = False
+) -> bool:
+    """Install the modules; returns True when the real datadog_checks.base is used (installed, and not
+    `builtin`, which is relay.checks_base: builtin)."""
     aggregator = types.ModuleType("aggregator")
     for index, name in enumerate(("GAUGE", "RATE", "COUNT", "MONOTONIC_COUNT", "COUNTER", "HISTOGRAM", "HISTORATE")):
         setattr(aggregator, name, index)
@@ -55,7 +58,9 @@ def install(samplers: dict[str, CheckSampler], hostname: str, config_value: Call
         "get_version": lambda: f"dogstatsd-relay-{__version__}",
         "get_host_tags": lambda: "{}",
         "get_clustername": lambda: "",
-        "log": lambda message, level: logger.log(level, "%s", message),  # relay's logger: never the root one
+        # The real base hangs a handler on the root logger that sends every record here; those records have
+        # already reached the relay's own handler, so writing them again would print each line twice.
+        "log": ignored,
         "set_check_metadata": ignored,
         "set_external_tags": ignored,
         "read_persistent_cache": lambda key: cache.get(key, ""),
@@ -69,7 +74,11 @@ def install(samplers: dict[str, CheckSampler], hostname: str, config_value: Call
     for name, function in functions.items():
         setattr(agent, name, function)
     sys.modules["aggregator"], sys.modules["datadog_agent"] = aggregator, agent
-    if importlib.util.find_spec("datadog_checks") is not None and importlib.util.find_spec("datadog_checks.base"):
+    if not builtin and importlib.util.find_spec("datadog_checks") and importlib.util.find_spec("datadog_checks.base"):
+        # The Agent ships a `checks` package for Agent 5's `from checks import AgentCheck`; so do we.
+        alias = types.ModuleType("checks")
+        alias.AgentCheck = importlib.import_module("datadog_checks.checks").AgentCheck  # type: ignore[attr-defined]
+        sys.modules["checks"] = alias
         return True
     package = types.ModuleType("datadog_checks")
     package.__path__ = []  # type: ignore[attr-defined]

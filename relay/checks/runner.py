@@ -16,7 +16,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -117,7 +116,7 @@ def load_class(name: str, checksd: list[Path], uses_real_base: bool, builtin: ty
         return builtin
     if module is None:
         raise LookupError(f"no check module {name}.py in {', '.join(map(str, checksd)) or 'no checks.d'}")
-    base = sys.modules["datadog_checks.checks"].AgentCheck
+    base = importlib.import_module("datadog_checks.checks").AgentCheck
     for attribute in sorted(dir(module)):
         candidate = getattr(module, attribute)
         leaf = isinstance(candidate, type) and issubclass(candidate, base) and not candidate.__subclasses__()
@@ -141,7 +140,9 @@ class CheckRunner:
         self.stats = stats
         self.instances: list[Instance] = []
         self.samplers: dict[str, CheckSampler] = {}
-        self.uses_real_base = agent.install(self.samplers, config.hostname, lambda key: None)
+        settings = {"log_level": config.log_level, "hostname": config.hostname}
+        builtin = config.relay_checks_base == "builtin"
+        self.uses_real_base = agent.install(self.samplers, config.hostname, settings.get, builtin)
         self.spec = HistogramSpec.from_config(config.histogram_aggregates, config.histogram_percentiles)
         self.errors = stats.check_errors
         stats.checks = lambda: [i.status() for i in self.instances]
