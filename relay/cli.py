@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         ("config", "print the effective configuration (API key redacted)"),
         ("provision", "create or update the relay's dashboards, monitor and downtimes in Datadog"),
         ("check", "run one check once (or --times N) and print what it submitted, like `datadog-agent check`"),
+        ("explain", "show how the relay parses, enriches, aggregates and would send a datagram"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
@@ -48,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "check":
             command.add_argument("name", help="the check's name: conf.d/<name>.yaml")
             command.add_argument("--times", type=int, default=1, help="runs, 1 s apart (rates need two)")
+            command.add_argument("--json", action="store_true", help="print JSON")
+        if name == "explain":
+            command.add_argument("datagram", help="the datagram; \\n separates lines")
             command.add_argument("--json", action="store_true", help="print JSON")
         if name == "provision":
             command.add_argument("--dry-run", action="store_true", help="print the JSON that would be sent")
@@ -81,6 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(config, args.json)
     if args.command == "health":
         return _health(config)
+    if args.command == "explain":
+        import time
+
+        from relay.explain import explain, render
+
+        data = args.datagram.encode().replace(b"\\n", b"\n")
+        result = explain(replace(config, relay_host_collectors=()), data, time.time())
+        print(
+            json.dumps(result, indent=2, default=str) if as_json(args) else render(result),
+            end="\n" if as_json(args) else "",
+        )
+        return 0
     if args.command == "check":
         return _check(config, args.name, args.times, args.json)
     if args.command == "provision":
@@ -128,6 +145,10 @@ def _status(config: Config, as_json: bool) -> int:
         return 1
     print(json.dumps(status, indent=2) if as_json else render(status), end="\n" if as_json else "")
     return 0
+
+
+def as_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
 
 
 def _health_url(config: Config, path: str) -> str:

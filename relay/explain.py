@@ -1,0 +1,115 @@
+"""Explain: one datagram through the real stages, line by line: parse, enrich, aggregate, serialize. Pure.
+
+What `dogstatsd-relay explain '<datagram>'` prints: for each line, what the parser read (or exactly why it was
+rejected), the context it lands in after mapping, namespace, blocklist and host tags, then what a flush of this
+datagram alone would send and the payloads it would make.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from relay.aggregate import Aggregator
+from relay.config import Config
+from relay.enrich import Enricher
+from relay.model import Event, Flushed, MetricSample, ServiceCheck
+from relay.parse import parse_datagram
+from relay.serialize import Serializer
+from relay.telemetry import Stats
+
+
+def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> dict[str, Any]:
+    stats = Stats()
+    enricher, aggregator, serializer = Enricher(config), Aggregator(config, stats), Serializer(config, stats)
+    eol = transport.partition("_")[0] in config.dogstatsd_eol_required
+    lines = []
+    for item in parse_datagram(data, eol_required=eol, timestamps=config.dogstatsd_no_aggregation_pipeline):
+        if type(item) is MetricSample:
+            context = enricher.context(item.name, item.tags)
+            entry: dict[str, Any] = {"kind": "metric", "parsed": {**item._asdict(), "type": item.type.value}}
+            if context is None:
+                entry["outcome"] = "dropped: the name is in statsd_metric_blocklist"
+            else:
+                entry["context"] = context._asdict()
+                aggregator.add(context, item.type, item.values, item.set_value, item.rate, item.timestamp, now)
+                entry["outcome"] = "timestamped: sent as it is" if item.timestamp else "aggregated"
+        elif type(item) is Event:
+            entry = {"kind": "event", "parsed": dataclasses.asdict(enricher.event(item)), "outcome": "sent"}
+            aggregator.add_event(item, now)
+        elif type(item) is ServiceCheck:
+            entry = {"kind": "service_check", "parsed": dataclasses.asdict(enricher.service_check(item))}
+            entry["outcome"] = "sent"
+            aggregator.add_service_check(item, now)
+        else:
+            entry = {
+                "kind": item.kind,
+                "line": item.line.decode("utf-8", "replace"),
+                "outcome": f"rejected: {item.reason}",
+            }  # type: ignore[union-attr]
+        lines.append(entry)
+    flushed = aggregator.flush(now, force=True)
+    payloads = [
+        *serializer.series(flushed.series),
+        *serializer.sketches(flushed.sketches),
+        *serializer.service_checks(flushed.service_checks),
+        *serializer.events(flushed.events),
+    ]
+    return {
+        "lines": lines,
+        "would_send": _flushed(flushed),
+        "payloads": [
+            {
+                "endpoint": p.endpoint.value,
+                "items": p.items,
+                "raw_bytes": p.raw_size,
+                "bytes": len(p.body),
+                "encoding": p.encoding or "none",
+            }
+            for p in payloads
+        ],
+        "dropped": dict(stats.dropped),
+    }
+
+
+def _flushed(flushed: Flushed) -> dict[str, Any]:
+    return {
+        "series": [
+            {"metric": s.context.name, "type": s.type.name.lower(), "points": s.points, "host": s.context.host,
+             "tags": list(s.context.tags), "interval": s.interval}
+            for s in flushed.series
+        ],
+        "sketches": [
+            {"metric": s.context.name, "host": s.context.host, "tags": list(s.context.tags),
+             "count": sum(p.count for p in s.points), "keys": s.points[0].keys if s.points else []}
+            for s in flushed.sketches
+        ],
+        "events": [e.title for e in flushed.events],
+        "service_checks": [c.name for c in flushed.service_checks],
+    }  # fmt: skip
+
+
+def render(result: dict[str, Any]) -> str:
+    """The text of `dogstatsd-relay explain`."""
+    out = []
+    for number, line in enumerate(result["lines"], 1):
+        parsed = line.get("parsed") or {"line": line.get("line")}
+        out.append(f"line {number} ({line['kind']}): {line['outcome']}")
+        out.append("  parsed:  " + ", ".join(f"{k}={v!r}" for k, v in parsed.items() if v not in ("", (), None)))
+        if "context" in line:
+            context = line["context"]
+            out.append(f"  context: name={context['name']!r} host={context['host']!r} tags={list(context['tags'])}")
+    would = result["would_send"]
+    out.append("would send:")
+    out += [
+        f"  series {s['metric']} ({s['type']}) {s['points']} host={s['host']!r} tags={s['tags']}"
+        for s in would["series"]
+    ]
+    out += [f"  sketch {s['metric']} count={s['count']} keys={s['keys']} tags={s['tags']}" for s in would["sketches"]]
+    out += [f"  event {title!r}" for title in would["events"]]
+    out += [f"  service check {name}" for name in would["service_checks"]]
+    out += [f"  payload {p['endpoint']}: {p['items']} items, {p['bytes']} bytes {p['encoding']} ({p['raw_bytes']} raw)"
+            for p in result["payloads"]]  # fmt: skip
+    for reason, count in result["dropped"].items():
+        out.append(f"  dropped ({reason}): {count}")
+    return "\n".join(out) + "\n"
