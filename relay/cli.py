@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         ("provision", "create or update the relay's dashboards, monitor and downtimes in Datadog"),
         ("check", "run one check once (or --times N) and print what it submitted, like `datadog-agent check`"),
         ("explain", "show how the relay parses, enriches, aggregates and would send a datagram"),
+        ("doctor", "check the host, the configuration and the running relay, and print fixes"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
@@ -98,6 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             end="\n" if as_json(args) else "",
         )
         return 0
+    if args.command == "doctor":
+        from relay.doctor import diagnose, http_probe, render, status_of
+
+        findings = diagnose(config, status_of(_health_url(config, "/status")), http_probe)
+        print(render(findings), end="")
+        return 1 if any(state == "FAIL" for state, _, _ in findings) else 0
     if args.command == "check":
         return _check(config, args.name, args.times, args.json)
     if args.command == "provision":

@@ -1,0 +1,118 @@
+"""Doctor: checks of the host, the configuration and the running relay, each with a concrete fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from relay.config import Config, redact
+
+Finding = tuple[str, str, str]  # (OK | WARN | FAIL, what was checked, the fix or the figure)
+
+
+def diagnose(
+    config: Config, status: dict[str, Any] | None, probe: Callable[[str, dict[str, str]], int]
+) -> list[Finding]:
+    """`status` is the running relay's status JSON (None when none answers); `probe` GETs a URL and returns its
+    HTTP status (0 when unreachable): both are arguments, so that this stays testable without sockets."""
+    return [
+        _receive_buffer(config),
+        _running(status),
+        *_traffic(config, status),
+        _api_key(config, probe),
+        _spool_disk(config),
+    ]
+
+
+def _receive_buffer(config: Config) -> Finding:
+    try:
+        rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    except (OSError, ValueError):
+        return ("OK", "receive buffer", "net.core.rmem_max is not readable here; nothing to check")
+    wanted = config.dogstatsd_so_rcvbuf
+    if not wanted:
+        return ("WARN", "receive buffer", f"dogstatsd_so_rcvbuf is unset (OS default); under bursts set it, e.g. "
+                f"dogstatsd_so_rcvbuf: {max(rmem_max, 8 << 20)} (and net.core.rmem_max at least as large)")  # fmt: skip
+    if wanted > rmem_max:
+        return ("FAIL", "receive buffer", f"dogstatsd_so_rcvbuf {wanted} is above net.core.rmem_max {rmem_max}: the "
+                f"kernel clamps it. Fix: sysctl -w net.core.rmem_max={wanted}")  # fmt: skip
+    return ("OK", "receive buffer", f"dogstatsd_so_rcvbuf {wanted} fits under net.core.rmem_max {rmem_max}")
+
+
+def _running(status: dict[str, Any] | None) -> Finding:
+    if status is None:
+        return ("WARN", "running relay", "no relay answers on the health endpoint: start it to check live traffic")
+    return (
+        "OK",
+        "running relay",
+        f"version {status['info'].get('version')}, up {status['info'].get('uptime_seconds')} s",
+    )
+
+
+def _traffic(config: Config, status: dict[str, Any] | None) -> list[Finding]:
+    if status is None:
+        return []
+    findings: list[Finding] = []
+    for name, listener in status.get("listeners", {}).items():
+        if listener.get("truncated"):
+            findings.append(("FAIL", f"{name} datagram size", f"{listener['truncated']} datagrams were longer than "
+                             f"dogstatsd_buffer_size {config.dogstatsd_buffer_size}: raise it, or shrink the "
+                             "clients' buffers (1432 bytes over UDP)"))  # fmt: skip
+        if listener.get("kernel_drops"):
+            findings.append(("FAIL", f"{name} kernel drops", f"{listener['kernel_drops']} datagrams dropped by the "
+                             "kernel: raise dogstatsd_so_rcvbuf (and net.core.rmem_max)"))  # fmt: skip
+    if not findings:
+        findings.append(("OK", "traffic", "no truncated datagram, no kernel drop"))
+    return findings
+
+
+def _api_key(config: Config, probe: Callable[[str, dict[str, str]], int]) -> Finding:
+    if not config.api_key:
+        return ("WARN", "API key", "no API key: the relay runs dry and sends nothing (set DD_API_KEY)")
+    code = probe(config.api_url + "/api/v1/validate", {"DD-API-KEY": config.api_key})
+    if code == 200:
+        return ("OK", "API key", f"{redact(config.api_key)} is valid at {config.api_url}")
+    if code == 0:
+        return ("FAIL", "intake reachability", f"{config.api_url} cannot be reached: check DNS, firewall, "
+                "proxy.https / HTTPS_PROXY")  # fmt: skip
+    return ("FAIL", "API key", f"{redact(config.api_key)} was refused (HTTP {code}) by {config.api_url}: check the "
+            f"key, and that site ({config.site}) is your organisation's")  # fmt: skip
+
+
+def _spool_disk(config: Config) -> Finding:
+    path = config.spool_path
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    usage = shutil.disk_usage(path)
+    ratio = usage.used / usage.total if usage.total else 1.0
+    if ratio > config.forwarder_storage_max_disk_ratio:
+        return ("FAIL", "spool disk", f"{path} is {ratio:.0%} full: above forwarder_storage_max_disk_ratio "
+                f"{config.forwarder_storage_max_disk_ratio:.0%}, nothing will be spooled during an outage")  # fmt: skip
+    return ("OK", "spool disk", f"{usage.free // 2**20:,} MiB free for the spool at {config.spool_path}")
+
+
+def http_probe(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def render(findings: list[Finding]) -> str:
+    return "".join(f"[{state:4}] {what}: {detail}\n" for state, what, detail in findings)
+
+
+def status_of(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except OSError:
+        return None
