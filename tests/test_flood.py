@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import statistics
 import time
 from pathlib import Path
 
@@ -44,7 +45,13 @@ async def test_context_flood_keeps_memory_flat_and_counts_everything(intake, tmp
         f"{status['aggregator']['contexts']:,} contexts, {status['listeners']['udp']['kernel_drops']} datagrams "
         "dropped by the kernel (and counted)"
     )
-    assert max(late) < min(late) * 1.15, samples  # flat: the caches and the contexts are all bounded
+    # Flat: the median RSS of the last quarter of the flood is within 10 % of the second quarter's (single samples
+    # swing with the allocator and the GC), and well under what unbounded contexts would take (~150 MiB here).
+    quarter = len(samples) // 4
+    second, last = (
+        statistics.median(rss for _, rss in part) for part in (samples[quarter : 2 * quarter], samples[-quarter:])
+    )
+    assert last < second * 1.10 and max(late) < 130, samples
     assert status["aggregator"]["contexts"] <= 22_000
     overflow = {(row["metric"], row["tag_key"]): row["contexts"] for row in status["context_overflow"]}
     read = status["listeners"]["udp"]["packets"]
