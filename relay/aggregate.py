@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.accumulators import Bucket, HistogramSpec, histogram_points, sketch_of
+from relay.accumulators import Bucket, HistogramSpec, effective_rate, histogram_points, sketch_of
 from relay.config import Config
 from relay.model import Context, Event, Flushed, MetricType, Series, SeriesType, ServiceCheck, SketchSeries
 from relay.telemetry import Stats
@@ -169,7 +169,7 @@ class Aggregator:
         if metric_type is MetricType.GAUGE:
             bucket.gauges[slot] = values[-1]
         elif metric_type is MetricType.COUNTER:
-            scale = 1.0 / rate if 0 < rate <= 1 else 1.0
+            scale = 1.0 / effective_rate(rate)
             bucket.counters[slot] = bucket.counters.get(slot, 0.0) + sum(values) * scale
         elif metric_type is MetricType.SET:
             bucket.sets.setdefault(slot, set()).add(set_value)

@@ -131,10 +131,7 @@ def _run(config: Config) -> int:
             runner(ShardedRelay(config, config.worker_count).run())
         else:
             runner(Relay(config).run())
-    except ListenError as error:
-        logging.getLogger("relay").error("cannot start: %s", error)
-        return EXIT_START
-    except OSError as error:
+    except (ListenError, OSError) as error:
         logging.getLogger("relay").error("cannot start: %s", error)
         return EXIT_START
     return 0

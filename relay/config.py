@@ -257,6 +257,10 @@ class Config:
             return None
         return (self.proxy_https if scheme == "https" else self.proxy_http) or None
 
+    def eol_required_for(self, transport: str) -> bool:
+        """dogstatsd_eol_required names udp and uds; a Unix stream socket (uds_stream) follows the uds rule."""
+        return transport.partition("_")[0] in self.dogstatsd_eol_required
+
     @property
     def udp_bind_host(self) -> str:
         if self.dogstatsd_non_local_traffic:

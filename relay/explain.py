@@ -22,8 +22,8 @@ from relay.telemetry import Stats
 def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> dict[str, Any]:
     stats = Stats()
     enricher, aggregator, serializer = Enricher(config), Aggregator(config, stats), Serializer(config, stats)
-    eol = transport.partition("_")[0] in config.dogstatsd_eol_required
     lines = []
+    eol = config.eol_required_for(transport)
     for item in parse_datagram(data, eol_required=eol, timestamps=config.dogstatsd_no_aggregation_pipeline):
         if type(item) is MetricSample:
             context = enricher.context(item.name, item.tags)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from relay.accumulators import Bucket
+from relay.accumulators import Bucket, effective_rate
 from relay.aggregate import Aggregator
 from relay.config import Config
 from relay.enrich import Enricher
@@ -57,7 +57,7 @@ class Ingest:
         self.enricher = enricher
         self.aggregator = aggregator
         self.timestamps = config.dogstatsd_no_aggregation_pipeline
-        self.eol_required = frozenset(config.dogstatsd_eol_required)
+        self.eol_required_for = config.eol_required_for
         self.shapes: dict[bytes, Shape] = {}  # b"name:suffix" (a name holds no ":", so the key is unambiguous)
         self.accelerated = accelerated_ingest() if accelerate else None
         # Under a flood of new contexts the cache must stay bounded too: twice the context limit is plenty.
@@ -67,7 +67,7 @@ class Ingest:
 
     def datagram(self, data: bytes, transport: str, now: float) -> None:
         """The hot path. `transport` is udp, uds or uds_stream; uds_stream follows the uds EOL rule."""
-        if b"\r" in data or (data[-1:] != b"\n" and transport.partition("_")[0] in self.eol_required):
+        if b"\r" in data or (data[-1:] != b"\n" and self.eol_required_for(transport)):
             self.reference(data, transport, now)
             return
         bucket = self.aggregator.bucket(now)
@@ -152,7 +152,7 @@ class Ingest:
 
     def reference(self, data: bytes, transport: str, now: float) -> None:
         """The plain path: the reference parser, one item at a time."""
-        eol = transport.partition("_")[0] in self.eol_required
+        eol = self.eol_required_for(transport)
         self._handle(parse_datagram(data, eol_required=eol, timestamps=self.timestamps), now)
 
     def _line(self, line: bytes, now: float) -> None:
@@ -175,7 +175,7 @@ class Ingest:
             kind = _KINDS[item.type]
             rate = item.rate
             if kind == COUNTER:
-                rate = 1.0 / rate if 0 < rate <= 1 else 1.0  # the counter's scale
+                rate = 1.0 / effective_rate(rate)  # the counter's scale
             copy = self.aggregator.copy_slot(context) if kind == HISTOGRAM else -1
             shape = (self.aggregator.slot(context), kind, rate, copy)
         self.shapes[key] = shape

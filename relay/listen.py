@@ -150,7 +150,7 @@ class Listeners:
     async def _serve_datagrams(self, sock: socket.socket, name: str) -> None:
         self._set_receive_buffer(sock, name)
         sock.setblocking(False)
-        join = name not in self.config.dogstatsd_eol_required
+        join = not self.config.eol_required_for(name)
         reader = _DatagramReader(sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             inode = os.fstat(sock.fileno()).st_ino

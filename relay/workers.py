@@ -107,14 +107,13 @@ class ShardedRelay:
         self.registry = build_registry(self.stats)
         self.listeners = Listeners(config, self.stats, self.dispatch)
         self.shard = _shard_function()
-        self.eol_required = frozenset(config.dogstatsd_eol_required)
         self.pipes: list[Connection | None] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.should_exit = asyncio.Event()
 
     def dispatch(self, data: bytes, transport: str) -> None:
         """The listeners' callback: split the batch between the workers."""
-        if data[-1:] != b"\n" and transport.partition("_")[0] in self.eol_required:
+        if data[-1:] != b"\n" and self.config.eol_required_for(transport):
             data, _, _ = data.rpartition(b"\n")  # the unterminated last line is dropped, as in one process
             self.local_dropped["unterminated"] += 1
         for index, lines in enumerate(self.shard(data, self.count)):
