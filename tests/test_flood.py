@@ -45,13 +45,14 @@ async def test_context_flood_keeps_memory_flat_and_counts_everything(intake, tmp
         f"{status['aggregator']['contexts']:,} contexts, {status['listeners']['udp']['kernel_drops']} datagrams "
         "dropped by the kernel (and counted)"
     )
-    # Flat: the median RSS of the last quarter of the flood is within 10 % of the second quarter's (single samples
-    # swing with the allocator and the GC), and well under what unbounded contexts would take (~150 MiB here).
+    # Flat: between the second and the last quarter of the flood (~100,000 new contexts) the median RSS grows by less
+    # than 16 MiB; with no context limit it grows by ~115 MiB over the same span (measured, 2026-11). Medians, because
+    # single samples swing with the allocator, the GC, the shape cache being cleared and the 10 s flush.
     quarter = len(samples) // 4
     second, last = (
         statistics.median(rss for _, rss in part) for part in (samples[quarter : 2 * quarter], samples[-quarter:])
     )
-    assert last < second * 1.10 and max(late) < 130, samples
+    assert last - second < 16 and max(late) < 130, samples
     assert status["aggregator"]["contexts"] <= 22_000
     overflow = {(row["metric"], row["tag_key"]): row["contexts"] for row in status["context_overflow"]}
     read = status["listeners"]["udp"]["packets"]
