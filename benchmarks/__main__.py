@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import HERE, EtsyStatsd, rmem_max
-from benchmarks.scenarios import SCENARIOS, Result
+from benchmarks.scenarios import SCENARIOS, Result, from_capture
 
 
 def machine() -> str:
@@ -94,7 +94,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one scenario")
-    run.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    run.add_argument("--scenario", choices=sorted(SCENARIOS), help="a built-in scenario")
+    run.add_argument("--capture", type=Path, help="or real traffic: a file from `dogstatsd-relay capture`")
     run.add_argument("--seconds", type=float, default=10.0, help="length of each measured window")
     run.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     commands.add_parser("list", help="list the scenarios")
@@ -102,8 +103,14 @@ def main() -> int:
     if args.command == "list":
         print("\n".join(sorted(SCENARIOS)))
         return 0
-    command = f"python -m benchmarks run --scenario {args.scenario} --seconds {args.seconds:g}"
-    result = SCENARIOS[args.scenario](args.seconds)
+    if (args.scenario is None) == (args.capture is None):
+        parser.error("run: give --scenario NAME or --capture FILE")
+    if args.capture:
+        command = f"python -m benchmarks run --capture {args.capture.name} --seconds {args.seconds:g}"
+        result = from_capture(args.seconds, args.capture)
+    else:
+        command = f"python -m benchmarks run --scenario {args.scenario} --seconds {args.seconds:g}"
+        result = SCENARIOS[args.scenario](args.seconds)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     document = {"scenario": result.scenario, "command": command, "machine": machine(), "date": time.strftime("%F"),

@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import EtsyStatsd, Intake, Relay, Server, Window, measure, process_usage, send, write_datagrams
@@ -197,6 +198,36 @@ def workers(seconds: float, clients: int) -> Result:
         file.unlink()
     plots = {"kind": "load", "windows": [w.as_dict() for w in windows]}
     return Result(f"workers-{clients}-clients", summary, windows, plots)
+
+
+def from_capture(seconds: float, path: Path) -> Result:
+    """Real traffic: the datagrams of a `dogstatsd-relay capture` file (whatever their transport), replayed in a
+    loop through the same max-rate-with-under-0.1 %-loss sweep. The recorded timing is not kept: the sweep finds
+    how much faster than recorded this traffic can come."""
+    from relay.capture import read_records
+
+    grams = [record.datagram for record in read_records(path) if 0 < len(record.datagram) <= 65507]
+    if not grams:
+        raise SystemExit(f"{path}: no datagram to replay")
+    per_datagram = sum(len(list(filter(None, g.split(b"\n")))) for g in grams) / len(grams)
+    file = write_datagrams(grams)
+    intake = Intake()
+    relay = Relay(intake.url)
+    try:
+        best, windows = sweep(relay, file, per_datagram, seconds)
+    finally:
+        relay.stop()
+        intake.stop()
+        file.unlink()
+    summary = {
+        "capture": path.name,
+        "datagrams": len(grams),
+        "lines_per_datagram": round(per_datagram, 2),
+        "dogstatsd-relay_max_datagrams_per_s": round(best),
+        "dogstatsd-relay_max_lines_per_s": round(best * per_datagram),
+        "dogstatsd-relay_flat_out_lines_per_s": round(windows[0].accepted_lines_per_s),
+    }
+    return Result("capture", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
 
 
 SCENARIOS: dict[str, Callable[[float], Result]] = {

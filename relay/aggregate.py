@@ -121,6 +121,7 @@ class Aggregator:
                 by_key.setdefault(key, set()).add(value)
         return {
             "contexts": self.contexts,
+            "custom_metrics_estimate": self.custom_metrics_estimate(),
             "scanned": min(self.contexts, scan),
             "max_contexts": self.max_contexts,
             "top_metrics": [
@@ -129,6 +130,20 @@ class Aggregator:
                 for name, count in per_metric.most_common(top)
             ],
         }  # fmt: skip
+
+    def custom_metrics_estimate(self) -> int:
+        """What Datadog would bill, from the fullest open bucket: one custom metric per gauge, count or set
+        context, one per histogram aggregate and percentile, five per distribution (count sum min max avg)."""
+        spec = self.histogram_spec
+        per_histogram = len(spec.aggregates) + len(spec.percentiles)
+        return max(
+            (
+                len(b.gauges) + len(b.counters) + len(b.sets) + per_histogram * len(b.histograms)
+                + 5 * len(b.distributions)
+                for b in self.buckets.values()
+            ),
+            default=0,
+        )  # fmt: skip
 
     def bucket(self, now: float) -> Bucket:
         second = int(now)

@@ -11,6 +11,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         ("check", "run one check once (or --times N) and print what it submitted, like `datadog-agent check`"),
         ("explain", "show how the relay parses, enriches, aggregates and would send a datagram"),
         ("doctor", "check the host, the configuration and the running relay, and print fixes"),
+        ("top", "live cardinality of the running relay: lines/s and contexts per metric, custom metrics"),
+        ("capture", "record the raw datagrams a running relay receives, with their timing, to a file"),
+        ("replay", "play a capture back to a DogStatsD server (by default this relay's UDP port)"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
@@ -55,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
         if name == "explain":
             command.add_argument("datagram", help="the datagram; \\n separates lines")
             command.add_argument("--json", action="store_true", help="print JSON")
+        if name == "top":
+            command.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
+            command.add_argument("--interval", type=float, default=2.0, help="seconds between frames (default 2)")
+            command.add_argument("--once", action="store_true", help="print one frame and exit")
+        if name == "capture":
+            command.add_argument("--seconds", type=float, default=30.0, help="how long to record (default 30)")
+            command.add_argument("-o", "--output", type=Path, required=True, help="the capture file to write")
+        if name == "replay":
+            command.add_argument("file", type=Path, help="a file written by `dogstatsd-relay capture`")
+            command.add_argument("--speed", type=float, default=1.0, help="time factor; 0 = as fast as possible")
+            command.add_argument("--target", help="HOST:PORT (UDP) or unix:PATH; default 127.0.0.1:dogstatsd_port")
         if name == "provision":
             command.add_argument("--dry-run", action="store_true", help="print the JSON that would be sent")
             command.add_argument("--downtimes", action="store_true", help="also schedule nights and weekends off")
@@ -107,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if any(state == "FAIL" for state, _, _ in findings) else 0
     if args.command == "check":
         return _check(config, args.name, args.times, args.json)
+    if args.command == "top":
+        return _top(config, args.top, args.interval, args.once)
+    if args.command == "capture":
+        return _capture(config, args.seconds, args.output)
+    if args.command == "replay":
+        return _replay(args.file, args.target or f"127.0.0.1:{config.dogstatsd_port}", args.speed)
     if args.command == "provision":
         return _provision(config, args.dry_run, args.downtimes)
     return _run(config)
@@ -145,8 +166,7 @@ def _status(config: Config, as_json: bool) -> int:
         with urllib.request.urlopen(url, timeout=5) as response:
             status = json.load(response)
     except (urllib.error.URLError, OSError) as error:
-        print(f"status: no relay answers at {url} ({getattr(error, 'reason', error)}); is it running?", file=sys.stderr)
-        return 1
+        return _unreachable("status", url, error)
     print(json.dumps(status, indent=2) if as_json else render(status), end="\n" if as_json else "")
     return 0
 
@@ -159,6 +179,60 @@ def _health_url(config: Config, path: str) -> str:
     """The running relay's health endpoint; a wildcard bind address is reached through loopback."""
     host = "127.0.0.1" if config.relay_health_host in ("0.0.0.0", "::", "") else config.relay_health_host
     return f"http://{host}:{config.relay_health_port}{path}"
+
+
+def _unreachable(command: str, url: str, error: Exception) -> int:
+    print(f"{command}: no relay answers at {url} ({getattr(error, 'reason', error)}); is it running?", file=sys.stderr)
+    return 1
+
+
+def _top(config: Config, top: int, interval: float, once: bool) -> int:
+    from rich.console import Console
+
+    from relay.top import run
+
+    url = _health_url(config, "/debug/cardinality")
+    try:
+        run(url, top, interval, once, Console())
+    except (urllib.error.URLError, OSError) as error:
+        return _unreachable("top", url, error)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _capture(config: Config, seconds: float, output: Path) -> int:
+    import shutil
+
+    from relay.capture import read_records
+
+    url = _health_url(config, f"/debug/capture?seconds={seconds:g}")
+    print(f"capture: recording {seconds:g} s from {url.split('/debug')[0]} to {output}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=seconds + 30) as response, output.open("wb") as file:
+            shutil.copyfileobj(response, file)
+    except (urllib.error.URLError, OSError) as error:
+        return _unreachable("capture", url, error)
+    records = list(read_records(output))
+    lines = sum(len(list(filter(None, record.datagram.split(b"\n")))) for record in records)
+    by_transport = ", ".join(f"{t} {n:,}" for t, n in sorted(Counter(r.transport for r in records).items()))
+    print(f"capture: {len(records):,} datagrams ({lines:,} lines; {by_transport or 'none'}) written to {output}")
+    return 0
+
+
+def _replay(path: Path, target: str, speed: float) -> int:
+    from relay.capture import read_records, replay
+
+    try:
+        result = replay(read_records(path), target, speed)
+    except (OSError, ValueError) as error:
+        print(f"replay: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"replay: {result.datagrams:,} datagrams ({result.bytes:,} bytes) sent to {target} in {result.seconds:.2f} s"
+        f" at speed {speed:g}; {result.errors:,} refused by the socket"
+    )
+    return 1 if result.errors else 0
 
 
 def _health(config: Config) -> int:

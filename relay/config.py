@@ -76,6 +76,31 @@ def _url(value: str) -> str | None:
     return None if not value or value.startswith(("http://", "https://")) else "must start with http(s)://"
 
 
+SECRET_FIELDS = ("api_key", "app_key", "additional_endpoints")  # never echoed in an error
+
+
+def _additional_endpoints(pairs: tuple[Any, ...]) -> str | None:
+    for url, api_key in pairs:
+        if _url(url) or not url:
+            return f"{url!r}: each URL must start with http(s)://"
+        if not api_key:
+            return f"{url!r}: empty API key"
+    return None
+
+
+def _endpoint_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    """additional_endpoints: {url: [api keys]} (a JSON string in the environment) → ((url, key), ...)."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, dict) or not all(isinstance(keys, list | str) for keys in value.values()):
+        raise ValueError(value)
+    pairs = [(str(url).rstrip("/"), str(key).strip()) for url, keys in value.items()
+             for key in ([keys] if isinstance(keys, str) else keys)]  # fmt: skip
+    return tuple(dict.fromkeys(pairs))
+
+
 def _mapper_profiles(profiles: tuple[Any, ...]) -> str | None:
     for profile in profiles:
         if not isinstance(profile, dict) or not isinstance(profile.get("mappings", []), list):
@@ -113,6 +138,7 @@ class Config:
     proxy_http: str = _key("", key="proxy.http", check=_url)
     proxy_https: str = _key("", key="proxy.https", check=_url)
     proxy_no_proxy: tuple[str, ...] = _key((), key="proxy.no_proxy")
+    additional_endpoints: tuple[Any, ...] = _key((), check=_additional_endpoints)  # dual shipping {url: [keys]}
     # Listeners
     dogstatsd_port: int = _key(8125, check=_port)
     bind_host: str = _key("localhost")
@@ -122,6 +148,8 @@ class Config:
     dogstatsd_buffer_size: int = _key(8192, check=_positive)
     dogstatsd_so_rcvbuf: int = _key(0, check=_not_negative)
     dogstatsd_eol_required: tuple[str, ...] = _key((), check=_one_of(EOL_TRANSPORTS))
+    statsd_forward_host: str = _key("")  # tee every packet, as received, to another StatsD server
+    statsd_forward_port: int = _key(0, check=_port)
     # Names and tags
     dogstatsd_tags: tuple[str, ...] = _key(())
     statsd_metric_namespace: str = _key("")
@@ -178,6 +206,14 @@ class Config:
         key="relay.workers",
         check=lambda v: None if v == "auto" or (v.isdigit() and 1 <= int(v) <= 64) else "must be 1..64 or auto",
     )
+    relay_probe_interval: float = _key(1.0, key="relay.probe_interval", check=_not_negative)  # 0: no probe
+    relay_ready_max_probe_loss: float = _key(
+        0.01, key="relay.ready_max_probe_loss", check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"
+    )
+    relay_ready_max_retry_queue_bytes: int = _key(
+        12 * 1024 * 1024, key="relay.ready_max_retry_queue_bytes", check=_not_negative
+    )
+    relay_ready_max_flush_lag: float = _key(30.0, key="relay.ready_max_flush_lag", check=_positive)
     relay_socket_mode: str = _key(
         "0660",
         key="relay.socket_mode",
@@ -237,7 +273,7 @@ class Config:
             check = f.metadata["check"]
             problem = check(getattr(self, f.name)) if check else None
             if problem:
-                raise ConfigError(f"{key_of(f.name)}: {problem}, got {_show(getattr(self, f.name))}")
+                raise ConfigError(f"{key_of(f.name)}: {problem}, got {_show(getattr(self, f.name), f.name)}")
 
     @property
     def intake_url(self) -> str:
@@ -272,6 +308,8 @@ class Config:
         values = {key_of(name): value for name, value in asdict(self).items()}
         values["api_key"] = redact(self.api_key)
         values["app_key"] = redact(self.app_key)
+        values["additional_endpoints"] = {url: [redact(k) for u, k in self.additional_endpoints if u == url]
+                                          for url, _ in self.additional_endpoints}  # fmt: skip
         return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}
 
 
@@ -328,10 +366,14 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, dict | list):
                 raise ValueError
             return str(value)
+        if name == "additional_endpoints":
+            return _endpoint_pairs(value)
         return _to_tuple(value, structured=name == "dogstatsd_mapper_profiles")
     except (ValueError, TypeError):
         expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(kind, "a list")
-        raise ConfigError(f"{key_of(name)}: must be {expected}, got {_show(value)}") from None
+        if name == "additional_endpoints":
+            expected = "a map of URL to a list of API keys"
+        raise ConfigError(f"{key_of(name)}: must be {expected}, got {_show(value, name)}") from None
 
 
 def _to_bool(value: Any) -> bool:
@@ -360,7 +402,9 @@ def _to_tuple(value: Any, structured: bool) -> tuple[Any, ...]:
     return tuple(v if structured else str(v) for v in value)
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, name: str) -> str:
+    if name in SECRET_FIELDS:
+        return "(not shown: it holds API keys)"
     text = repr(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 80 else text[:77] + "..."
 

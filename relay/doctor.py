@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ def diagnose(
         _receive_buffer(config),
         _running(status),
         *_traffic(config, status),
+        _workers(config, status, os.cpu_count() or 1, local_udp_clients(config.dogstatsd_port)),
         _api_key(config, probe),
         _spool_disk(config),
     ]
@@ -66,9 +68,47 @@ def _traffic(config: Config, status: dict[str, Any] | None) -> list[Finding]:
         if listener.get("kernel_drops"):
             findings.append(("FAIL", f"{name} kernel drops", f"{listener['kernel_drops']} datagrams dropped by the "
                              "kernel: raise dogstatsd_so_rcvbuf (and net.core.rmem_max)"))  # fmt: skip
+    for name, probe in status.get("probe", {}).items():
+        if probe.get("loss_ratio"):
+            findings.append(("FAIL", f"{name} probe loss", f"{probe['loss_ratio']:.1%} of the last 60 self-probes were "
+                             "lost in the socket's queue: raise dogstatsd_so_rcvbuf, or add workers"))  # fmt: skip
     if not findings:
-        findings.append(("OK", "traffic", "no truncated datagram, no kernel drop"))
+        findings.append(("OK", "traffic", "no truncated datagram, no kernel drop, no probe lost"))
     return findings
+
+
+def local_udp_clients(port: int) -> int:
+    """Sockets on this host connected to the UDP port (the official clients connect theirs); a client that uses
+    sendto without connecting does not show."""
+    suffix = f":{port:04X}"
+    count = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        count += sum(1 for row in rows if len(fields := row.split()) > 2 and fields[2].endswith(suffix))
+    return count
+
+
+def _workers(config: Config, status: dict[str, Any] | None, cores: int, clients: int) -> Finding:
+    """One client socket is no reason against workers here: the reader shards lines by metric name, where
+    SO_REUSEPORT would pin each client socket to one process."""
+    workers = config.worker_count
+    seen = f"relay.workers {workers} on {cores} cores, {clients} local client sockets connected to UDP"
+    losing = status is not None and (
+        any(listener.get("kernel_drops") for listener in status.get("listeners", {}).values())
+        or any(probe.get("loss_ratio") for probe in status.get("probe", {}).values())
+    )
+    if workers > cores:
+        return ("WARN", "workers", f"{seen}: more workers than cores compete for them; set relay.workers: auto")
+    if workers > 1 and cores <= 2:
+        return ("WARN", "workers", f"{seen}: on 2 cores the reader and the workers share them and one process is "
+                "faster (benchmarks/RESULTS.md); set relay.workers: 1")  # fmt: skip
+    if workers == 1 and losing and cores > 2:
+        return ("WARN", "workers", f"{seen}, and the relay is losing datagrams: set relay.workers: auto; lines are "
+                "sharded by metric name, so even a single client socket is spread over the workers")  # fmt: skip
+    return ("OK", "workers", seen)
 
 
 def _api_key(config: Config, probe: Callable[[str, dict[str, str]], int]) -> Finding:

@@ -82,10 +82,16 @@ class HttpSink:
     spooled payloads are sent first at the next start.
     """
 
-    def __init__(self, config: Config, stats: Stats, spool: Spool | None = None) -> None:
+    def __init__(
+        self, config: Config, stats: Stats, spool: Spool | None = None, url: str = "", api_key: str = ""
+    ) -> None:
+        """The main intake (dd_url or site, api_key), or with `url` and `api_key` one of additional_endpoints."""
         self.config = config
         self.stats = stats
         self.spool = spool
+        self.url = url or config.intake_url
+        self.api_url = url or config.api_url
+        self.api_key = api_key or config.api_key
         self.endpoints = {endpoint: _Endpoint() for endpoint in Endpoint}
         self.queue_bytes = 0
         self._arrivals = 0
@@ -94,12 +100,12 @@ class HttpSink:
         self._session: aiohttp.ClientSession | None = None
         self._worker: asyncio.Task[None] | None = None
         self._validation: asyncio.Task[None] | None = None
-        self._headers = {"DD-API-KEY": config.api_key, "User-Agent": f"dogstatsd-relay/{__version__}"}
+        self._headers = {"DD-API-KEY": self.api_key, "User-Agent": f"dogstatsd-relay/{__version__}"}
         self.log = RateLimitedLog(logger)
         stats.gauges["retry_queue_bytes"] = lambda: self.queue_bytes
         stats.gauges["retry_queue_payloads"] = lambda: sum(len(e.queue) for e in self.endpoints.values())
-        stats.info["endpoint"] = config.intake_url
-        stats.info["api_key"] = redact(config.api_key)
+        stats.info["endpoint"] = self.url
+        stats.info["api_key"] = redact(self.api_key)
         stats.info["api_key_valid"] = None
 
     async def start(self) -> None:
@@ -201,7 +207,7 @@ class HttpSink:
         headers = {**self._headers, "Content-Type": payload.endpoint.content_type}
         if payload.encoding:
             headers["Content-Encoding"] = payload.encoding
-        url = self.config.intake_url + payload.endpoint.value
+        url = self.url + payload.endpoint.value
         try:
             proxy = self.config.proxy_for(url)
             async with self._session.post(url, data=payload.body, headers=headers, proxy=proxy) as response:
@@ -234,7 +240,7 @@ class HttpSink:
         """GET /api/v1/validate, as the Agent does; an invalid key is reported and the relay keeps running."""
         assert self._session is not None
         try:
-            url = self.config.api_url + "/api/v1/validate"
+            url = self.api_url + "/api/v1/validate"
             proxy = self.config.proxy_for(url)
             async with self._session.get(url, headers=self._headers, proxy=proxy) as response:
                 valid = response.status == 200
@@ -243,9 +249,9 @@ class HttpSink:
             return
         self.stats.info["api_key_valid"] = valid
         if valid:
-            logger.info("API key %s is valid", redact(self.config.api_key))
+            logger.info("API key %s is valid", redact(self.api_key))
         else:
-            logger.error("API key %s is invalid (HTTP %d)", redact(self.config.api_key), response.status)
+            logger.error("API key %s is invalid (HTTP %d)", redact(self.api_key), response.status)
 
     async def close(self, timeout: float) -> None:
         """Send what is queued within `timeout`; spool what is left (or drop and count it without a spool)."""
@@ -270,6 +276,25 @@ class HttpSink:
             logger.warning("shutdown: %d unsent payloads %s", len(unsent), where)
         if self._session is not None:
             await self._session.close()
+
+
+class FanOutSink:
+    """additional_endpoints: every payload goes to the main intake and to each (URL, API key) pair, each with its
+    own queue, backoff, spool and counters, so that one slow or failing destination never holds up another."""
+
+    def __init__(self, sinks: list[HttpSink]) -> None:
+        self.sinks = sinks
+
+    async def start(self) -> None:
+        for sink in self.sinks:
+            await sink.start()
+
+    def send(self, payload: Payload) -> None:
+        for sink in self.sinks:
+            sink.send(payload)
+
+    async def close(self, timeout: float) -> None:
+        await asyncio.gather(*(sink.close(timeout) for sink in self.sinks))
 
 
 class DryRunSink:

@@ -1,6 +1,7 @@
 """Listen: sockets → whole datagrams handed to one callback. UDP, Unix datagram, Unix stream (4-byte frames).
 
-Listeners never parse; they count packets, bytes, truncations and read errors per transport.
+Listeners never parse; they count packets, bytes, truncations and read errors per transport, strip the loss
+self-probe's datagrams (relay/probe.py) and hand copies to the taps (relay/taps.py) that are open.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relay.config import Config
+from relay.probe import Probe
+from relay.taps import Taps, Tee
 from relay.telemetry import Stats
 
 logger = logging.getLogger(__name__)
@@ -55,13 +58,18 @@ class _DatagramReader:
     datagrams apart, so that an unterminated last line is still seen as one.
     """
 
-    def __init__(self, sock: socket.socket, name: str, max_size: int, handler: Handler, stats: Stats, join: bool):
+    def __init__(
+        self, sock: socket.socket, name: str, max_size: int, handler: Handler, stats: Stats, join: bool,
+        probe: Probe | None, taps: Taps,
+    ) -> None:  # fmt: skip
         self.sock = sock
         self.name = name
         self.max_size = max_size
         self.handler = handler
         self.stats = stats
         self.join = join
+        self.probe = probe
+        self.taps = taps
 
     def on_readable(self) -> None:
         recv, size = self.sock.recv, self.max_size + 1  # one byte more tells a truncated datagram apart
@@ -74,6 +82,8 @@ class _DatagramReader:
         except OSError as error:
             self.stats.read_errors[self.name] += 1
             logger.warning("%s read error: %s", self.name, error)
+        if self.probe is not None and chunks:
+            chunks = self.probe.strip(chunks)
         if not chunks:
             return
         stats = self.stats
@@ -83,6 +93,8 @@ class _DatagramReader:
             # The Agent reads into a dogstatsd_buffer_size buffer: the tail of a longer datagram is lost.
             stats.truncated[self.name] += sum(len(chunk) > self.max_size for chunk in chunks)
             chunks = [chunk[: self.max_size] for chunk in chunks]
+        if self.taps.open:
+            self.taps(chunks, self.name)
         if self.join:
             self.handler(b"\n".join(chunks), self.name)
         else:
@@ -98,6 +110,10 @@ class Listeners:
         self.stats = stats
         self.handler = handler
         self.addresses: dict[str, str] = {}
+        self.taps = Taps()
+        self.probe = Probe(stats, config.relay_probe_interval) if config.relay_probe_interval else None
+        self._probing: asyncio.Task[None] | None = None
+        self._tee: Tee | None = None
         self._readers: list[socket.socket] = []
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -105,22 +121,34 @@ class Listeners:
 
     async def start(self) -> None:
         config = self.config
+        if config.statsd_forward_host and config.statsd_forward_port:
+            try:
+                self._tee = Tee(config, self.stats)
+            except ValueError as error:
+                raise ListenError(str(error)) from None
+            self.taps.add(self._tee)
         if config.dogstatsd_port:
             sock = self._udp_socket(config.udp_bind_host, config.dogstatsd_port)
             host, port = sock.getsockname()[:2]
             await self._serve_datagrams(sock, UDP)
             self.addresses[UDP] = f"{host}:{port}"
+            if self.probe is not None:
+                self.probe.add_target(UDP, sock.family, (host, port))
         if config.dogstatsd_socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._bind_unix(sock, Path(config.dogstatsd_socket))
             await self._serve_datagrams(sock, UDS)
             self.addresses[UDS] = config.dogstatsd_socket
+            if self.probe is not None:
+                self.probe.add_target(UDS, socket.AF_UNIX, config.dogstatsd_socket)
         if config.dogstatsd_stream_socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._bind_unix(sock, Path(config.dogstatsd_stream_socket))
             server = await asyncio.start_unix_server(self._stream_connection, sock=sock)
             self._servers.append(server)
             self.addresses[UDS_STREAM] = config.dogstatsd_stream_socket
+        if self.probe is not None and self.probe.targets:
+            self._probing = asyncio.create_task(self.probe.run(), name="probe")
 
     def _udp_socket(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -151,7 +179,9 @@ class Listeners:
         self._set_receive_buffer(sock, name)
         sock.setblocking(False)
         join = not self.config.eol_required_for(name)
-        reader = _DatagramReader(sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join)
+        reader = _DatagramReader(
+            sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join, self.probe, self.taps
+        )
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             inode = os.fstat(sock.fileno()).st_ino
             self.stats.gauges[f"kernel_drops:{name}"] = lambda: kernel_drops(inode)
@@ -164,6 +194,7 @@ class Listeners:
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice the size
+        self.stats.info.setdefault("receive_buffers_wanted", {})[name] = wanted
         if granted < wanted:
             logger.warning(
                 "%s: dogstatsd_so_rcvbuf %d clamped by the kernel to %d; raise net.core.rmem_max to allow it",
@@ -192,6 +223,8 @@ class Listeners:
                 if length > max_size:
                     self.stats.truncated[UDS_STREAM] += 1
                     frame = frame[:max_size]
+                if self.taps.open:
+                    self.taps([frame], UDS_STREAM)
                 self.handler(frame, UDS_STREAM)
         except asyncio.IncompleteReadError as error:
             if error.partial:  # a frame cut short by the client closing
@@ -205,6 +238,11 @@ class Listeners:
     async def stop(self) -> None:
         """Stop reading: close every socket, end stream connections, remove the socket files."""
         loop = asyncio.get_running_loop()
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
+        if self._tee is not None:
+            self._tee.close()
         for sock in self._readers:
             loop.remove_reader(sock)
             sock.close()

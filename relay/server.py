@@ -15,21 +15,24 @@ import signal
 import sys
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from relay import __version__
 from relay.aggregate import Aggregator, FlushWork
 from relay.checks.runner import CheckRunner
-from relay.config import Config
+from relay.config import Config, redact
 from relay.enrich import Enricher
-from relay.forward import DryRunSink, HttpSink, Sink
+from relay.forward import DryRunSink, FanOutSink, HttpSink, Sink
+from relay.health import start_front
 from relay.ingest import Ingest
 from relay.listen import Listeners
 from relay.model import Flushed, Payload
 from relay.serialize import Serializer
 from relay.spool import Spool
 from relay.status import render_flush
-from relay.telemetry import Stats, build_registry, self_series, serve_health, worker_report
+from relay.telemetry import Stats, build_registry, self_series, worker_report
 from relay.workers import pump
 
 logger = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ class Relay:
         self.stats.gauges["contexts"] = lambda: self.aggregator.contexts
         self.serializer = Serializer(config, self.stats)
         self.dry_run = not config.api_key
-        self.sink: Sink = DryRunSink(self.stats) if self.dry_run else HttpSink(config, self.stats, self._spool())
+        self.sink: Sink = DryRunSink(self.stats) if self.dry_run else self._http_sink()
         self.listeners = Listeners(config, self.stats, self.ingest)
         self.registry = build_registry(self.stats)
         self.ingester = Ingest(config, self.stats, self.enricher, self.aggregator)
@@ -59,14 +62,24 @@ class Relay:
             self.checks.load()
         self.should_exit = asyncio.Event()
 
-    def _spool(self) -> Spool | None:
+    def _http_sink(self) -> Sink:
+        """The main intake, plus one sink per additional_endpoints pair with counters of its own."""
+        config = self.config
+        main = HttpSink(config, self.stats, self._spool(config.spool_path, self.stats))
+        if not config.additional_endpoints:
+            return main
+        sinks = [main]
+        for index, (url, api_key) in enumerate(config.additional_endpoints):
+            stats = self.stats.destinations[f"{urlsplit(url).netloc} {redact(api_key)}"] = Stats()
+            spool = self._spool(config.spool_path / f"additional-{index}", stats)
+            sinks.append(HttpSink(config, stats, spool, url=url, api_key=api_key))
+        return FanOutSink(sinks)
+
+    def _spool(self, path: Path, stats: Stats) -> Spool | None:
         if not self.config.forwarder_storage_max_size_in_bytes:
             return None
         return Spool(
-            self.config.spool_path,
-            self.config.forwarder_storage_max_size_in_bytes,
-            self.config.forwarder_storage_max_disk_ratio,
-            self.stats,
+            path, self.config.forwarder_storage_max_size_in_bytes, self.config.forwarder_storage_max_disk_ratio, stats
         )
 
     def ingest(self, data: bytes, transport: str) -> None:
@@ -145,23 +158,14 @@ class Relay:
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        health = await serve_health(
-            self.config.relay_health_host, self.config.relay_health_port, self.stats, self.registry,
-            self.aggregator.cardinality,
+        destination = (
+            "dry run (no API key): flushes are printed" if self.dry_run else f"sending to {self.config.intake_url}"
+        )
+        health = await start_front(
+            self.config, self.stats, self.registry, self.aggregator.cardinality, self.listeners, self.should_exit,
+            destination,
         )  # fmt: skip
         await self.sink.start()
-        await self.listeners.start()
-        self.stats.info["listeners"] = dict(self.listeners.addresses)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.should_exit.set)
-        logger.info(
-            "dogstatsd-relay %s listening on %s; health on http://%s; %s",
-            __version__,
-            ", ".join(f"{k} {v}" for k, v in self.listeners.addresses.items()) or "nothing",
-            self.stats.info["health"],
-            "dry run (no API key): flushes are printed" if self.dry_run else f"sending to {self.config.intake_url}",
-        )
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         checks = asyncio.create_task(self.checks.run(), name="checks") if self.checks else None
         metadata = asyncio.create_task(self._host_metadata_loop(), name="host-metadata")

@@ -28,9 +28,24 @@ def render(status: dict[str, Any]) -> str:
     ]
     lines += _title("Listeners")
     addresses = info.get("listeners", {})
+    wanted, granted = info.get("receive_buffers_wanted", {}), info.get("receive_buffers", {})
     for transport, counts in status["listeners"].items():
         lines.append(f"  {transport} ({addresses.get(transport, 'closed')})")
         lines += [f"    {key.replace('_', ' ').title()}: {_number(value)}" for key, value in counts.items()]
+        probe = status.get("probe", {}).get(transport)
+        if probe:
+            lines.append(
+                f"    Probe Loss: {probe['loss_ratio']:.1%} of the last 60 probes "
+                f"({_number(probe['lost'])} lost of {_number(probe['sent'])} sent)"
+            )
+        if transport in wanted and granted.get(transport, 0) < wanted[transport]:
+            lines.append(
+                f"    [WARNING] receive buffer {_number(granted[transport])} bytes, clamped from "
+                f"dogstatsd_so_rcvbuf {_number(wanted[transport])}: raise net.core.rmem_max"
+            )
+    if status.get("statsd_forward"):
+        sent, failed = (_number(status["statsd_forward"].get(result, 0)) for result in ("sent", "error"))
+        lines.append(f"  statsd_forward: {sent} packets teed, {failed} failed")
     lines += _title("DogStatsD")
     for kind, counts in status["messages"].items():
         name = kind.replace("_", " ").title()
@@ -90,6 +105,16 @@ def render(status: dict[str, Any]) -> str:
     )
     for code, count in sorted(forwarder["http_errors"].items()):
         lines.append(f"  HTTP errors {code}: {_number(count)}")
+    for label, destination in forwarder.get("additional_endpoints", {}).items():
+        lines.append(f"  Additional Endpoint {label} ({_key_state(destination['api_key_valid'])})")
+        for endpoint, results in destination["payloads"].items():
+            counts = ", ".join(f"{result} {_number(count)}" for result, count in results.items())
+            lines.append(f"    {endpoint}: {counts}")
+        lines.append(
+            f"    Retry Queue: {_number(destination['retry_queue_payloads'])} payloads, "
+            f"{_number(destination['retry_queue_bytes'])} bytes; Disk Spool: "
+            f"{_number(destination['spool_payloads'])} payloads"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from relay.model import Context, Series, SeriesType
@@ -43,10 +42,15 @@ class Stats:
     http_errors: Counter[str] = field(default_factory=Counter)  # by status code or error kind
     spooled: Counter[str] = field(default_factory=Counter)  # payloads written to the disk spool, by endpoint
     context_overflow: Counter[tuple[str, str]] = field(default_factory=Counter)  # (metric, tag key) folded
+    forwarded: Counter[str] = field(default_factory=Counter)  # statsd_forward tee: sent | error
+    probes: Counter[str] = field(default_factory=Counter)  # loss self-probes sent, by listener
+    probes_lost: Counter[str] = field(default_factory=Counter)
+    probe_loss: Callable[[], dict[str, float]] = field(default=lambda: {})  # by listener, over the last minute
     gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # contexts, retry_queue_bytes, ...
     info: dict[str, Any] = field(default_factory=dict)  # version, hostname, listeners, endpoint, api key state
     checks: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])  # per check instance, for status
     check_errors: dict[str, str] = field(default_factory=dict)  # checks that could not be loaded
+    destinations: dict[str, Stats] = field(default_factory=dict)  # additional_endpoints: "host ***key" → counters
 
     def kernel_drops(self) -> dict[str, int]:
         """Per listener, read from /proc at the time of asking."""
@@ -81,6 +85,11 @@ class Stats:
                 }
                 for transport in sorted(set(self.info.get("listeners", {})) | set(self.packets))
             },
+            "probe": {
+                listener: {"sent": self.probes[listener], "lost": self.probes_lost[listener], "loss_ratio": ratio}
+                for listener, ratio in self.probe_loss().items()
+            },
+            "statsd_forward": dict(self.forwarded),
             "messages": {
                 kind: {"ok": self.messages[kind, "ok"], "error": self.messages[kind, "error"]} for kind in MESSAGE_TYPES
             },
@@ -100,15 +109,28 @@ class Stats:
                 "flushed": dict(self.flushed),
             },
             "forwarder": {
-                "payloads": _nested(self.payloads),
-                "bytes_sent": dict(self.payload_bytes),
-                "http_errors": dict(self.http_errors),
-                "retry_queue_bytes": int(self.gauge("retry_queue_bytes")),
-                "retry_queue_payloads": int(self.gauge("retry_queue_payloads")),
-                "spooled": dict(self.spooled),
-                "spool_bytes": int(self.gauge("spool_bytes")),
-                "spool_payloads": int(self.gauge("spool_payloads")),
+                **self.forwarder_snapshot(),
+                "additional_endpoints": {
+                    label: {
+                        **destination.forwarder_snapshot(),
+                        "api_key_valid": destination.info.get("api_key_valid"),
+                        "dropped": dict(destination.dropped),
+                    }
+                    for label, destination in self.destinations.items()
+                },
             },
+        }
+
+    def forwarder_snapshot(self) -> dict[str, Any]:
+        return {
+            "payloads": _nested(self.payloads),
+            "bytes_sent": dict(self.payload_bytes),
+            "http_errors": dict(self.http_errors),
+            "retry_queue_bytes": int(self.gauge("retry_queue_bytes")),
+            "retry_queue_payloads": int(self.gauge("retry_queue_payloads")),
+            "spooled": dict(self.spooled),
+            "spool_bytes": int(self.gauge("spool_bytes")),
+            "spool_payloads": int(self.gauge("spool_payloads")),
         }
 
 
@@ -142,6 +164,20 @@ class RelayCollector:
             ["listener"],
             s.kernel_drops(),
         )
+        yield _gauge_family(
+            "relay_probe_loss_ratio",
+            "Share of the loss self-probes lost in the listener's queue, over the last 60 probes.",
+            ["listener"],
+            s.probe_loss(),
+        )
+        yield _counter("relay_probes", "Loss self-probes sent.", ["listener"], s.probes)
+        yield _counter("relay_probes_lost", "Loss self-probes that never came back.", ["listener"], s.probes_lost)
+        yield _counter(
+            "relay_statsd_forward_packets",
+            "Packets teed to statsd_forward_host, by result (sent or error).",
+            ["result"],
+            s.forwarded,
+        )
         yield _counter("relay_messages", "Messages parsed, one per metric value.", ["type", "state"], s.messages)
         yield _counter("relay_parse_errors", "Lines rejected by the parser.", ["reason"], s.parse_errors)
         yield _counter("relay_samples_dropped", "Samples dropped after parsing.", ["reason"], s.dropped)
@@ -170,6 +206,36 @@ class RelayCollector:
             "1 when the intake accepted the API key.",
             s.info.get("api_key_valid") is True,
         )
+        yield from self._destinations()
+
+    def _destinations(self) -> Iterator[Metric]:
+        """additional_endpoints: the forwarder's counters once more, per destination."""
+        destinations = self.stats.destinations.items()
+        prefix = "relay_additional_endpoint_"
+        yield _counter(
+            prefix + "payloads",
+            "Payloads by outcome, per additional endpoint.",
+            ["destination", "endpoint", "result"],
+            {(label, *key): value for label, d in destinations for key, value in d.payloads.items()},
+        )
+        yield _counter(
+            prefix + "samples_dropped",
+            "Samples in payloads dropped, per additional endpoint.",
+            ["destination", "reason"],
+            {(label, reason): value for label, d in destinations for reason, value in d.dropped.items()},
+        )
+        yield _gauge_family(
+            prefix + "retry_queue_bytes",
+            "Bytes waiting, per additional endpoint.",
+            ["destination"],
+            {label: d.gauge("retry_queue_bytes") for label, d in destinations},
+        )
+        yield _gauge_family(
+            prefix + "api_key_valid",
+            "1 when the destination accepted its API key.",
+            ["destination"],
+            {label: float(d.info.get("api_key_valid") is True) for label, d in destinations},
+        )
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:
@@ -177,6 +243,13 @@ def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetr
     for key, value in sorted(values.items()):
         label_values = list(key) if isinstance(key, tuple) else [key]
         family.add_metric(label_values, value)
+    return family
+
+
+def _gauge_family(name: str, doc: str, labels: list[str], values: dict[str, float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
     return family
 
 
@@ -236,6 +309,7 @@ def worker_report(stats: Stats) -> dict[str, Any]:
         "gauges": {name: stats.gauge(name) for name in WORKER_GAUGES},
         "flush": [stats.flushes, stats.flush_seconds, stats.last_flush_seconds, stats.last_flush_at],
         "api_key_valid": stats.info.get("api_key_valid"),
+        "destinations": {label: worker_report(destination) for label, destination in stats.destinations.items()},
     }
 
 
@@ -256,39 +330,9 @@ def absorb_reports(stats: Stats, local_dropped: Counter[str], reports: list[dict
     stats.last_flush_at = max((f[3] for f in flushes), default=0.0)
     if reports:
         stats.info["api_key_valid"] = reports[0]["api_key_valid"]
-
-
-async def serve_health(
-    host: str, port: int, stats: Stats, registry: CollectorRegistry, cardinality: Callable[..., dict[str, Any]]
-) -> web.AppRunner:
-    """/metrics (Prometheus text), /healthz (liveness), /status (the JSON of `dogstatsd-relay status`) and
-    /debug/cardinality."""
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response({**stats.snapshot(), "cardinality": cardinality(top=10, scan=20_000)})
-
-    async def debug_cardinality(request: web.Request) -> web.Response:
-        top = request.query.get("top", "20")
-        return web.json_response(cardinality(top=min(int(top), 1000) if top.isdigit() else 20))
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/status", status)
-    app.router.add_get("/debug/cardinality", debug_cardinality)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
-    stats.info["health"] = f"{bound[0]}:{bound[1]}"
-    return runner
+    for label in reports[0]["destinations"] if reports else ():
+        destination = stats.destinations.setdefault(label, Stats())
+        absorb_reports(destination, Counter(), [report["destinations"][label] for report in reports])
 
 
 def build_registry(stats: Stats) -> CollectorRegistry:

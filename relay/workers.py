@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import multiprocessing
-import signal
 import threading
 import zlib
 from collections import Counter
@@ -25,8 +24,9 @@ from typing import Any
 
 from relay import __version__
 from relay.config import Config
+from relay.health import start_front
 from relay.listen import Listeners
-from relay.telemetry import Stats, absorb_reports, build_registry, serve_health
+from relay.telemetry import Stats, absorb_reports, build_registry
 
 logger = logging.getLogger(__name__)
 
@@ -156,21 +156,11 @@ class ShardedRelay:
             self.pipes.append(data_main)
             self.processes.append(process)
             pump(reports_main, loop, lambda message, index=index: self._receive_report(index, message))
-        health = await serve_health(
-            self.config.relay_health_host, self.config.relay_health_port, self.stats, self.registry,
+        health = await start_front(
+            self.config, self.stats, self.registry,
             lambda **_: {"workers": self.count, "note": "per worker: see each worker's own counters"},
+            self.listeners, self.should_exit, f"{self.count} workers",
         )  # fmt: skip
-        await self.listeners.start()
-        self.stats.info["listeners"] = dict(self.listeners.addresses)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.should_exit.set)
-        logger.info(
-            "dogstatsd-relay %s listening on %s with %d workers; health on http://%s",
-            __version__,
-            ", ".join(f"{k} {v}" for k, v in self.listeners.addresses.items()),
-            self.count,
-            self.stats.info["health"],
-        )
         await self.should_exit.wait()
         await self.shutdown(health)
 

@@ -1,0 +1,111 @@
+"""Capture and replay: raw datagrams with their timing and transport, recorded from a running relay and played
+back to any DogStatsD server.
+
+File format (little-endian): the magic line `dogstatsd-relay capture 1\\n`, then one record per datagram:
+seconds since the capture started (float64), transport (uint8: 0 udp, 1 uds, 2 uds_stream), length (uint32),
+then the datagram's bytes. A file cut short (the capture was interrupted) is read up to its last whole record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+MAGIC = b"dogstatsd-relay capture 1\n"
+RECORD = struct.Struct("<dBI")
+TRANSPORTS = ("udp", "uds", "uds_stream")
+MAX_BUFFERED = 64 * 1024 * 1024  # bytes of records waiting for a slow reader; beyond, records are dropped
+
+
+class Record(NamedTuple):
+    seconds: float
+    transport: str
+    datagram: bytes
+
+
+def encode(seconds: float, transport: str, datagram: bytes) -> bytes:
+    return RECORD.pack(seconds, TRANSPORTS.index(transport), len(datagram)) + datagram
+
+
+def read_records(path: Path) -> Iterator[Record]:
+    """Every whole record of a capture file; raises ValueError when the file is not a capture."""
+    with path.open("rb") as file:
+        if file.read(len(MAGIC)) != MAGIC:
+            raise ValueError(f"{path}: not a dogstatsd-relay capture")
+        while len(header := file.read(RECORD.size)) == RECORD.size:
+            seconds, transport, length = RECORD.unpack(header)
+            datagram = file.read(length)
+            if len(datagram) < length or transport >= len(TRANSPORTS):
+                return
+            yield Record(seconds, TRANSPORTS[transport], datagram)
+
+
+class Recorder:
+    """A tap that encodes datagrams into a buffer; the health endpoint streams the buffer to the client."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+        self.records = 0
+        self.dropped = 0
+        self.ready = asyncio.Event()
+
+    def __call__(self, datagram: bytes, transport: str) -> None:
+        if self.buffered > MAX_BUFFERED:
+            self.dropped += 1
+            return
+        record = encode(time.monotonic() - self.started, transport, datagram)
+        self.buffer.append(record)
+        self.buffered += len(record)
+        self.records += 1
+        self.ready.set()
+
+    def take(self) -> bytes:
+        data, self.buffer, self.buffered = b"".join(self.buffer), [], 0
+        self.ready.clear()
+        return data
+
+
+@dataclass
+class ReplayResult:
+    datagrams: int = 0
+    bytes: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+def replay(records: Iterator[Record], target: str, speed: float) -> ReplayResult:
+    """Send each datagram at its recorded time divided by `speed` (0: as fast as possible) to `target`:
+    `HOST:PORT` for UDP or `unix:PATH` for a Unix datagram socket. A datagram the socket refuses is counted."""
+    if target.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        address: str | tuple[str, int] = target[5:]
+    else:
+        host, _, port = target.rpartition(":")
+        family, kind, _, _, address = socket.getaddrinfo(host or "127.0.0.1", int(port), type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, kind)
+    result = ReplayResult()
+    started = time.monotonic()
+    with sock, contextlib.suppress(KeyboardInterrupt):
+        sock.connect(address)
+        for record in records:
+            if speed:
+                delay = record.seconds / speed - (time.monotonic() - started)
+                if delay > 0:
+                    time.sleep(delay)
+            try:
+                sock.send(record.datagram)
+                result.datagrams += 1
+                result.bytes += len(record.datagram)
+            except OSError:
+                result.errors += 1
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,159 @@
+"""The health endpoint (relay.health_host:relay.health_port, loopback by default).
+
+/metrics      Prometheus text of the relay's own counters
+/healthz      liveness: the process answers
+/ready        readiness: 503 with the reasons when probe loss, the retry backlog or the flush lag is over its limit
+/status       the JSON behind `dogstatsd-relay status`
+/debug/cardinality   contexts per metric, tag values per key, a custom-metric estimate; `?sample=S` adds lines/s
+/debug/capture?seconds=S   raw datagrams with their timing, in the capture format of relay/capture.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from relay import __version__
+from relay.capture import MAGIC, Recorder
+from relay.config import Config
+from relay.listen import Listeners
+from relay.taps import LineCounter, Taps
+from relay.telemetry import Stats
+
+logger = logging.getLogger(__name__)
+
+MAX_CAPTURE_SECONDS = 600
+MAX_SAMPLE_SECONDS = 10
+
+
+def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
+    """Ready unless a limit is crossed; each crossed limit gives one reason naming its key."""
+    reasons = []
+    if not stats.info.get("listeners"):
+        reasons.append("listeners not started")
+    limit = config.relay_ready_max_probe_loss
+    for listener, ratio in sorted(stats.probe_loss().items()):
+        if ratio > limit:
+            reasons.append(f"probe loss on {listener} {ratio:.1%} > relay.ready_max_probe_loss {limit:.1%}")
+    backlog, limit_bytes = stats.gauge("retry_queue_bytes"), config.relay_ready_max_retry_queue_bytes
+    if backlog > limit_bytes:
+        reasons.append(f"retry queue {backlog:.0f} bytes > relay.ready_max_retry_queue_bytes {limit_bytes}")
+    lag, limit_lag = now - max(stats.last_flush_at, stats.started), config.relay_ready_max_flush_lag
+    if lag > limit_lag:
+        reasons.append(f"no flush for {lag:.0f} s > relay.ready_max_flush_lag {limit_lag:g} s")
+    return {
+        "ready": not reasons,
+        "reasons": reasons,
+        "probe_loss": stats.probe_loss(),
+        "retry_queue_bytes": int(backlog),
+        "flush_lag_seconds": round(lag, 1),
+    }
+
+
+def _seconds(request: web.Request, name: str, default: float, maximum: float) -> float:
+    try:
+        return min(max(float(request.query.get(name, default)), 0.0), maximum)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be a number of seconds\n") from None
+
+
+async def serve_health(
+    config: Config, stats: Stats, registry: CollectorRegistry, cardinality: Callable[..., dict[str, Any]], taps: Taps
+) -> web.AppRunner:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def ready(request: web.Request) -> web.Response:
+        state = readiness(stats, config, time.time())
+        return web.json_response(state, status=200 if state["ready"] else 503)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({**stats.snapshot(), "cardinality": cardinality(top=10, scan=20_000)})
+
+    async def debug_cardinality(request: web.Request) -> web.Response:
+        top = request.query.get("top", "20")
+        top_n = min(int(top), 1000) if top.isdigit() else 20
+        seconds = _seconds(request, "sample", 0, MAX_SAMPLE_SECONDS)
+        report = cardinality(top=top_n)
+        if seconds:
+            counter = LineCounter()
+            taps.add(counter)
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                taps.remove(counter)
+            report["top_by_lines"] = counter.rates(top_n)
+        return web.json_response(report)
+
+    async def debug_capture(request: web.Request) -> web.StreamResponse:
+        seconds = _seconds(request, "seconds", 30, MAX_CAPTURE_SECONDS)
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await response.write(MAGIC)
+        recorder = Recorder()
+        taps.add(recorder)
+        deadline = time.monotonic() + seconds
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(recorder.ready.wait(), min(left, 0.2))
+                except TimeoutError:
+                    continue
+                await response.write(recorder.take())
+        finally:
+            taps.remove(recorder)
+        await response.write(recorder.take())
+        stats.info["last_capture"] = {"records": recorder.records, "dropped": recorder.dropped}
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/status", status)
+    app.router.add_get("/debug/cardinality", debug_cardinality)
+    app.router.add_get("/debug/capture", debug_capture)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.relay_health_host, config.relay_health_port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+    stats.info["health"] = f"{bound[0]}:{bound[1]}"
+    return runner
+
+
+async def start_front(
+    config: Config,
+    stats: Stats,
+    registry: CollectorRegistry,
+    cardinality: Callable[..., dict[str, Any]],
+    listeners: Listeners,
+    should_exit: asyncio.Event,
+    destination: str,
+) -> web.AppRunner:
+    """What every relay opens first, in this order: the health endpoint, the listeners, the signal handlers."""
+    health = await serve_health(config, stats, registry, cardinality, listeners.taps)
+    await listeners.start()
+    stats.info["listeners"] = dict(listeners.addresses)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, should_exit.set)
+    logger.info(
+        "dogstatsd-relay %s listening on %s; health on http://%s; %s",
+        __version__,
+        ", ".join(f"{k} {v}" for k, v in listeners.addresses.items()) or "nothing",
+        stats.info["health"],
+        destination,
+    )
+    return health
