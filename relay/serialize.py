@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import struct
-import sys
-import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
@@ -91,33 +89,8 @@ class Serializer:
             items = ((_json(_event_json(e)), 0) for e in group)
             yield from self._pack(Endpoint.EVENTS, items, head, b",", tail, self.other_limits)
 
-    def host_metadata(self, host_tags: tuple[str, ...]) -> Payload:
-        """The Agent's v5 host metadata, posted to /intake/: how Datadog learns the host and its host tags."""
-        import platform
-        import socket
-
-        document = {
-            "apiKey": "",
-            "internalHostname": self.hostname,
-            "os": platform.system().lower(),
-            "agent-flavor": "dogstatsd-relay",
-            "python": platform.python_version(),
-            "systemStats": {
-                "cpuCores": os.cpu_count() or 1,
-                "machine": platform.machine(),
-                "platform": sys.platform,
-                "pythonV": platform.python_version(),
-                "processor": platform.processor(),
-            },
-            "meta": {
-                "hostname": self.hostname,
-                "socket-hostname": socket.gethostname(),
-                "socket-fqdn": socket.getfqdn(),
-                "timezones": list(time.tzname),
-                "host_aliases": [],
-            },
-            "host-tags": {"system": list(host_tags)},
-        }
+    def host_metadata(self, document: dict[str, Any]) -> Payload:
+        """The Agent's v5 host metadata (see server.host_metadata), posted to /intake/."""
         raw = _json(document)
         return Payload(Endpoint.EVENTS, self.compressor.compress(raw), self.compressor.encoding, 1, len(raw))
 

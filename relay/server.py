@@ -11,12 +11,15 @@ import contextlib
 import gc
 import json
 import logging
+import os
+import platform
 import signal
+import socket
 import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from relay import __version__
@@ -36,6 +39,32 @@ from relay.telemetry import Stats, build_registry, self_series, worker_report
 from relay.workers import pump
 
 logger = logging.getLogger(__name__)
+
+
+def host_metadata(hostname: str, host_tags: tuple[str, ...]) -> dict[str, Any]:
+    """The Agent's v5 host metadata document: how Datadog learns the host and its host tags."""
+    return {
+        "apiKey": "",
+        "internalHostname": hostname,
+        "os": platform.system().lower(),
+        "agent-flavor": "dogstatsd-relay",
+        "python": platform.python_version(),
+        "systemStats": {
+            "cpuCores": os.cpu_count() or 1,
+            "machine": platform.machine(),
+            "platform": sys.platform,
+            "pythonV": platform.python_version(),
+            "processor": platform.processor(),
+        },
+        "meta": {
+            "hostname": hostname,
+            "socket-hostname": socket.gethostname(),
+            "socket-fqdn": socket.getfqdn(),
+            "timezones": list(time.tzname),
+            "host_aliases": [],
+        },
+        "host-tags": {"system": list(host_tags)},
+    }
 
 
 class Relay:
@@ -140,9 +169,11 @@ class Relay:
         ]
 
     async def _host_metadata_loop(self) -> None:
-        """Host metadata at start and every 30 minutes, as the Agent sends it: the host and its host tags."""
+        """Host metadata at start and every 30 minutes, as the Agent sends it: the host and its host tags.
+        Gathered in a thread: the FQDN lookup can wait on DNS."""
         while True:
-            self.sink.send(self.serializer.host_metadata(self.config.host_tags))
+            document = await asyncio.to_thread(host_metadata, self.config.hostname, self.config.host_tags)
+            self.sink.send(self.serializer.host_metadata(document))
             await asyncio.sleep(1800)
 
     async def _flush_loop(self) -> None:
