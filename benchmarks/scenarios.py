@@ -9,7 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import EtsyStatsd, Intake, Relay, Server, Window, measure, process_usage, send, write_datagrams
+from benchmarks.harness import (
+    SERVER_CPU,
+    EtsyStatsd,
+    Intake,
+    Relay,
+    Server,
+    Window,
+    measure,
+    process_usage,
+    send,
+    write_datagrams,
+)
 
 SEED = 20261123
 NEW_CONTEXT_RATE = 1000  # datagrams/s of 20 new contexts each: first sightings take the reference parser
@@ -177,27 +188,46 @@ def contexts(seconds: float, counts: tuple[int, ...] = (1_000, 100_000, 1_000_00
     return Result("contexts", summary, [], {"kind": "rss", "points": points})
 
 
-def workers(seconds: float, clients: int) -> Result:
-    """relay.workers 2 against 1, with one client socket (a sidecar's app) or several (SO_REUSEPORT territory).
-    With workers, the relay is not pinned: on a 2-core machine it shares the generator's core."""
-    file = write_datagrams(datagrams(20, 1000, True, 5000))
+def compare(
+    name: str, seconds: float, mix: bool, variants: dict[str, tuple[set[int], dict[str, str]]], clients: int = 1
+) -> Result:
+    """One 20-line load swept against relays that differ only by their cores and environment, in turn."""
+    file = write_datagrams(datagrams(20, 1000, mix, 5000))
     intake = Intake()
-    summary: dict[str, Any] = {"lines_per_datagram": 20, "type_mix": True, "client_sockets": clients}
+    summary: dict[str, Any] = {"lines_per_datagram": 20, "type_mix": mix, "client_sockets": clients}
     windows: list[Window] = []
     try:
-        for count, cpus in (("1", {0}), ("2", {0, 1})):
-            relay = Relay(intake.url, cpus=cpus, DD_RELAY_WORKERS=count)
+        for label, (cpus, env) in variants.items():
+            relay = Relay(intake.url, cpus=cpus, **env)
             try:
                 best, measured = sweep(relay, file, 20, seconds, clients=clients)
             finally:
                 relay.stop()
             windows += measured
-            summary[f"workers_{count}_max_lines_per_s"] = round(best * 20)
+            summary[f"{label}_max_lines_per_s"] = round(best * 20)
     finally:
         intake.stop()
         file.unlink()
-    plots = {"kind": "load", "windows": [w.as_dict() for w in windows]}
-    return Result(f"workers-{clients}-clients", summary, windows, plots)
+    return Result(name, summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
+
+
+def workers(seconds: float, clients: int) -> Result:
+    """relay.workers 2 against 1, with one client socket (a sidecar's app) or several (SO_REUSEPORT territory).
+    With workers, the relay is not pinned: on a 2-core machine it shares the generator's core."""
+    variants = {"workers_1": ({0}, {"DD_RELAY_WORKERS": "1"}), "workers_2": ({0, 1}, {"DD_RELAY_WORKERS": "2"})}
+    return compare(f"workers-{clients}-clients", seconds, True, variants, clients)
+
+
+def probe_overhead(seconds: float) -> Result:
+    """The loss self-probe off against on (every 0.1 s, ten times the default), on the udp-20 load."""
+    variants = {
+        "probe_off": (SERVER_CPU, {"DD_RELAY_PROBE_INTERVAL": "0"}),
+        "probe_on": (SERVER_CPU, {"DD_RELAY_PROBE_INTERVAL": "0.1"}),
+    }
+    result = compare("probe-overhead", seconds, False, variants)
+    on, off = result.summary["probe_on_max_lines_per_s"], result.summary["probe_off_max_lines_per_s"]
+    result.summary["ratio_on_to_off"] = round(on / max(off, 1), 3)
+    return result
 
 
 def from_capture(seconds: float, path: Path) -> Result:
@@ -237,5 +267,6 @@ SCENARIOS: dict[str, Callable[[float], Result]] = {
     "udp-20": lambda seconds: throughput("udp-20", 20, False, peer=True, seconds=seconds),
     "mix": lambda seconds: throughput("mix", 20, True, peer=True, seconds=seconds),
     "uds-8k": unix_datagrams,
+    "probe-overhead": probe_overhead,
     "contexts": contexts,
 }

@@ -217,6 +217,13 @@ def _capture(config: Config, seconds: float, output: Path) -> int:
     lines = sum(len(list(filter(None, record.datagram.split(b"\n")))) for record in records)
     by_transport = ", ".join(f"{t} {n:,}" for t, n in sorted(Counter(r.transport for r in records).items()))
     print(f"capture: {len(records):,} datagrams ({lines:,} lines; {by_transport or 'none'}) written to {output}")
+    from relay.doctor import status_of
+
+    info = (status_of(_health_url(config, "/status")) or {}).get("info", {})
+    dropped = (info.get("last_capture") or {}).get("dropped")
+    if dropped:
+        print(f"capture: {dropped:,} datagrams not recorded: this reader was too slow", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,7 +24,7 @@ def render(report: dict[str, Any], top: int) -> Group:
     limit = f" of {report['max_contexts']:,} allowed" if report.get("max_contexts") else ""
     header = Text.assemble(
         ("dogstatsd-relay top", "bold"),
-        f"  {time.strftime('%H:%M:%S')}\ncontexts {report['contexts']:,}{limit}, custom metrics ≈ ",
+        f"  {time.strftime('%H:%M:%S')}\ncontexts {report.get('contexts', 0):,}{limit}, custom metrics ≈ ",
         (f"{report.get('custom_metrics_estimate', 0):,}", "bold"),
     )
     by_lines = Table(title="by lines per second", title_justify="left", expand=False)
