@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from relay.accumulators import HistogramSpec
-from relay.checks.base import COUNT, GAUGE, MONOTONIC_COUNT, RATE
+from relay.checks.base import COUNT, GAUGE, HISTORATE, MONOTONIC_COUNT, RATE
 from relay.checks.runner import find_configs
 from relay.checks.sampler import CheckSampler
 from relay.model import SeriesType
@@ -78,6 +78,20 @@ def test_check_sampler_semantics():
     s.submit_metric(MONOTONIC_COUNT, "m", 5, [], "", False)  # a reset: nothing counted
     s.submit_metric(RATE, "r", 1, [], "", False)
     assert values(s, 1030) == {"m": (SeriesType.COUNT, 0)}
+
+
+def test_historate_is_a_histogram_of_the_rates_between_submissions_of_one_run(monkeypatch):
+    clock = iter([100.0, 101.0, 103.0, 200.0])
+    monkeypatch.setattr("relay.checks.sampler.time.monotonic", lambda: next(clock))
+    s = sampler()
+    for value in (10, 30, 90):  # at 100, 101 and 103 s: rates 20 and 30 per second
+        s.submit_metric(HISTORATE, "hr", value, [], "", False)
+    assert values(s, 1000) == {
+        "hr.max": (SeriesType.GAUGE, 30.0), "hr.median": (SeriesType.GAUGE, 20.0), "hr.avg": (SeriesType.GAUGE, 25.0),
+        "hr.count": (SeriesType.RATE, 2.0), "hr.95percentile": (SeriesType.GAUGE, 30.0),
+    }  # fmt: skip
+    s.submit_metric(HISTORATE, "hr", 500, [], "", False)  # one value in a run only primes: nothing, as the Agent
+    assert values(s, 1015) == {}
 
 
 def test_config_discovery_rules(tmp_path):
@@ -196,3 +210,16 @@ def test_collectors_compute_rates_and_percentages_on_the_second_run(tmp_path):
     assert {"system.cpu.user", "system.cpu.idle", "system.net.bytes_rcvd"} <= set(names)
     assert 0 <= names["system.cpu.idle"].points[0][1] <= 100
     assert names["system.net.bytes_rcvd"].type is SeriesType.GAUGE  # a check rate is sent as a gauge
+    if Path("/proc/diskstats").exists() and any(name.startswith("system.io.r_s") for name in names):
+        assert {"system.io.avg_q_sz", "system.io.block_in", "system.io.block_out", "system.io.svctm"} <= set(names)
+        assert names["system.io.block_in"].points[0][1] >= 0 and not names["system.io.block_in"].context.tags
+
+
+def test_io_sources_psutil_lacks_are_read_from_proc():
+    from collectors.disk import pages_in_out, weighted_io_ms
+
+    if not Path("/proc/vmstat").exists():
+        pytest.skip("no /proc/vmstat: not Linux")
+    pages = pages_in_out()
+    assert pages is not None and all(value >= 0 and value % 4096 == 0 for value in pages)
+    assert all(isinstance(ms, int) and ms >= 0 for ms in weighted_io_ms().values())

@@ -3,13 +3,15 @@
 gauge: last value; count: sum, sent as a count; monotonic_count: the increase since the previous value (the
 first value only with flush_first_value, a decrease is a reset and sends nothing); rate: the per-second change
 since the previous run, sent as a gauge (nothing on the first run or on a decrease); increment/decrement: the
-sum as a rate; histogram (and historate): the configured aggregates and percentiles.
+sum as a rate; histogram: the configured aggregates and percentiles; historate: the same over the per-second
+rates between consecutive submissions of one run (the first only primes it, and one run never sees another's).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
 from typing import Any
 
 from relay.accumulators import HistogramSpec, histogram_points
@@ -27,6 +29,7 @@ class CheckSampler:
         self.values: dict[Key, list[float]] = {}
         self.flush_first: set[Key] = set()
         self.previous: dict[Key, tuple[float, float]] = {}  # last value and its time, across runs
+        self.submitted_at: dict[Key, list[float]] = {}  # historate: when each value came, within the run
         self.service_checks: list[ServiceCheck] = []
         self.events: list[Event] = []
         self.samples = 0
@@ -36,6 +39,8 @@ class CheckSampler:
             return
         key = (mtype, name, hostname or self.hostname, tuple(sorted({*(tags or ()), *self.extra_tags})))
         self.values.setdefault(key, []).append(value)
+        if mtype == HISTORATE:
+            self.submitted_at.setdefault(key, []).append(time.monotonic())
         if first:
             self.flush_first.add(key)
         self.samples += 1
@@ -71,6 +76,7 @@ class CheckSampler:
                 series.append(Series(named, series_type, [(timestamp, value)], interval))
         checks, events = self.service_checks, self.events
         self.values, self.flush_first, self.service_checks, self.events = {}, set(), [], []
+        self.submitted_at = {}
         return series, checks, events
 
     def _points(self, key: Key, values: list[float], now: float) -> list[tuple[str, SeriesType, float]]:
@@ -81,8 +87,12 @@ class CheckSampler:
             return [("", SeriesType.COUNT, sum(values))]
         if mtype == COUNTER:
             return [("", SeriesType.RATE, sum(values))]
-        if mtype in (HISTOGRAM, HISTORATE):
+        if mtype == HISTOGRAM:
             return histogram_points([float(v) for v in values], self.histogram_spec, 1)
+        if mtype == HISTORATE:
+            timed = list(itertools.pairwise(zip(values, self.submitted_at[key], strict=True)))
+            rates = [float((v2 - v1) / (t2 - t1)) for (v1, t1), (v2, t2) in timed if t2 > t1]
+            return histogram_points(rates, self.histogram_spec, 1) if rates else []
         previous = self.previous.get(key)
         self.previous[key] = (values[-1], now)
         if mtype == RATE:
