@@ -66,6 +66,7 @@ class Aggregator:
         self.events: list[Event] = []
         self.service_checks: list[ServiceCheck] = []
         self.last_cutoff = 0
+        self.last_flushed_estimate = 0  # custom metrics of the fullest bucket of the last flush
         self.on_expire: Callable[[set[int]], None] = lambda slots: None
 
     @property
@@ -132,17 +133,16 @@ class Aggregator:
         }  # fmt: skip
 
     def custom_metrics_estimate(self) -> int:
-        """What Datadog would bill, from the fullest open bucket: one custom metric per gauge, count or set
-        context, one per histogram aggregate and percentile, five per distribution (count sum min max avg)."""
+        """What Datadog would bill, from the fullest bucket, open or last flushed: one custom metric per gauge,
+        count or set context, one per histogram aggregate and percentile, five per distribution."""
+        return max([self.last_flushed_estimate, *map(self._estimate, self.buckets.values())])
+
+    def _estimate(self, bucket: Bucket) -> int:
         spec = self.histogram_spec
         per_histogram = len(spec.aggregates) + len(spec.percentiles)
-        return max(
-            (
-                len(b.gauges) + len(b.counters) + len(b.sets) + per_histogram * len(b.histograms)
-                + 5 * len(b.distributions)
-                for b in self.buckets.values()
-            ),
-            default=0,
+        return (
+            len(bucket.gauges) + len(bucket.counters) + len(bucket.sets) + per_histogram * len(bucket.histograms)
+            + 5 * len(bucket.distributions)
         )  # fmt: skip
 
     def bucket(self, now: float) -> Bucket:
@@ -238,6 +238,8 @@ class Aggregator:
         for start in sorted(self.buckets):  # open buckets too: a counter's last sample may be in one
             self.counter_last_sampled.update(dict.fromkeys(self.buckets[start].counters, start))
         closed = [self.buckets.pop(start) for start in sorted(self.buckets) if force or start + self.interval <= cutoff]
+        if closed:
+            self.last_flushed_estimate = max(map(self._estimate, closed))
         zeros = [(bucket.start, self._zero_slots(bucket.start, bucket.counters)) for bucket in closed]
         if not closed and not self.buckets and cutoff - self.last_cutoff >= self.interval:
             # No bucket pending at all: one zero point for the interval that just ended (Agent quirk:

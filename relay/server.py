@@ -78,6 +78,7 @@ class Relay:
         self.enricher = Enricher(config)
         self.aggregator = Aggregator(config, self.stats)
         self.stats.gauges["contexts"] = lambda: self.aggregator.contexts
+        self.stats.gauges["custom_metrics_estimate"] = self.aggregator.custom_metrics_estimate
         self.serializer = Serializer(config, self.stats)
         self.dry_run = not config.api_key
         self.sink: Sink = DryRunSink(self.stats) if self.dry_run else self._http_sink()

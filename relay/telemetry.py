@@ -299,7 +299,9 @@ WORKER_COUNTERS = (
     "messages", "parse_errors", "dropped", "flushed", "payloads", "payload_bytes", "http_errors", "spooled",
     "context_overflow",
 )  # fmt: skip
-WORKER_GAUGES = ("contexts", "retry_queue_bytes", "retry_queue_payloads", "spool_bytes", "spool_payloads")
+WORKER_GAUGES = (
+    "contexts", "custom_metrics_estimate", "retry_queue_bytes", "retry_queue_payloads", "spool_bytes", "spool_payloads",
+)  # fmt: skip
 
 
 def worker_report(stats: Stats) -> dict[str, Any]:

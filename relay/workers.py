@@ -131,6 +131,16 @@ class ShardedRelay:
                          index, self.processes[index].exitcode)  # fmt: skip
             self.pipes[index] = None
 
+    def cardinality(self, **_: Any) -> dict[str, Any]:
+        """The sums the workers report; contexts per metric and tag values stay inside each worker."""
+        return {
+            "contexts": int(self.stats.gauge("contexts")),
+            "custom_metrics_estimate": int(self.stats.gauge("custom_metrics_estimate")),
+            "max_contexts": self.config.relay_max_contexts * self.count,
+            "workers": self.count,
+            "top_metrics": [],
+        }
+
     def _receive_report(self, index: int, message: bytes) -> None:
         if message:
             self.reports[index] = json.loads(message)
@@ -158,7 +168,7 @@ class ShardedRelay:
             pump(reports_main, loop, lambda message, index=index: self._receive_report(index, message))
         health = await start_front(
             self.config, self.stats, self.registry,
-            lambda **_: {"workers": self.count, "note": "per worker: see each worker's own counters"},
+            self.cardinality,
             self.listeners, self.should_exit, f"{self.count} workers",
         )  # fmt: skip
         await self.should_exit.wait()

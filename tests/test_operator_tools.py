@@ -341,3 +341,23 @@ def test_local_udp_clients_counts_connected_sockets():
     finally:
         for client in clients:
             client.close()
+
+
+async def test_the_tools_work_on_a_sharded_relay_too(tmp_path):
+    async with run_relay(tmp_path, None, DD_RELAY_WORKERS="2", DD_RELAY_PROBE_INTERVAL="0.1") as relay:
+        capture = asyncio.create_task(
+            asyncio.to_thread(urllib.request.urlopen, relay.health + "/debug/capture?seconds=1.5")
+        )
+        await asyncio.sleep(0.5)
+        for i in range(30):
+            relay.send_udp(b"sharded.m%d:1|c|#k:%d\nsharded.h:%d|h" % (i % 3, i, i))
+        with await capture as response:
+            records = response.read()
+        await wait_for(lambda: get_json(relay.health + "/debug/cardinality")[1]["contexts"] == 31)
+        _, report = get_json(relay.health + "/debug/cardinality")
+        code, ready = get_json(relay.health + "/ready")
+        status = relay.status()
+        await relay.stop()
+    assert records.startswith(MAGIC) and records.count(b"sharded.h:") == 30
+    assert report["workers"] == 2 and report["custom_metrics_estimate"] == 30 + 5  # 30 counters, one histogram
+    assert code == 200 and ready["ready"] is True and status["probe"]["udp"]["sent"] > 0
