@@ -24,13 +24,14 @@ from relay import __version__
 from relay.capture import MAGIC, Recorder
 from relay.config import Config
 from relay.listen import Listeners
-from relay.taps import LineCounter, Taps
+from relay.taps import LineCounter, Tap, Taps
 from relay.telemetry import Stats
 
 logger = logging.getLogger(__name__)
 
 MAX_CAPTURE_SECONDS = 600
 MAX_SAMPLE_SECONDS = 10
+MAX_OPEN_TAPS = 8  # captures and samplings at once (and the tee): each holds memory and costs every datagram
 
 
 def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
@@ -55,6 +56,12 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
         "retry_queue_bytes": int(backlog),
         "flush_lag_seconds": round(lag, 1),
     }
+
+
+def _open(taps: Taps, tap: Tap) -> None:
+    if len(taps.open) >= MAX_OPEN_TAPS:
+        raise web.HTTPTooManyRequests(text=f"{len(taps.open)} captures or samplings already open; try later\n")
+    taps.add(tap)
 
 
 def _seconds(request: web.Request, name: str, default: float, maximum: float) -> float:
@@ -87,7 +94,7 @@ async def serve_health(
         report = cardinality(top=top_n)
         if seconds:
             counter = LineCounter()
-            taps.add(counter)
+            _open(taps, counter)
             try:
                 await asyncio.sleep(seconds)
             finally:
@@ -97,13 +104,13 @@ async def serve_health(
 
     async def debug_capture(request: web.Request) -> web.StreamResponse:
         seconds = _seconds(request, "seconds", 30, MAX_CAPTURE_SECONDS)
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)
-        await response.write(MAGIC)
         recorder = Recorder()
-        taps.add(recorder)
+        _open(taps, recorder)
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         deadline = time.monotonic() + seconds
         try:
+            await response.prepare(request)
+            await response.write(MAGIC)
             while (left := deadline - time.monotonic()) > 0:
                 try:
                     await asyncio.wait_for(recorder.ready.wait(), min(left, 0.2))

@@ -70,14 +70,39 @@ class Tee:
 
 
 class LineCounter:
-    """Lines per metric name while open: what `top` shows as lines per second."""
+    """Lines per metric name while open: what `top` shows as lines per second.
+
+    Bounded in time and memory: past `BUDGET` datagrams a second it looks at every n-th datagram only and counts
+    its lines n times, and past `MAX_NAMES` distinct names (a flood of random names) it counts the rest as one row.
+    """
+
+    BUDGET = 20_000  # datagrams looked at per second
+    MAX_NAMES = 100_000
+    OTHERS = b"(other names)"
 
     def __init__(self) -> None:
         self.lines: Counter[bytes] = Counter()
-        self.started = time.monotonic()
+        self.started = self.checked_at = time.monotonic()
+        self.seen = self.seen_at_check = self.looked_at = 0
+        self.stride = 1
 
     def __call__(self, datagram: bytes, transport: str) -> None:
-        self.lines.update(line.partition(b":")[0] for line in datagram.split(b"\n") if line)
+        self.seen += 1
+        if self.seen % self.stride:
+            return
+        self.looked_at += 1
+        if self.looked_at % 256 == 0:
+            now = time.monotonic()
+            rate = (self.seen - self.seen_at_check) / max(now - self.checked_at, 1e-6)
+            self.stride = max(1, int(rate / self.BUDGET))
+            self.checked_at, self.seen_at_check = now, self.seen
+        lines = self.lines
+        for line in datagram.split(b"\n"):
+            if line:
+                name = line.partition(b":")[0]
+                if name not in lines and len(lines) >= self.MAX_NAMES:
+                    name = self.OTHERS
+                lines[name] += self.stride
 
     def rates(self, top: int) -> list[dict[str, object]]:
         seconds = max(time.monotonic() - self.started, 1e-3)

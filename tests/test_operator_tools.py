@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from relay.aggregate import Aggregator
@@ -361,3 +362,48 @@ async def test_the_tools_work_on_a_sharded_relay_too(tmp_path):
     assert records.startswith(MAGIC) and records.count(b"sharded.h:") == 30
     assert report["workers"] == 2 and report["custom_metrics_estimate"] == 30 + 5  # 30 counters, one histogram
     assert code == 200 and ready["ready"] is True and status["probe"]["udp"]["sent"] > 0
+
+
+def test_line_counter_stays_bounded_and_unbiased_under_a_flood():
+    from relay.taps import LineCounter
+
+    counter = LineCounter()
+    for i in range(300_000):  # far above 20,000 datagrams a second, and random names
+        counter(b"flood.%d:1|c\nsteady:1|g" % i, "udp")
+    assert counter.stride > 1 and len(counter.lines) <= LineCounter.MAX_NAMES + 1
+    assert abs(counter.lines[b"steady"] - 300_000) < 0.1 * 300_000  # every n-th datagram, counted n times
+    assert sum(counter.lines.values()) > 0.9 * 600_000
+
+
+def test_line_counter_folds_names_past_its_limit(monkeypatch):
+    from relay.taps import LineCounter
+
+    monkeypatch.setattr(LineCounter, "MAX_NAMES", 10)
+    counter = LineCounter()
+    for i in range(100):
+        counter(b"random.%d:1|c" % i, "udp")
+    assert len(counter.lines) == 11 and counter.lines[LineCounter.OTHERS] == 90
+
+
+async def test_captures_and_samplings_at_once_are_limited(tmp_path):
+    from relay.health import MAX_OPEN_TAPS
+
+    loop = asyncio.get_running_loop()
+    async with run_relay(tmp_path, None) as relay:
+        with ThreadPoolExecutor(MAX_OPEN_TAPS + 1) as pool:
+            url = relay.health + "/debug/capture?seconds=2"
+            opened = [loop.run_in_executor(pool, get_text, url) for _ in range(MAX_OPEN_TAPS)]
+            await asyncio.sleep(1)
+            code, text = await loop.run_in_executor(pool, get_text, relay.health + "/debug/cardinality?sample=0.1")
+            captured = await asyncio.gather(*opened)
+        await relay.stop()
+    assert code == 429 and "already open" in text
+    assert [status for status, _ in captured] == [200] * MAX_OPEN_TAPS
+
+
+def get_text(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
