@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -66,9 +67,12 @@ def _open(taps: Taps, tap: Tap) -> None:
 
 def _seconds(request: web.Request, name: str, default: float, maximum: float) -> float:
     try:
-        return min(max(float(request.query.get(name, default)), 0.0), maximum)
+        seconds = float(request.query.get(name, default))
     except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be a number of seconds\n") from None
+        seconds = math.nan
+    if math.isnan(seconds):
+        raise web.HTTPBadRequest(text=f"{name} must be a number of seconds\n")
+    return min(max(seconds, 0.0), maximum)
 
 
 async def serve_health(

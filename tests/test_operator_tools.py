@@ -407,3 +407,13 @@ def get_text(url: str) -> tuple[int, str]:
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+async def test_debug_endpoints_refuse_bad_durations(tmp_path):
+    async with run_relay(tmp_path, None) as relay:
+        answers = [
+            get_text(relay.health + path)[0]
+            for path in ("/debug/capture?seconds=nan", "/debug/cardinality?sample=abc", "/debug/cardinality?top=-3")
+        ]
+        await relay.stop()
+    assert answers == [400, 400, 200]
