@@ -188,6 +188,30 @@ def contexts(seconds: float, counts: tuple[int, ...] = (1_000, 100_000, 1_000_00
     return Result("contexts", summary, [], {"kind": "rss", "points": points})
 
 
+def distributions(seconds: float) -> Result:
+    """A flood of distribution samples on 10 contexts, 20 per datagram: the samples are folded into sketches
+    as they pile up (as the Agent does), so memory follows the bins, not the sample rate."""
+    rng = random.Random(SEED)
+    samples = [f"flood.dist.{i % 10}:{rng.uniform(0, 1000):.3f}|d|#env:bench".encode() for i in range(100_000)]
+    file = write_datagrams([b"\n".join(samples[i : i + 20]) for i in range(0, len(samples), 20)])
+    intake = Intake()
+    relay = Relay(intake.url)
+    try:
+        best, windows = sweep(relay, file, 20, seconds)
+    finally:
+        relay.stop()
+        intake.stop()
+        file.unlink()
+    summary = {
+        "lines_per_datagram": 20,
+        "contexts": 10,
+        "max_lines_per_s": round(best * 20),
+        "flat_out_lines_per_s": round(windows[0].accepted_lines_per_s),
+        "peak_rss_mib_at_window_ends": round(max(w.rss_bytes for w in windows) / 2**20),
+    }
+    return Result("distributions", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
+
+
 def compare(
     name: str, seconds: float, mix: bool, variants: dict[str, tuple[set[int], dict[str, str]]], clients: int = 1
 ) -> Result:
@@ -268,5 +292,6 @@ SCENARIOS: dict[str, Callable[[float], Result]] = {
     "mix": lambda seconds: throughput("mix", 20, True, peer=True, seconds=seconds),
     "uds-8k": unix_datagrams,
     "probe-overhead": probe_overhead,
+    "distributions": distributions,
     "contexts": contexts,
 }

@@ -7,6 +7,13 @@
  * the first other line and returns that line's offset as `stop` (len(data) when every line was taken), so the
  * caller handles that one line in Python and calls again: lines are applied in datagram order either way.
  * Numbers are parsed by PyOS_string_to_double, the routine behind float(), so results are identical.
+ *
+ *   sketch_insert(samples, bins, (count, sum, min, max), (min_value, log_gamma, bias, max_key, inf_key))
+ *       -> (count, sum, min, max)
+ *
+ * Inserts distribution samples (floats, or (value, rate) tuples counted uint(1/rate) times) into a sketch's
+ * bins, as relay/sketch.py's Sketch.insert does one at a time: the same libm log, the same round-half-even
+ * (nearbyint), the same order of additions, so the result is identical.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -219,7 +226,72 @@ done:
     return result;
 }
 
+static long sketch_key(double value, double min_value, double log_gamma, long bias, long max_key, long inf_key) {
+    if (value < 0) return -sketch_key(-value, min_value, log_gamma, bias, max_key, inf_key);
+    if (value < min_value) return 0;
+    double k = nearbyint(log(value) / log_gamma) + (double)bias;
+    if (k > (double)max_key) return inf_key;
+    return k < 1 ? 1 : (long)k;
+}
+
+/* Counts per key for one call, indexed by key + 32768 (keys are within [-32767, 32767]); only the touched
+ * entries are read back into the dict and reset, so a call costs its samples plus its distinct keys. */
+static long long key_counts[65536];
+static int touched[65536];
+
+static PyObject *sketch_insert(PyObject *self, PyObject *args) {
+    PyObject *samples, *bins;
+    long long count;
+    double total, low, high, min_value, log_gamma;
+    long bias, max_key, inf_key;
+    if (!PyArg_ParseTuple(args, "O!O!(Lddd)(ddlll)", &PyList_Type, &samples, &PyDict_Type, &bins, &count, &total,
+                          &low, &high, &min_value, &log_gamma, &bias, &max_key, &inf_key))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(samples), distinct = 0;
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        PyObject *item = PyList_GET_ITEM(samples, i);
+        double value, rate = 1.0;
+        if (PyFloat_CheckExact(item)) {
+            value = PyFloat_AS_DOUBLE(item);
+        } else if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2) {
+            value = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 0));
+            rate = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
+            if (PyErr_Occurred()) { failed = 1; break; }
+        } else {
+            PyErr_SetString(PyExc_TypeError, "a sample is a float or a (value, rate) tuple");
+            failed = 1;
+            break;
+        }
+        long long times = (rate > 0 && rate < 1) ? (long long)(1.0 / rate) : 1;
+        int index = (int)sketch_key(value, min_value, log_gamma, bias, max_key, inf_key) + 32768;
+        if (key_counts[index] == 0) touched[distinct++] = index;
+        key_counts[index] += times;
+        count += times;
+        total += value * (double)times;
+        if (value < low) low = value;
+        if (value > high) high = value;
+    }
+    for (Py_ssize_t t = 0; t < distinct; t++) {
+        int index = touched[t];
+        long long add = key_counts[index];
+        key_counts[index] = 0;
+        if (failed) continue;  /* still reset every touched entry */
+        PyObject *key = PyLong_FromLong(index - 32768);
+        PyObject *current = key ? PyDict_GetItemWithError(bins, key) : NULL;
+        PyObject *updated = NULL;
+        if (key != NULL && !(current == NULL && PyErr_Occurred()))
+            updated = PyLong_FromLongLong((current ? PyLong_AsLongLong(current) : 0) + add);
+        failed = updated == NULL || PyDict_SetItem(bins, key, updated) < 0;
+        Py_XDECREF(updated);
+        Py_XDECREF(key);
+    }
+    if (failed) return NULL;
+    return Py_BuildValue("(Lddd)", count, total, low, high);
+}
+
 static PyMethodDef methods[] = {
+    {"sketch_insert", sketch_insert, METH_VARARGS, "Insert distribution samples into sketch bins (relay/sketch.py)."},
     {"ingest", ingest, METH_VARARGS, "Apply the lines of a datagram whose shape is known (see relay/ingest.py)."},
     {"shard", shard, METH_VARARGS, "Split a datagram's lines between workers by metric name (relay/workers.py)."},
     {NULL, NULL, 0, NULL},

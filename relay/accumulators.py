@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from relay.model import SeriesType
-from relay.sketch import Sketch, sample_times
+from relay.sketch import Sample, Sketch
 
-Sample = float | tuple[float, float]  # a value, or (value, sample rate) when the rate is not 1
 Point = tuple[str, SeriesType, float]  # (name suffix, API type, value)
 
 
@@ -31,6 +30,7 @@ class Bucket:
     sets: dict[int, set[str]] = field(default_factory=dict)
     histograms: dict[int, list[Sample]] = field(default_factory=dict)  # h and ms
     distributions: dict[int, list[Sample]] = field(default_factory=dict)
+    folded: dict[int, Sketch] = field(default_factory=dict)  # distribution samples already in a sketch
 
     def slots(self) -> set[int]:
         return set().union(self.gauges, self.counters, self.sets, self.histograms, self.distributions)
@@ -108,13 +108,9 @@ def _rank(ordered: list[tuple[float, int]], target: int) -> float:
     return ordered[-1][0]
 
 
-def sketch_of(samples: list[Sample]) -> Sketch:
-    """A distribution's samples as the Agent's DDSketch; a sample with rate r is inserted uint(1/r) times."""
-    sketch = Sketch()
-    for sample in samples:
-        if type(sample) is float:
-            sketch.insert(sample)
-        else:
-            value, rate = sample  # type: ignore[misc]
-            sketch.insert(value, sample_times(rate))
+def sketch_of(samples: list[Sample], sketch: Sketch | None = None) -> Sketch:
+    """A distribution's samples as the Agent's DDSketch (inserted into `sketch` when given); a sample with rate r
+    is inserted uint(1/r) times."""
+    sketch = Sketch() if sketch is None else sketch
+    sketch.insert_samples(samples)
     return sketch

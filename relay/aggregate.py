@@ -26,6 +26,7 @@ from relay.telemetry import Stats
 
 _HISTOGRAMS = (MetricType.HISTOGRAM, MetricType.TIMER)
 OVERFLOW_METRIC = "dogstatsd_relay.context_overflow"
+FOLD_AT = 4096  # distribution samples of one context kept raw before they are folded into its sketch
 MAX_PER_FLUSH = 100_000  # events, and service checks, kept between two flushes
 OVERFLOW_LABELS = 200  # distinct (metric, tag key) pairs counted apart; the rest go to ("other", "other")
 
@@ -231,6 +232,19 @@ class Aggregator:
         self.finish(work)
         return flushed
 
+    def fold_distributions(self) -> int:
+        """Distribution samples of the open buckets into their sketches, once a context holds FOLD_AT of them:
+        what the Agent does on arrival, so that a flood of samples costs bins, not memory. The lists are emptied
+        in place (ingest keeps appending to them). Returns the samples folded."""
+        folded = 0
+        for bucket in list(self.buckets.values()):
+            for slot, samples in bucket.distributions.items():
+                if len(samples) >= FOLD_AT:
+                    bucket.folded[slot] = sketch_of(samples, bucket.folded.get(slot))
+                    folded += len(samples)
+                    samples.clear()
+        return folded
+
     def detach(self, now: float, *, force: bool = False) -> FlushWork:
         """Step 1, cheap, on the ingest thread: take the closed buckets out and decide the zero points."""
         second = int(now)
@@ -298,7 +312,7 @@ class Aggregator:
             entry = sketches.get(slot)
             if entry is None:
                 entry = sketches[slot] = SketchSeries(self._context(slot), [])
-            entry.points.append(sketch_of(samples).to_point(start))
+            entry.points.append(sketch_of(samples, bucket.folded.get(slot)).to_point(start))
 
     def _zero_slots(self, start: int, sampled: dict[int, float]) -> list[int]:
         """Counters without data in this bucket report 0 until dogstatsd_expiry_seconds after their last sample."""

@@ -178,10 +178,16 @@ class Relay:
             await asyncio.sleep(1800)
 
     async def _flush_loop(self) -> None:
-        """Flush just after each bucket boundary, so a bucket leaves as soon as it is closed."""
+        """Flush just after each bucket boundary, so a bucket leaves as soon as it is closed. In between, every
+        half second, fold the distribution samples that piled up into their sketches (bounded memory under a
+        flood; short pauses, so the socket buffer rides them out)."""
         interval = self.config.relay_flush_interval
         while True:
-            await asyncio.sleep(interval - time.time() % interval + 0.05)
+            now = time.time()
+            next_flush = now + interval - now % interval + 0.05
+            while (left := next_flush - time.time()) > 0:
+                await asyncio.sleep(min(left, 0.5))
+                self.aggregator.fold_distributions()
             try:
                 await self.flush()
             except Exception:

@@ -21,6 +21,14 @@ MAX_KEY = 32766
 INF_KEY = 32767
 BIN_LIMIT = 4096
 MAX_BIN_COUNT = 65535
+_CONSTANTS = (MIN_VALUE, LOG_GAMMA, BIAS, MAX_KEY, INF_KEY)
+
+Sample = float | tuple[float, float]  # a value, or (value, sample rate) when the rate is not 1
+
+try:
+    from relay._speedups import sketch_insert as _insert_in_c
+except ImportError:  # no C compiler where the relay was installed: the same in Python
+    _insert_in_c = None
 
 
 def key(value: float) -> int:
@@ -56,6 +64,19 @@ class Sketch:
             self.min = value
         if value > self.max:
             self.max = value
+
+    def insert_samples(self, samples: list[Sample]) -> None:
+        """Every sample of a list (a float, or (value, rate) counted uint(1/rate) times); in C when built."""
+        if _insert_in_c is not None:
+            state = (self.count, self.sum, self.min, self.max)
+            self.count, self.sum, self.min, self.max = _insert_in_c(samples, self.bins, state, _CONSTANTS)
+            return
+        for sample in samples:
+            if type(sample) is float:
+                self.insert(sample)
+            else:
+                value, rate = sample  # type: ignore[misc]
+                self.insert(value, sample_times(rate))
 
     def to_point(self, timestamp: int) -> SketchPoint:
         keys, counts = self._wire_bins()

@@ -171,6 +171,23 @@ def test_distribution_sample_rate_inserts_one_over_rate_times():
     assert (point.count, point.sum, point.keys, point.counts) == (4, 12.0, [1409], [4])
 
 
+def test_distribution_samples_are_folded_into_their_sketch_as_they_pile_up():
+    from relay.aggregate import FOLD_AT
+
+    folded, raw = aggregator(), aggregator()
+    values = [(i * 7919 % 10_007) / 3 for i in range(3 * FOLD_AT)]
+    for i, value in enumerate(values):
+        for agg in (folded, raw):
+            add(agg, "d", MetricType.DISTRIBUTION, value, 1001, rate=0.5 if i % 3 else 1.0)
+        if i % 1000 == 999:
+            folded.fold_distributions()  # what the relay does every second
+    (bucket,) = folded.buckets.values()
+    assert len(bucket.distributions[folded.slot_of[Context("d", "h", ())]]) < FOLD_AT  # memory stays bounded
+    a, b = folded.flush(1010).sketches[0].points[0], raw.flush(1010).sketches[0].points[0]
+    assert (a.count, a.min, a.max, a.keys, a.counts) == (b.count, b.min, b.max, b.keys, b.counts)
+    assert math.isclose(a.sum, b.sum, rel_tol=1e-12)  # the same sum, added in another order
+
+
 def test_timestamped_gauges_and_counters_bypass_buckets():
     agg = aggregator()
     add(agg, "tg", MetricType.GAUGE, 5, 2000, timestamp=1500)

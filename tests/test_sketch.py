@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.sketch import BIN_LIMIT, GAMMA, MAX_BIN_COUNT, Sketch, key
@@ -49,3 +49,47 @@ def test_summary_stats_are_exact():
     point = sketch.to_point(1000)
     assert (point.count, point.min, point.max, point.sum) == (6, -2.0, 10.0, 22.0)
     assert not math.isinf(point.sum)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300),
+            st.tuples(
+                st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12),
+                st.sampled_from([0.5, 0.25, 0.1, 0.3, 1.0, 0.0, -1.0, 2.0]),
+            ),
+        ),
+        max_size=200,
+    )
+)
+def test_inserting_a_list_in_c_gives_exactly_the_one_by_one_sketch(samples):
+    from relay import sketch as sketch_module
+
+    one_by_one = Sketch()
+    for sample in samples:
+        if isinstance(sample, float):
+            one_by_one.insert(sample)
+        else:
+            one_by_one.insert(sample[0], sketch_module.sample_times(sample[1]))
+    batch = Sketch()
+    batch.insert_samples(samples)
+    assert (batch.bins, batch.count, batch.min, batch.max) == (one_by_one.bins, one_by_one.count, one_by_one.min,
+                                                               one_by_one.max)  # fmt: skip
+    assert batch.sum == one_by_one.sum or (math.isnan(batch.sum) and math.isnan(one_by_one.sum))
+
+
+def test_the_python_fallback_inserts_a_list_the_same_way(monkeypatch):
+    from relay import sketch as sketch_module
+
+    samples = [1.0, (3.5, 0.25), -2.0, (1e-12, 1.0), 1e9]
+    with_c = Sketch()
+    with_c.insert_samples(samples)
+    monkeypatch.setattr(sketch_module, "_insert_in_c", None)
+    fallback = Sketch()
+    fallback.insert_samples(samples)
+    assert (fallback.bins, fallback.count, fallback.sum, fallback.min, fallback.max) == (
+        with_c.bins, with_c.count, with_c.sum, with_c.min, with_c.max,
+    )  # fmt: skip
+    assert fallback.count == 8 and fallback.bins[0] == 1
