@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -24,6 +25,8 @@ from operator import methodcaller
 from typing import Any
 
 from relay.telemetry import Stats
+
+logger = logging.getLogger(__name__)
 
 MARK = b"\0dogstatsd-relay-probe "
 TIMEOUT = 5.0
@@ -92,12 +95,17 @@ class Probe:
 
     async def run(self) -> None:
         context = multiprocessing.get_context("spawn")
-        self.sent = context.RawArray("q", len(self.targets))
-        targets = [(family, address) for _, family, address in self.targets]
-        self.process = context.Process(
-            target=send_probes, args=(targets, self.interval, self.sent, os.getpid()), name="probe", daemon=True
-        )
-        self.process.start()
+        try:  # shared memory needs /dev/shm or a writable temporary directory
+            self.sent = context.RawArray("q", len(self.targets))
+            targets = [(family, address) for _, family, address in self.targets]
+            self.process = context.Process(
+                target=send_probes, args=(targets, self.interval, self.sent, os.getpid()), name="probe", daemon=True
+            )
+            self.process.start()
+        except OSError as error:
+            logger.error("loss self-probe off: cannot start its sender (%s); set relay.probe_interval: 0", error)
+            self.stats.probe_loss = lambda: {}
+            return
         try:
             while True:
                 await asyncio.sleep(self.interval)

@@ -417,3 +417,18 @@ async def test_debug_endpoints_refuse_bad_durations(tmp_path):
         ]
         await relay.stop()
     assert answers == [400, 400, 200]
+
+
+async def test_a_probe_that_cannot_start_turns_itself_off_and_says_so(monkeypatch, caplog):
+    from relay import probe as probe_module
+
+    class NoSharedMemory:
+        def RawArray(self, *args: Any) -> Any:
+            raise OSError("no /dev/shm and a read-only /tmp")
+
+    monkeypatch.setattr(probe_module.multiprocessing, "get_context", lambda kind: NoSharedMemory())
+    stats = Stats()
+    probe = probe_module.Probe(stats, 0.1)
+    probe.add_target("udp", socket.AF_INET, ("127.0.0.1", 9))
+    await asyncio.wait_for(probe.run(), 5)  # returns instead of failing the relay
+    assert stats.probe_loss() == {} and "loss self-probe off" in caplog.text
