@@ -212,6 +212,47 @@ def distributions(seconds: float) -> Result:
     return Result("distributions", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
 
 
+def flush_encoder(seconds: float, count: int = 1_000_000) -> Result:
+    """In-process, as in a flush (the collector paused): build and encode `count` contexts with the C series
+    encoder, then with the Python one, the second flush of each (warm caches). `seconds` is not used."""
+    import gc
+
+    from relay import serialize
+    from relay.aggregate import Aggregator
+    from relay.config import Config
+    from relay.model import Context, MetricType
+    from relay.telemetry import Stats
+
+    config = Config.load(None, {"DD_HOSTNAME": "bench"})
+    aggregator = Aggregator(config, Stats())
+    contexts = [Context(f"bench.ctx.{i % 1000}", "bench", ("env:bench", f"id:{i}")) for i in range(count)]
+    in_c, summary = serialize._series_item_in_c, {"contexts": count}
+    gc.disable()
+    try:
+        for label, encoder in (("c", in_c), ("python", None)):
+            serialize._series_item_in_c = encoder
+            serializer = serialize.Serializer(config, Stats())
+            for start in (1000.0, 1010.0):
+                for i, context in enumerate(contexts):
+                    kind = MetricType.COUNTER if i % 2 else MetricType.GAUGE
+                    aggregator.add(context, kind, (1.0,), "", 1.0, 0, start)
+                began = time.perf_counter()
+                work = aggregator.detach(start + 14)
+                flushed = aggregator.build(work)
+                built = time.perf_counter()
+                payloads = list(serializer.series(flushed.series))
+                done = time.perf_counter()
+                aggregator.finish(work)
+            summary[f"{label}_build_seconds"] = round(built - began, 2)
+            summary[f"{label}_serialize_seconds"] = round(done - built, 2)
+            summary[f"{label}_payloads"] = len(payloads)
+    finally:
+        serialize._series_item_in_c = in_c
+        gc.enable()
+    summary["serialize_speedup"] = round(summary["python_serialize_seconds"] / summary["c_serialize_seconds"], 1)
+    return Result("flush-encoder", summary, [], {"kind": "none"})
+
+
 def compare(
     name: str, seconds: float, mix: bool, variants: dict[str, tuple[set[int], dict[str, str]]], clients: int = 1
 ) -> Result:
@@ -293,5 +334,6 @@ SCENARIOS: dict[str, Callable[[float], Result]] = {
     "uds-8k": unix_datagrams,
     "probe-overhead": probe_overhead,
     "distributions": distributions,
+    "flush-encoder": flush_encoder,
     "contexts": contexts,
 }

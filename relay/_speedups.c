@@ -14,6 +14,12 @@
  * Inserts distribution samples (floats, or (value, rate) tuples counted uint(1/rate) times) into a sketch's
  * bins, as relay/sketch.py's Sketch.insert does one at a time: the same libm log, the same round-half-even
  * (nearbyint), the same order of additions, so the result is identical.
+ *
+ *   series_item(name, host, tags, points, type, interval) -> bytes | None
+ *
+ * One MetricPayload.series entry (field 1) holding a MetricSeries, byte for byte what relay/serialize.py's
+ * ProtobufEncoder writes: resources=1 (host), metric=2, tags=3, points=4 (value=1 double, timestamp=2),
+ * type=5, interval=8. None when a tag is `device:...` (Python moves it to a resource).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -290,7 +296,100 @@ static PyObject *sketch_insert(PyObject *self, PyObject *args) {
     return Py_BuildValue("(Lddd)", count, total, low, high);
 }
 
+static Py_ssize_t varint_size(uint64_t value) {
+    Py_ssize_t size = 1;
+    while (value > 0x7F) { value >>= 7; size++; }
+    return size;
+}
+
+static char *put_varint(char *out, uint64_t value) {
+    while (value > 0x7F) { *out++ = (char)((value & 0x7F) | 0x80); value >>= 7; }
+    *out++ = (char)value;
+    return out;
+}
+
+static char *put_field(char *out, char tag, const char *data, Py_ssize_t length) {
+    *out++ = tag;
+    out = put_varint(out, (uint64_t)length);
+    memcpy(out, data, length);
+    return out + length;
+}
+
+static PyObject *series_item(PyObject *self, PyObject *args) {
+    PyObject *name, *host, *tags, *points;
+    long long type, interval;
+    if (!PyArg_ParseTuple(args, "UUO!O!LL", &name, &host, &PyTuple_Type, &tags, &PyList_Type, &points, &type,
+                          &interval))
+        return NULL;
+    Py_ssize_t name_length, host_length, tag_count = PyTuple_GET_SIZE(tags), point_count = PyList_GET_SIZE(points);
+    const char *name_text = PyUnicode_AsUTF8AndSize(name, &name_length);
+    const char *host_text = PyUnicode_AsUTF8AndSize(host, &host_length);
+    if (name_text == NULL || host_text == NULL) return NULL;
+    /* First pass: sizes (and refuse device tags). */
+    Py_ssize_t resource = 2 + 4 + 1 + varint_size(host_length) + host_length;  /* type "host", name */
+    Py_ssize_t size = 1 + varint_size(resource) + resource + 1 + varint_size(name_length) + name_length;
+    for (Py_ssize_t i = 0; i < tag_count; i++) {
+        PyObject *tag = PyTuple_GET_ITEM(tags, i);
+        Py_ssize_t length;
+        const char *text = PyUnicode_Check(tag) ? PyUnicode_AsUTF8AndSize(tag, &length) : NULL;
+        if (text == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "tags must be str");
+            return NULL;
+        }
+        if (length >= 7 && memcmp(text, "device:", 7) == 0) Py_RETURN_NONE;
+        size += 1 + varint_size(length) + length;
+    }
+    for (Py_ssize_t i = 0; i < point_count; i++) {
+        PyObject *point = PyList_GET_ITEM(points, i);
+        if (!PyTuple_Check(point) || PyTuple_GET_SIZE(point) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a point is a (timestamp, value) tuple");
+            return NULL;
+        }
+        long long timestamp = PyLong_AsLongLong(PyTuple_GET_ITEM(point, 0));
+        if (timestamp == -1 && PyErr_Occurred()) return NULL;
+        Py_ssize_t body = 1 + 8 + 1 + varint_size((uint64_t)timestamp);
+        size += 1 + varint_size(body) + body;
+    }
+    size += 1 + varint_size((uint64_t)type) + 1 + varint_size((uint64_t)interval);
+    Py_ssize_t total = 1 + varint_size(size) + size;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL) return NULL;
+    /* Second pass: bytes. */
+    char *out = PyBytes_AS_STRING(result);
+    *out++ = 0x0a;
+    out = put_varint(out, (uint64_t)size);
+    *out++ = 0x0a;
+    out = put_varint(out, (uint64_t)resource);
+    out = put_field(out, 0x0a, "host", 4);
+    out = put_field(out, 0x12, host_text, host_length);
+    out = put_field(out, 0x12, name_text, name_length);
+    for (Py_ssize_t i = 0; i < tag_count; i++) {
+        Py_ssize_t length;
+        const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(tags, i), &length);
+        out = put_field(out, 0x1a, text, length);
+    }
+    for (Py_ssize_t i = 0; i < point_count; i++) {
+        PyObject *point = PyList_GET_ITEM(points, i);
+        long long timestamp = PyLong_AsLongLong(PyTuple_GET_ITEM(point, 0));
+        double value = PyFloat_AsDouble(PyTuple_GET_ITEM(point, 1));
+        if (value == -1.0 && PyErr_Occurred()) { Py_DECREF(result); return NULL; }
+        *out++ = 0x22;
+        out = put_varint(out, (uint64_t)(1 + 8 + 1 + varint_size((uint64_t)timestamp)));
+        *out++ = 0x09;
+        if (PyFloat_Pack8(value, out, 1) < 0) { Py_DECREF(result); return NULL; }
+        out += 8;
+        *out++ = 0x10;
+        out = put_varint(out, (uint64_t)timestamp);
+    }
+    *out++ = 0x28;
+    out = put_varint(out, (uint64_t)type);
+    *out++ = 0x40;
+    out = put_varint(out, (uint64_t)interval);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"series_item", series_item, METH_VARARGS, "One MetricPayload series entry (relay/serialize.py)."},
     {"sketch_insert", sketch_insert, METH_VARARGS, "Insert distribution samples into sketch bins (relay/sketch.py)."},
     {"ingest", ingest, METH_VARARGS, "Apply the lines of a datagram whose shape is known (see relay/ingest.py)."},
     {"shard", shard, METH_VARARGS, "Split a datagram's lines between workers by metric name (relay/workers.py)."},

@@ -134,3 +134,24 @@ def test_every_payload_is_within_random_limits(max_compressed, max_points, names
     for payload in payloads:
         assert len(payload.body) <= max_compressed and payload.items <= max_points
     assert sum(p.items for p in payloads) + s.stats.dropped["payload_too_large"] == len(names)
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=_text,
+    host=_text,
+    tags=st.lists(st.one_of(_text, st.just("device:sda1"), st.just("env:prod")), max_size=6),
+    points=st.lists(st.tuples(st.integers(0, 2**40), st.floats(allow_nan=False, width=64)), min_size=1, max_size=5),
+    kind=st.sampled_from(list(SeriesType)),
+    interval=st.integers(0, 100_000),
+)
+def test_the_c_series_encoder_writes_exactly_the_python_bytes(name, host, tags, points, kind, interval):
+    from relay import serialize
+
+    encoder = serialize.ProtobufEncoder()
+    series = Series(Context(name, host, tuple(tags)), kind, points, interval)
+    python_bytes = b"\x0a" + serialize._length_delimited(encoder.series(series))
+    assert encoder.series_item(series) == python_bytes  # C when built; device tags take the Python path
