@@ -202,15 +202,15 @@ def _top(config: Config, top: int, interval: float, once: bool) -> int:
 
 
 def _capture(config: Config, seconds: float, output: Path) -> int:
-    import shutil
-
     from relay.capture import read_records
 
     url = _health_url(config, f"/debug/capture?seconds={seconds:g}")
     print(f"capture: recording {seconds:g} s from {url.split('/debug')[0]} to {output}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=seconds + 30) as response, output.open("wb") as file:
-            shutil.copyfileobj(response, file)
+            while chunk := response.read1(65536):  # as it comes: the file grows while recording
+                file.write(chunk)
+                file.flush()
     except (urllib.error.URLError, OSError) as error:
         return _unreachable("capture", url, error)
     records = list(read_records(output))
