@@ -46,13 +46,15 @@ async def test_context_flood_keeps_memory_flat_and_counts_everything(intake, tmp
         "dropped by the kernel (and counted)"
     )
     # Flat: between the second and the last quarter of the flood (~100,000 new contexts) the median RSS grows by less
-    # than 16 MiB; with no context limit it grows by ~115 MiB over the same span (measured, 2026-11). Medians, because
-    # single samples swing with the allocator, the GC, the shape cache being cleared and the 10 s flush.
+    # than 32 MiB; with no context limit it grows by ~115 MiB over the same span (measured, 2026-11). Bounded, it
+    # grows 5-10 MiB, up to 19 MiB with both cores saturated by other work: the allocator's fragmentation as the
+    # capped caches fill and clear, which levels off (82 to 89 MiB over 30 s). Medians, because single samples
+    # swing with the allocator, the GC and the 10 s flush.
     quarter = len(samples) // 4
     second, last = (
         statistics.median(rss for _, rss in part) for part in (samples[quarter : 2 * quarter], samples[-quarter:])
     )
-    assert last - second < 16 and max(late) < 130, samples
+    assert last - second < 32 and max(late) < 130, samples
     assert status["aggregator"]["contexts"] <= 22_000
     overflow = {(row["metric"], row["tag_key"]): row["contexts"] for row in status["context_overflow"]}
     read = status["listeners"]["udp"]["packets"]
