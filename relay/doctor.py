@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Config, redact
+from relay.listen import udp_socket_rows
 
 Finding = tuple[str, str, str]  # (OK | WARN | FAIL, what was checked, the fix or the figure)
 
@@ -80,15 +81,8 @@ def _traffic(config: Config, status: dict[str, Any] | None) -> list[Finding]:
 def local_udp_clients(port: int) -> int:
     """Sockets on this host connected to the UDP port (the official clients connect theirs); a client that uses
     sendto without connecting does not show."""
-    suffix = f":{port:04X}"
-    count = 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        count += sum(1 for row in rows if len(fields := row.split()) > 2 and fields[2].endswith(suffix))
-    return count
+    suffix = f":{port:04X}"  # the remote address column
+    return sum(1 for fields in udp_socket_rows() if len(fields) > 2 and fields[2].endswith(suffix))
 
 
 def _workers(config: Config, status: dict[str, Any] | None, cores: int, clients: int) -> Finding:

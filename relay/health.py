@@ -40,8 +40,8 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
     reasons = []
     if not stats.info.get("listeners"):
         reasons.append("listeners not started")
-    limit = config.relay_ready_max_probe_loss
-    for listener, ratio in sorted(stats.probe_loss().items()):
+    limit, probe_loss = config.relay_ready_max_probe_loss, stats.probe_loss()
+    for listener, ratio in sorted(probe_loss.items()):
         if ratio > limit:
             reasons.append(f"probe loss on {listener} {ratio:.1%} > relay.ready_max_probe_loss {limit:.1%}")
     backlog, limit_bytes = stats.gauge("retry_queue_bytes"), config.relay_ready_max_retry_queue_bytes
@@ -53,7 +53,7 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
     return {
         "ready": not reasons,
         "reasons": reasons,
-        "probe_loss": stats.probe_loss(),
+        "probe_loss": probe_loss,
         "retry_queue_bytes": int(backlog),
         "flush_lag_seconds": round(lag, 1),
     }

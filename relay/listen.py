@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from relay.config import Config
@@ -30,19 +30,25 @@ _BATCH = 64  # datagrams read per wakeup, so one busy socket cannot starve the r
 _MAX_FRAME = 8 * 1024 * 1024  # a stream frame claiming more is a broken client: the connection is closed
 
 
-def kernel_drops(inode: int) -> int:
-    """Datagrams the kernel dropped on one UDP socket (its receive buffer was full): the `drops` column of
-    /proc/net/udp and /proc/net/udp6, found by the socket's inode. 0 where /proc does not tell."""
+def udp_socket_rows() -> Iterator[list[str]]:
+    """Each UDP socket's row of /proc/net/udp and /proc/net/udp6, split into its fields; none where /proc does
+    not tell."""
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table) as rows:
-                next(rows)
-                for row in rows:
-                    fields = row.split()
-                    if len(fields) > 12 and fields[9] == str(inode):
-                        return int(fields[-1])
-        except (OSError, StopIteration, ValueError):
+                next(rows, None)  # the header
+                yield from (row.split() for row in rows)
+        except OSError:
             continue
+
+
+def kernel_drops(inode: int) -> int:
+    """Datagrams the kernel dropped on one UDP socket (its receive buffer was full): the `drops` column of its
+    row, found by the socket's inode. 0 where /proc does not tell."""
+    wanted = str(inode)
+    for fields in udp_socket_rows():
+        if len(fields) > 12 and fields[9] == wanted:
+            return int(fields[-1]) if fields[-1].isdigit() else 0
     return 0
 
 

@@ -92,9 +92,7 @@ def render(status: dict[str, Any]) -> str:
     lines += _title("Forwarder")
     lines.append(f"  Endpoint: {info.get('endpoint', '')}")
     lines.append(f"  API Key: {info.get('api_key') or 'none'} ({_key_state(info.get('api_key_valid'))})")
-    for endpoint, results in forwarder["payloads"].items():
-        counts = ", ".join(f"{result} {_number(count)}" for result, count in results.items())
-        lines.append(f"  {endpoint}: {counts}")
+    lines += _payload_lines(forwarder["payloads"], "  ")
     lines.append(
         f"  Retry Queue: {_number(forwarder['retry_queue_payloads'])} payloads, "
         f"{_number(forwarder['retry_queue_bytes'])} bytes"
@@ -107,15 +105,21 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  HTTP errors {code}: {_number(count)}")
     for label, destination in forwarder.get("additional_endpoints", {}).items():
         lines.append(f"  Additional Endpoint {label} ({_key_state(destination['api_key_valid'])})")
-        for endpoint, results in destination["payloads"].items():
-            counts = ", ".join(f"{result} {_number(count)}" for result, count in results.items())
-            lines.append(f"    {endpoint}: {counts}")
+        lines += _payload_lines(destination["payloads"], "    ")
         lines.append(
             f"    Retry Queue: {_number(destination['retry_queue_payloads'])} payloads, "
             f"{_number(destination['retry_queue_bytes'])} bytes; Disk Spool: "
             f"{_number(destination['spool_payloads'])} payloads"
         )
     return "\n".join(lines) + "\n"
+
+
+def _payload_lines(payloads: dict[str, dict[str, int]], indent: str) -> list[str]:
+    """One line per endpoint: its payloads sent, dropped and retried."""
+    return [
+        f"{indent}{endpoint}: " + ", ".join(f"{result} {_number(count)}" for result, count in results.items())
+        for endpoint, results in payloads.items()
+    ]
 
 
 def _key_state(valid: bool | None) -> str:
