@@ -217,7 +217,7 @@ class ProtobufEncoder:
         once costs no cache entry), here otherwise and for a `device:` tag."""
         if _series_item_in_c is not None:
             name, host, tags = series.context
-            item = _series_item_in_c(name, host, tuple(tags), list(series.points), series.type, series.interval)
+            item = _series_item_in_c(name, host, tags, series.points, series.type, series.interval)
             if item is not None:
                 return item
         return b"\x0a" + _length_delimited(self.series(series))
