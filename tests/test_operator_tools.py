@@ -443,3 +443,17 @@ async def test_a_probe_that_cannot_start_turns_itself_off_and_says_so(monkeypatc
     probe.add_target("udp", socket.AF_INET, ("127.0.0.1", 9))
     await asyncio.wait_for(probe.run(), 5)  # returns instead of failing the relay
     assert stats.probe_loss() == {} and "loss self-probe off" in caplog.text
+
+
+def test_replay_says_why_it_cannot_play_a_file(tmp_path, short_tmp):
+    capture = tmp_path / "ok.capture"
+    capture.write_bytes(MAGIC + encode(0.0, "udp", b"a:1|c"))
+    (tmp_path / "other").write_bytes(b"not a capture")
+    cases = [
+        (tmp_path / "other", "127.0.0.1:9", "not a dogstatsd-relay capture"),
+        (capture, f"unix:{short_tmp / 'nobody.socket'}", "No such file or directory"),
+    ]
+    for path, target, reason in cases:
+        command = [sys.executable, "-m", "relay", "replay", str(path), "--target", target]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and reason in result.stderr, result.stderr
