@@ -136,22 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(config: Config) -> int:
     from relay.listen import ListenError
     from relay.logs import setup_logging
-    from relay.server import Relay
+    from relay.server import Relay, run_loop
 
     setup_logging(config.log_level, config.api_key)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # uvloop is optional off Linux/macOS
-        runner = asyncio.run
     try:
         if config.worker_count > 1:
             from relay.workers import ShardedRelay
 
-            runner(ShardedRelay(config, config.worker_count).run())
+            run_loop(ShardedRelay(config, config.worker_count).run())
         else:
-            runner(Relay(config).run())
+            run_loop(Relay(config).run())
     except (ListenError, OSError) as error:
         logging.getLogger("relay").error("cannot start: %s", error)
         return EXIT_START

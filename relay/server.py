@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TextIO
@@ -39,6 +40,16 @@ from relay.telemetry import Stats, build_registry, self_series, worker_report
 from relay.workers import pump
 
 logger = logging.getLogger(__name__)
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the relay's coroutine on uvloop where it is installed (Linux, macOS), on asyncio's own loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def host_metadata(hostname: str, host_tags: tuple[str, ...]) -> dict[str, Any]:

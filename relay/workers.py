@@ -81,15 +81,10 @@ def _shard_function() -> Any:
 def worker_main(config: Config, index: int, data: Connection, reports: Connection) -> None:
     """The entry point of a worker process."""
     from relay.logs import setup_logging
-    from relay.server import Relay
+    from relay.server import Relay, run_loop
 
     setup_logging(config.log_level, config.api_key)
-    try:
-        import uvloop
-
-        uvloop.run(Relay(config).run_as_worker(data, reports))
-    except ImportError:
-        asyncio.run(Relay(config).run_as_worker(data, reports))
+    run_loop(Relay(config).run_as_worker(data, reports))
 
 
 class ShardedRelay:
