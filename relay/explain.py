@@ -49,12 +49,7 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
             }  # type: ignore[union-attr]
         lines.append(entry)
     flushed = aggregator.flush(now, force=True)
-    payloads = [
-        *serializer.series(flushed.series),
-        *serializer.sketches(flushed.sketches),
-        *serializer.service_checks(flushed.service_checks),
-        *serializer.events(flushed.events),
-    ]
+    payloads = serializer.payloads(flushed)
     return {
         "lines": lines,
         "would_send": _flushed(flushed),

@@ -18,7 +18,7 @@ from typing import Any
 import zstandard
 
 from relay.config import Config
-from relay.model import Endpoint, Event, Payload, Series, ServiceCheck, SketchSeries
+from relay.model import Endpoint, Event, Flushed, Payload, Series, ServiceCheck, SketchSeries
 from relay.telemetry import Stats
 
 _DOUBLE = struct.Struct("<d")
@@ -61,6 +61,15 @@ class Serializer:
         self.hostname = config.hostname
         self.stats = stats
         self.protobuf = ProtobufEncoder()
+
+    def payloads(self, flushed: Flushed) -> list[Payload]:
+        """Every payload of one flush: series, sketches, service checks, events."""
+        return [
+            *self.series(flushed.series),
+            *self.sketches(flushed.sketches),
+            *self.service_checks(flushed.service_checks),
+            *self.events(flushed.events),
+        ]
 
     def series(self, series: list[Series]) -> Iterator[Payload]:
         pieces = [piece for s in series for piece in _split_points(s, self.series_limits.max_points)]

@@ -169,16 +169,7 @@ class Relay:
             interval = self.config.relay_flush_interval
             timestamp = work.cutoff - interval
             flushed.series += self_series(self.stats, self._self_previous, timestamp, interval, self.config.hostname)
-        return flushed, self._serialize(flushed)
-
-    def _serialize(self, flushed: Flushed) -> list[Payload]:
-        serializer = self.serializer
-        return [
-            *serializer.series(flushed.series),
-            *serializer.sketches(flushed.sketches),
-            *serializer.service_checks(flushed.service_checks),
-            *serializer.events(flushed.events),
-        ]
+        return flushed, self.serializer.payloads(flushed)
 
     async def _host_metadata_loop(self) -> None:
         """Host metadata at start and every 30 minutes, as the Agent sends it: the host and its host tags.
