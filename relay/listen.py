@@ -138,15 +138,11 @@ class Listeners:
             host, port = sock.getsockname()[:2]
             await self._serve_datagrams(sock, UDP)
             self.addresses[UDP] = f"{host}:{port}"
-            if self.probe is not None:
-                self.probe.add_target(UDP, sock.family, (host, port))
         if config.dogstatsd_socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._bind_unix(sock, Path(config.dogstatsd_socket))
             await self._serve_datagrams(sock, UDS)
             self.addresses[UDS] = config.dogstatsd_socket
-            if self.probe is not None:
-                self.probe.add_target(UDS, socket.AF_UNIX, config.dogstatsd_socket)
         if config.dogstatsd_stream_socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._bind_unix(sock, Path(config.dogstatsd_stream_socket))
@@ -188,9 +184,13 @@ class Listeners:
         reader = _DatagramReader(
             sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join, self.probe, self.taps
         )
+        address = sock.getsockname()  # a path for a Unix socket
         if sock.family in (socket.AF_INET, socket.AF_INET6):
+            address = address[:2]
             inode = os.fstat(sock.fileno()).st_ino
             self.stats.gauges[f"kernel_drops:{name}"] = lambda: kernel_drops(inode)
+        if self.probe is not None:
+            self.probe.add_target(name, sock.family, address)
         asyncio.get_running_loop().add_reader(sock, reader.on_readable)
         self._readers.append(sock)
 
