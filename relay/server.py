@@ -208,12 +208,12 @@ class Relay:
         await self.sink.start()
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         checks = asyncio.create_task(self.checks.run(), name="checks") if self.checks else None
-        metadata = asyncio.create_task(self._host_metadata_loop(), name="host-metadata")
-        if not self.config.enable_metadata_collection or self.dry_run:
-            metadata.cancel()
+        sends_metadata = self.config.enable_metadata_collection and not self.dry_run
+        metadata = asyncio.create_task(self._host_metadata_loop(), name="host-metadata") if sends_metadata else None
         await self.should_exit.wait()
         logger.info("shutting down: final flush")
-        metadata.cancel()
+        if metadata is not None:
+            metadata.cancel()
         await self.listeners.stop()
         if checks is not None and self.checks is not None:
             checks.cancel()
@@ -244,14 +244,16 @@ class Relay:
         await self.shutdown(flusher)
         reporter.cancel()
         await asyncio.gather(reporter, return_exceptions=True)
-        with contextlib.suppress(OSError):
-            reports.send_bytes(json.dumps(worker_report(self.stats)).encode())
+        self._send_report(reports)  # the last one, after the final flush
 
     async def _report(self, reports: Connection) -> None:
         while True:
             await asyncio.sleep(1)
-            with contextlib.suppress(OSError):
-                reports.send_bytes(json.dumps(worker_report(self.stats)).encode())
+            self._send_report(reports)
+
+    def _send_report(self, reports: Connection) -> None:
+        with contextlib.suppress(OSError):  # the main process is gone: nobody to report to
+            reports.send_bytes(json.dumps(worker_report(self.stats)).encode())
 
     async def shutdown(self, flusher: asyncio.Task[None]) -> None:
         """Flush every bucket (open ones too), send within relay.shutdown_timeout."""
