@@ -27,8 +27,8 @@ def install(
     """Install the modules; returns True when the real datadog_checks.base is used (installed, and not
     `builtin`, which is relay.checks_base: builtin)."""
     aggregator = types.ModuleType("aggregator")
-    for index, name in enumerate(("GAUGE", "RATE", "COUNT", "MONOTONIC_COUNT", "COUNTER", "HISTOGRAM", "HISTORATE")):
-        setattr(aggregator, name, index)
+    for name in ("GAUGE", "RATE", "COUNT", "MONOTONIC_COUNT", "COUNTER", "HISTOGRAM", "HISTORATE"):
+        setattr(aggregator, name, getattr(base, name))  # rtloader's metric_type_t, as the base submits them
 
     def submit_metric(check: Any, check_id: str, mtype: int, name: str, value: float, tags: Any, hostname: str,
                       flush_first_value: bool = False) -> None:  # fmt: skip

@@ -154,12 +154,9 @@ class CheckRunner:
         confd = Path(self.config.confd_path) if self.config.confd_path else None
         configs = find_configs(confd, self.errors) if confd else {}
         for name in self.config.relay_host_collectors:
-            if only is not None and name != only:
-                continue
             files = configs.pop(name, None) or [(Path("<built-in>"), {"init_config": {}, "instances": [{}]})]
-            for path, document in files:
-                for instance in document["instances"]:
-                    self._add(name, DEFAULT[name], document.get("init_config") or {}, instance or {}, path)
+            if only is None or name == only:
+                self._add_files(name, DEFAULT[name], files)
         checksd = [Path(p) for p in self.config.additional_checksd] + ([confd.parent / "checks.d"] if confd else [])
         for name, files in configs.items():
             if only is not None and name != only:
@@ -170,10 +167,14 @@ class CheckRunner:
                 self.errors[name] = f"{type(error).__name__}: {error}"
                 logger.error("check %s cannot be loaded: %s", name, error)
                 continue
-            for path, document in files:
-                init_config = document.get("init_config") or {}
-                for instance in document["instances"]:
-                    self._add(name, cls, init_config, instance or {}, path)
+            self._add_files(name, cls, files)
+
+    def _add_files(self, name: str, cls: type, files: list[tuple[Path, dict[str, Any]]]) -> None:
+        """One instance per entry of `instances` in each of the check's configuration files."""
+        for path, document in files:
+            init_config = document.get("init_config") or {}
+            for instance in document["instances"]:
+                self._add(name, cls, init_config, instance or {}, path)
 
     def _add(self, name: str, cls: type, init_config: dict[str, Any], instance: dict[str, Any], path: Path) -> None:
         digest = hashlib.sha256(json.dumps([str(path), init_config, instance], sort_keys=True, default=str).encode())
@@ -206,15 +207,16 @@ class CheckRunner:
 
     def commit(self, instance: Instance) -> None:
         """On the loop: the run's submissions into the aggregator."""
-        series, checks, events = instance.sampler.commit(time.time(), int(instance.interval))
+        now = time.time()
+        series, checks, events = instance.sampler.commit(now, int(instance.interval))
         instance.metric_samples += len(series)
         instance.service_checks += len(checks)
         instance.events += len(events)
         self.aggregator.add_series(series)
         for check in checks:
-            self.aggregator.add_service_check(check, time.time())
+            self.aggregator.add_service_check(check, now)
         for event in events:
-            self.aggregator.add_event(event, time.time())
+            self.aggregator.add_event(event, now)
 
     async def run(self) -> None:
         """Every instance on its own interval; one that is still running when due is skipped."""
