@@ -47,10 +47,10 @@ class PostgresCheck(AgentCheck):
             raise
         self.service_check("postgres.can_connect", self.OK, tags=base_tags)
         with connection, connection.cursor() as cursor:
-            self._databases(cursor, instance)
-            self._relations(cursor, instance)
+            self._databases(cursor, instance, dbname)
+            self._relations(cursor, instance, dbname)
 
-    def _databases(self, cursor: Any, instance: dict[str, Any]) -> None:
+    def _databases(self, cursor: Any, instance: dict[str, Any], dbname: str) -> None:
         cursor.execute("SHOW max_connections")
         max_connections = int(cursor.fetchone()[0])
         columns = ", ".join(DATABASE_RATES)
@@ -67,10 +67,10 @@ class PostgresCheck(AgentCheck):
                 self.rate(metric, value or 0, tags=tags)
         cursor.execute("SELECT schemaname, count(*) FROM pg_stat_user_tables GROUP BY schemaname")
         for schema, count in cursor.fetchall():
-            tags = [*instance.get("tags", []), f"db:{instance.get('dbname', 'postgres')}", f"schema:{schema}"]
+            tags = [*instance.get("tags", []), f"db:{dbname}", f"schema:{schema}"]
             self.gauge("postgresql.table.count", count, tags=tags)
 
-    def _relations(self, cursor: Any, instance: dict[str, Any]) -> None:
+    def _relations(self, cursor: Any, instance: dict[str, Any], dbname: str) -> None:
         relations = [r if isinstance(r, str) else r.get("relation_name", "") for r in instance.get("relations", [])]
         if not relations:
             return
@@ -79,8 +79,7 @@ class PostgresCheck(AgentCheck):
             f"SELECT schemaname, relname, {columns} FROM pg_stat_user_tables WHERE relname = ANY(%s)", (relations,)
         )
         for row in cursor.fetchall():
-            tags = [*instance.get("tags", []), f"db:{instance.get('dbname', 'postgres')}", f"schema:{row[0]}",
-                    f"table:{row[1]}"]  # fmt: skip
+            tags = [*instance.get("tags", []), f"db:{dbname}", f"schema:{row[0]}", f"table:{row[1]}"]
             values = dict(zip([*RELATION_RATES, *RELATION_GAUGES], row[2:], strict=True))
             for column, metric in RELATION_RATES.items():
                 self.rate(metric, values[column] or 0, tags=tags)
