@@ -70,6 +70,19 @@ def sweep(
     return best, windows
 
 
+def sweep_default_relay(grams: list[bytes], per_datagram: float, seconds: float) -> tuple[float, list[Window]]:
+    """`sweep` of these datagrams against a relay with the default configuration, sending to an intake stand-in."""
+    file = write_datagrams(grams)
+    intake = Intake()
+    relay = Relay(intake.url)
+    try:
+        return sweep(relay, file, per_datagram, seconds)
+    finally:
+        relay.stop()
+        intake.stop()
+        file.unlink()
+
+
 @dataclass
 class Result:
     scenario: str
@@ -193,15 +206,8 @@ def distributions(seconds: float) -> Result:
     as they pile up (as the Agent does), so memory follows the bins, not the sample rate."""
     rng = random.Random(SEED)
     samples = [f"flood.dist.{i % 10}:{rng.uniform(0, 1000):.3f}|d|#env:bench".encode() for i in range(100_000)]
-    file = write_datagrams([b"\n".join(samples[i : i + 20]) for i in range(0, len(samples), 20)])
-    intake = Intake()
-    relay = Relay(intake.url)
-    try:
-        best, windows = sweep(relay, file, 20, seconds)
-    finally:
-        relay.stop()
-        intake.stop()
-        file.unlink()
+    grams = [b"\n".join(samples[i : i + 20]) for i in range(0, len(samples), 20)]
+    best, windows = sweep_default_relay(grams, 20, seconds)
     summary = {
         "lines_per_datagram": 20,
         "contexts": 10,
@@ -305,15 +311,7 @@ def from_capture(seconds: float, path: Path) -> Result:
     if not grams:
         raise SystemExit(f"{path}: no datagram to replay")
     per_datagram = sum(len(list(filter(None, g.split(b"\n")))) for g in grams) / len(grams)
-    file = write_datagrams(grams)
-    intake = Intake()
-    relay = Relay(intake.url)
-    try:
-        best, windows = sweep(relay, file, per_datagram, seconds)
-    finally:
-        relay.stop()
-        intake.stop()
-        file.unlink()
+    best, windows = sweep_default_relay(grams, per_datagram, seconds)
     summary = {
         "capture": path.name,
         "datagrams": len(grams),
