@@ -69,12 +69,16 @@ def _traffic(config: Config, status: dict[str, Any] | None) -> list[Finding]:
         if listener.get("kernel_drops"):
             findings.append(("FAIL", f"{name} kernel drops", f"{listener['kernel_drops']} datagrams dropped by the "
                              "kernel: raise dogstatsd_so_rcvbuf (and net.core.rmem_max)"))  # fmt: skip
+        if listener.get("queue_drops"):
+            findings.append(("FAIL", f"{name} receive queue drops", f"{listener['queue_drops']} datagrams dropped "
+                             f"because relay.receive_queue_bytes {config.relay_receive_queue_bytes} was full: ingest "
+                             "falls behind; raise it, or add workers"))  # fmt: skip
     for name, probe in status.get("probe", {}).items():
         if probe.get("loss_ratio"):
             findings.append(("FAIL", f"{name} probe loss", f"{probe['loss_ratio']:.1%} of the last 60 self-probes were "
                              "lost in the socket's queue: raise dogstatsd_so_rcvbuf, or add workers"))  # fmt: skip
     if not findings:
-        findings.append(("OK", "traffic", "no truncated datagram, no kernel drop, no probe lost"))
+        findings.append(("OK", "traffic", "no truncated datagram, no kernel or queue drop, no probe lost"))
     return findings
 
 
@@ -91,7 +95,10 @@ def _workers(config: Config, status: dict[str, Any] | None, cores: int, clients:
     workers = config.worker_count
     seen = f"relay.workers {workers} on {cores} cores, {clients} local client sockets connected to UDP"
     losing = status is not None and (
-        any(listener.get("kernel_drops") for listener in status.get("listeners", {}).values())
+        any(
+            listener.get("kernel_drops") or listener.get("queue_drops")
+            for listener in status.get("listeners", {}).values()
+        )
         or any(probe.get("loss_ratio") for probe in status.get("probe", {}).values())
     )
     if workers > cores:

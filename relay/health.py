@@ -44,6 +44,10 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
     for listener, ratio in sorted(probe_loss.items()):
         if ratio > limit:
             reasons.append(f"probe loss on {listener} {ratio:.1%} > relay.ready_max_probe_loss {limit:.1%}")
+    queued, queue_limit = stats.per_listener("queue_bytes"), config.relay_receive_queue_bytes
+    for listener, size in sorted(queued.items()):
+        if size > queue_limit / 2:  # ingest is falling behind: past the limit, datagrams are dropped
+            reasons.append(f"receive queue on {listener} {size} bytes > half of relay.receive_queue_bytes")
     backlog, limit_bytes = stats.gauge("retry_queue_bytes"), config.relay_ready_max_retry_queue_bytes
     if backlog > limit_bytes:
         reasons.append(f"retry queue {backlog:.0f} bytes > relay.ready_max_retry_queue_bytes {limit_bytes}")
@@ -54,6 +58,8 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
         "ready": not reasons,
         "reasons": reasons,
         "probe_loss": probe_loss,
+        "receive_queue_bytes": queued,
+        "receive_queue_drops": stats.per_listener("queue_drops"),
         "retry_queue_bytes": int(backlog),
         "flush_lag_seconds": round(lag, 1),
     }

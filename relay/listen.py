@@ -15,6 +15,7 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from relay.config import Config
 from relay.probe import Probe
@@ -27,6 +28,7 @@ Handler = Callable[[bytes, str], None]  # (datagram, transport)
 UDP, UDS, UDS_STREAM = "udp", "uds", "uds_stream"
 _FRAME_HEADER = struct.Struct("<I")
 _BATCH = 64  # datagrams read per wakeup, so one busy socket cannot starve the rest of the loop
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux's number; Python does not name it
 _MAX_FRAME = 8 * 1024 * 1024  # a stream frame claiming more is a broken client: the connection is closed
 
 
@@ -56,8 +58,17 @@ class ListenError(Exception):
     """A listener could not start (address in use, path taken by a file, ...)."""
 
 
+def native_reader() -> type | None:
+    """The C reader thread (relay/_reader.c) when it was built: optional, Linux only."""
+    try:
+        from relay._reader import Reader
+    except ImportError:
+        return None
+    return Reader
+
+
 class _DatagramReader:
-    """Drains a datagram socket on each wakeup and hands the batch over at once.
+    """Hands each batch of a datagram socket to the handler at once; the event loop reads the socket itself.
 
     Datagrams are joined with "\n" (what the Agent's packet assembler does), which costs one copy and saves a
     callback, a clock read and a bucket lookup per datagram. A transport with dogstatsd_eol_required keeps its
@@ -77,7 +88,15 @@ class _DatagramReader:
         self.probe = probe
         self.taps = taps
 
+    @property
+    def wakeup(self) -> socket.socket | int:
+        """What the event loop waits on before calling on_readable."""
+        return self.sock
+
     def on_readable(self) -> None:
+        self.deliver(self._receive())
+
+    def _receive(self) -> list[bytes]:
         recv, size = self.sock.recv, self.max_size + 1  # one byte more tells a truncated datagram apart
         chunks: list[bytes] = []
         try:
@@ -88,6 +107,13 @@ class _DatagramReader:
         except OSError as error:
             self.stats.read_errors[self.name] += 1
             logger.warning("%s read error: %s", self.name, error)
+        if chunks and max(map(len, chunks)) > self.max_size:
+            # The Agent reads into a dogstatsd_buffer_size buffer: the tail of a longer datagram is lost.
+            self.stats.truncated[self.name] += sum(len(chunk) > self.max_size for chunk in chunks)
+            chunks = [chunk[: self.max_size] for chunk in chunks]
+        return chunks
+
+    def deliver(self, chunks: list[bytes]) -> None:
         if self.probe is not None and chunks:
             chunks = self.probe.strip(chunks)
         if not chunks:
@@ -95,10 +121,6 @@ class _DatagramReader:
         stats = self.stats
         stats.packets[self.name] += len(chunks)
         stats.bytes[self.name] += sum(map(len, chunks))
-        if max(map(len, chunks)) > self.max_size:
-            # The Agent reads into a dogstatsd_buffer_size buffer: the tail of a longer datagram is lost.
-            stats.truncated[self.name] += sum(len(chunk) > self.max_size for chunk in chunks)
-            chunks = [chunk[: self.max_size] for chunk in chunks]
         if self.taps.open:
             self.taps(chunks, self.name)
         if self.join:
@@ -106,6 +128,41 @@ class _DatagramReader:
         else:
             for chunk in chunks:
                 self.handler(chunk, self.name)
+
+    def drain(self) -> None:
+        """At stop: what the socket still holds, read to the end."""
+        while chunks := self._receive():
+            self.deliver(chunks)
+
+
+class _ThreadedReader(_DatagramReader):
+    """The same, but a native thread drains the socket into a bounded queue without waiting for the interpreter
+    (the Agent's reader goroutine and dogstatsd_queue_size); the event loop wakes once per batch and takes it all.
+    A datagram that finds the queue full is dropped and counted (relay_reader_queue_drops_total)."""
+
+    def __init__(self, reader_type: type, queue_bytes: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.native = reader_type(self.sock.fileno(), self.max_size, queue_bytes)
+        self.stats.gauges[f"queue_drops:{self.name}"] = lambda: self.native.dropped
+        self.stats.gauges[f"queue_bytes:{self.name}"] = lambda: self.native.queued_bytes
+
+    @property
+    def wakeup(self) -> socket.socket | int:
+        return int(self.native.wakeup_fd)
+
+    def on_readable(self) -> None:
+        chunks, truncated, errors = self.native.take()
+        if truncated:
+            self.stats.truncated[self.name] += truncated
+        if errors:
+            self.stats.read_errors[self.name] += errors
+            logger.warning("%s read error: %s", self.name, self.native.last_error)
+        self.deliver(chunks)
+
+    def drain(self) -> None:
+        self.native.stop()
+        self.on_readable()  # what the thread had queued
+        super().drain()
 
 
 class Listeners:
@@ -120,7 +177,7 @@ class Listeners:
         self.probe = Probe(stats, config.relay_probe_interval) if config.relay_probe_interval else None
         self._probing: asyncio.Task[None] | None = None
         self._tee: Tee | None = None
-        self._readers: list[socket.socket] = []
+        self._readers: list[_DatagramReader] = []
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._paths: list[Path] = []
@@ -181,8 +238,14 @@ class Listeners:
         self._set_receive_buffer(sock, name)
         sock.setblocking(False)
         join = not self.config.eol_required_for(name)
-        reader = _DatagramReader(
+        arguments = (
             sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join, self.probe, self.taps
+        )  # fmt: skip
+        reader_type, queue_bytes = native_reader(), self.config.relay_receive_queue_bytes
+        reader = (
+            _ThreadedReader(reader_type, queue_bytes, *arguments)
+            if reader_type is not None and queue_bytes
+            else _DatagramReader(*arguments)
         )
         address = sock.getsockname()  # a path for a Unix socket
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -191,14 +254,19 @@ class Listeners:
             self.stats.gauges[f"kernel_drops:{name}"] = lambda: kernel_drops(inode)
         if self.probe is not None:
             self.probe.add_target(name, sock.family, address)
-        asyncio.get_running_loop().add_reader(sock, reader.on_readable)
-        self._readers.append(sock)
+        asyncio.get_running_loop().add_reader(reader.wakeup, reader.on_readable)
+        self._readers.append(reader)
 
     def _set_receive_buffer(self, sock: socket.socket, name: str) -> None:
+        """dogstatsd_so_rcvbuf, forced past net.core.rmem_max where the relay may (CAP_NET_ADMIN), else asked for
+        and warned about when the kernel clamps it."""
         wanted = self.config.dogstatsd_so_rcvbuf
         if not wanted:
             return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, wanted)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports twice the size
         self.stats.info.setdefault("receive_buffers_wanted", {})[name] = wanted
         if granted < wanted:
@@ -247,11 +315,12 @@ class Listeners:
         if self._probing is not None:
             self._probing.cancel()
             await asyncio.gather(self._probing, return_exceptions=True)
+        for reader in self._readers:
+            loop.remove_reader(reader.wakeup)
+            reader.drain()
+            reader.sock.close()
         if self._tee is not None:
             self._tee.close()
-        for sock in self._readers:
-            loop.remove_reader(sock)
-            sock.close()
         for server in self._servers:
             server.close()
         for task in list(self._connections):

@@ -52,13 +52,14 @@ class Stats:
     check_errors: dict[str, str] = field(default_factory=dict)  # checks that could not be loaded
     destinations: dict[str, Stats] = field(default_factory=dict)  # additional_endpoints: "host ***key" → counters
 
+    def per_listener(self, gauge: str) -> dict[str, int]:
+        """A gauge registered per listener as "gauge:listener" (kernel_drops from /proc, the reader queue's
+        queue_drops and queue_bytes), read at the time of asking."""
+        prefix = gauge + ":"
+        return {name[len(prefix) :]: int(read()) for name, read in self.gauges.items() if name.startswith(prefix)}
+
     def kernel_drops(self) -> dict[str, int]:
-        """Per listener, read from /proc at the time of asking."""
-        return {
-            name.partition(":")[2]: int(read())
-            for name, read in self.gauges.items()
-            if name.startswith("kernel_drops:")
-        }
+        return self.per_listener("kernel_drops")
 
     def gauge(self, name: str) -> float:
         read = self.gauges.get(name)
@@ -82,6 +83,8 @@ class Stats:
                     "truncated": self.truncated[transport],
                     "read_errors": self.read_errors[transport],
                     "kernel_drops": self.kernel_drops().get(transport, 0),
+                    "queue_drops": self.per_listener("queue_drops").get(transport, 0),
+                    "queued_bytes": self.per_listener("queue_bytes").get(transport, 0),
                 }
                 for transport in sorted(set(self.info.get("listeners", {})) | set(self.packets))
             },
@@ -163,6 +166,18 @@ class RelayCollector:
             "Datagrams the kernel dropped because the socket's receive buffer was full.",
             ["listener"],
             s.kernel_drops(),
+        )
+        yield _counter(
+            "relay_receive_queue_drops",
+            "Datagrams the reader thread dropped because relay.receive_queue_bytes was full.",
+            ["listener"],
+            s.per_listener("queue_drops"),
+        )
+        yield _gauge_family(
+            "relay_receive_queue_bytes",
+            "Bytes of datagrams read from the socket and waiting for ingest.",
+            ["listener"],
+            s.per_listener("queue_bytes"),
         )
         yield _gauge_family(
             "relay_probe_loss_ratio",

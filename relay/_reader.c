@@ -1,0 +1,343 @@
+/* A datagram socket drained by a native thread, so that the kernel queue empties while Python is busy
+ * (relay/listen.py). Optional and Linux-only: without it, the event loop reads the socket itself.
+ *
+ *   Reader(fd, max_size, queue_bytes)
+ *
+ * starts a thread that waits on `fd` with poll() and empties it with recvmmsg(), 64 datagrams at a time, without
+ * the GIL (it never touches a Python object). Each datagram is appended to an in-memory queue bounded at
+ * `queue_bytes`; a datagram that does not fit is dropped and counted (`dropped`, `dropped_bytes`). A datagram
+ * longer than `max_size` keeps its first `max_size` bytes and is counted in `truncated`, as the Agent's reader cuts
+ * it at dogstatsd_buffer_size. The first datagram queued after a `take` writes to `wakeup_fd` (an eventfd), so
+ * the event loop wakes once per batch, not once per datagram.
+ *
+ *   take() -> (datagrams: list[bytes], truncated: int, errors: int)
+ *
+ * empties the queue (what was queued since the last take; the counts are of the same datagrams) and clears the
+ * eventfd. `stop()` ends the thread and joins it; what it had queued is still there for a last `take`.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#ifdef __linux__  /* Python.h defines _GNU_SOURCE, which recvmmsg needs */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH 64
+
+typedef struct {
+    char *data;
+    size_t used, size;
+} Buffer;
+
+typedef struct {
+    PyObject_HEAD
+    int fd, wakeup_fd, stop_fd;
+    size_t max_size, queue_bytes;
+    pthread_mutex_t lock;
+    Buffer queue, spare;        /* records: a uint32 length then its bytes; `spare` is the one being taken */
+    size_t queued_datagrams, queued_bytes;
+    int woken;                  /* wakeup_fd written since the last take */
+    unsigned long long truncated, errors, dropped, dropped_bytes;  /* under `lock`; the first two since a take */
+    unsigned long long total_truncated, total_errors;
+    int last_errno;
+    pthread_t thread;
+    int started, stopping;
+} Reader;
+
+/* Append one record to the queue, growing it up to its bound; 0 when it does not fit. Called under the lock. */
+static int enqueue(Reader *self, const char *data, uint32_t length) {
+    if (self->queued_bytes + length > self->queue_bytes) return 0;  /* the bound counts datagram bytes only */
+    size_t needed = self->queue.used + sizeof length + length;
+    if (needed > self->queue.size) {
+        size_t size = self->queue.size ? self->queue.size : 1 << 16;
+        while (size < needed) size *= 2;
+        char *grown = realloc(self->queue.data, size);
+        if (grown == NULL) return 0;
+        self->queue.data = grown;
+        self->queue.size = size;
+    }
+    memcpy(self->queue.data + self->queue.used, &length, sizeof length);
+    memcpy(self->queue.data + self->queue.used + sizeof length, data, length);
+    self->queue.used = needed;
+    self->queued_datagrams++;
+    self->queued_bytes += length;
+    return 1;
+}
+
+static double now_seconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + now.tv_nsec / 1e9;
+}
+
+/* Write the eventfd unless it was written since the last take. */
+static void wake(Reader *self) {
+    pthread_mutex_lock(&self->lock);
+    int first = !self->woken;
+    self->woken = 1;
+    pthread_mutex_unlock(&self->lock);
+    if (first) {
+        uint64_t one = 1;
+        ssize_t written = write(self->wakeup_fd, &one, sizeof one);
+        (void)written;  /* an eventfd only refuses at 2^64-2: then it is readable anyway */
+    }
+}
+
+/* The event loop is woken once datagrams have waited WAKE_DELAY, or WAKE_BYTES of them wait, whichever comes
+ * first: a burst of small datagrams then costs the interpreter one wakeup, not one each, and the interpreter
+ * leaves the cores to this thread and the clients while the burst lasts. */
+#define WAKE_DELAY 0.002
+#define WAKE_BYTES (256 * 1024)
+
+static void *drain(void *argument) {
+    Reader *self = argument;
+    size_t slot = self->max_size + 1;  /* one byte more tells a truncated datagram apart */
+    char *scratch = malloc(slot * BATCH);
+    struct mmsghdr messages[BATCH];
+    struct iovec vectors[BATCH];
+    if (scratch == NULL) return NULL;
+    for (int i = 0; i < BATCH; i++) {
+        vectors[i].iov_base = scratch + slot * i;
+        vectors[i].iov_len = slot;
+    }
+    struct pollfd waits[2] = {{.fd = self->fd, .events = POLLIN}, {.fd = self->stop_fd, .events = POLLIN}};
+    double first_waiting = 0;  /* when the oldest datagram not yet signalled was queued; 0: none */
+    while (!__atomic_load_n(&self->stopping, __ATOMIC_ACQUIRE)) {
+        memset(messages, 0, sizeof messages);
+        for (int i = 0; i < BATCH; i++) {
+            messages[i].msg_hdr.msg_iov = &vectors[i];
+            messages[i].msg_hdr.msg_iovlen = 1;
+        }
+        int received = recvmmsg(self->fd, messages, BATCH, MSG_DONTWAIT, NULL);
+        if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct timespec timeout = {0, 0}, *wait_for = NULL;  /* NULL: until a datagram or stop */
+            if (first_waiting) {
+                double left = first_waiting + WAKE_DELAY - now_seconds();
+                if (left <= 0) {
+                    wake(self);
+                    first_waiting = 0;
+                    continue;
+                }
+                timeout.tv_nsec = (long)(left * 1e9);
+                wait_for = &timeout;
+            }
+            if (ppoll(waits, 2, wait_for, NULL) < 0 && errno != EINTR) break;
+            if (waits[1].revents) break;
+            continue;
+        }
+        if (received < 0) {
+            if (errno == EINTR) continue;
+            pthread_mutex_lock(&self->lock);
+            self->errors++;
+            self->last_errno = errno;
+            pthread_mutex_unlock(&self->lock);
+            if (errno == EBADF || errno == ENOTSOCK) break;
+            first_waiting = first_waiting ? first_waiting : now_seconds();  /* the loop counts the error */
+            continue;
+        }
+        pthread_mutex_lock(&self->lock);
+        for (int i = 0; i < received; i++) {
+            uint32_t length = messages[i].msg_len;
+            if (length > self->max_size || (messages[i].msg_hdr.msg_flags & MSG_TRUNC)) {
+                length = (uint32_t)self->max_size;
+                self->truncated++;
+            }
+            if (!enqueue(self, (char *)vectors[i].iov_base, length)) {
+                self->dropped++;
+                self->dropped_bytes += length;
+            }
+        }
+        int signalled = self->woken, full = self->queued_bytes >= WAKE_BYTES;
+        pthread_mutex_unlock(&self->lock);
+        if (signalled || full) {
+            if (!signalled) wake(self);
+            first_waiting = 0;  /* the loop takes these with the rest */
+        } else if (!first_waiting) {
+            first_waiting = now_seconds();
+        }
+    }
+    free(scratch);
+    return NULL;
+}
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"fd", "max_size", "queue_bytes", NULL};
+    int fd;
+    Py_ssize_t max_size, queue_bytes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inn", keywords, &fd, &max_size, &queue_bytes)) return -1;
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "a Reader is started once");
+        return -1;
+    }
+    if (max_size < 1 || max_size > (1 << 24) || queue_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_size must be 1..16 MiB and queue_bytes >= 0");
+        return -1;
+    }
+    self->fd = fd;
+    self->max_size = (size_t)max_size;
+    self->queue_bytes = (size_t)queue_bytes;
+    self->wakeup_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (self->wakeup_fd < 0 || self->stop_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    pthread_mutex_init(&self->lock, NULL);
+    int failed = pthread_create(&self->thread, NULL, drain, self);
+    if (failed) {
+        errno = failed;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->started = 1;
+    return 0;
+}
+
+static void stop_thread(Reader *self) {
+    if (!self->started) return;
+    __atomic_store_n(&self->stopping, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    ssize_t written = write(self->stop_fd, &one, sizeof one);
+    (void)written;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(self->thread, NULL);
+    Py_END_ALLOW_THREADS
+    self->started = 0;
+}
+
+static PyObject *Reader_stop(Reader *self, PyObject *unused) {
+    stop_thread(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_take(Reader *self, PyObject *unused) {
+    uint64_t ignored;
+    ssize_t cleared = read(self->wakeup_fd, &ignored, sizeof ignored);
+    (void)cleared;  /* EAGAIN: nothing to clear */
+    pthread_mutex_lock(&self->lock);
+    Buffer taken = self->queue;
+    self->queue = self->spare;
+    self->queue.used = 0;
+    size_t count = self->queued_datagrams;
+    unsigned long long truncated = self->truncated, errors = self->errors;
+    self->queued_datagrams = self->queued_bytes = 0;
+    self->truncated = self->errors = 0;
+    self->woken = 0;
+    pthread_mutex_unlock(&self->lock);
+    self->total_truncated += truncated;
+    self->total_errors += errors;
+    PyObject *datagrams = PyList_New((Py_ssize_t)count);
+    size_t offset = 0;
+    for (size_t i = 0; datagrams != NULL && i < count; i++) {
+        uint32_t length;
+        memcpy(&length, taken.data + offset, sizeof length);
+        PyObject *datagram = PyBytes_FromStringAndSize(taken.data + offset + sizeof length, length);
+        if (datagram == NULL) {
+            Py_CLEAR(datagrams);
+            break;
+        }
+        PyList_SET_ITEM(datagrams, (Py_ssize_t)i, datagram);
+        offset += sizeof length + length;
+    }
+    taken.used = 0;
+    self->spare = taken;  /* its memory serves the next take */
+    if (datagrams == NULL) return NULL;
+    return Py_BuildValue("(NKK)", datagrams, truncated, errors);
+}
+
+static PyObject *Reader_get_queued_bytes(Reader *self, void *closure) {
+    pthread_mutex_lock(&self->lock);
+    size_t bytes = self->queued_bytes;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromSize_t(bytes);
+}
+
+static PyObject *Reader_get_dropped(Reader *self, void *closure) {
+    pthread_mutex_lock(&self->lock);
+    unsigned long long dropped = self->dropped;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromUnsignedLongLong(dropped);
+}
+
+static PyObject *Reader_get_dropped_bytes(Reader *self, void *closure) {
+    pthread_mutex_lock(&self->lock);
+    unsigned long long dropped = self->dropped_bytes;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromUnsignedLongLong(dropped);
+}
+
+static PyObject *Reader_get_last_error(Reader *self, void *closure) {
+    pthread_mutex_lock(&self->lock);
+    int error = self->last_errno;
+    pthread_mutex_unlock(&self->lock);
+    return PyUnicode_FromString(error ? strerror(error) : "");
+}
+
+static void Reader_dealloc(Reader *self) {
+    stop_thread(self);
+    if (self->wakeup_fd > 0) close(self->wakeup_fd);
+    if (self->stop_fd > 0) close(self->stop_fd);
+    free(self->queue.data);
+    free(self->spare.data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"take", (PyCFunction)Reader_take, METH_NOARGS, "Empty the queue: (datagrams, truncated, errors)."},
+    {"stop", (PyCFunction)Reader_stop, METH_NOARGS, "End the thread; what it queued stays for a last take."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Reader_members[] = {
+    {"wakeup_fd", T_INT, offsetof(Reader, wakeup_fd), READONLY, "readable when datagrams wait"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Reader_getset[] = {
+    {"queued_bytes", (getter)Reader_get_queued_bytes, NULL, "bytes of datagrams waiting for a take", NULL},
+    {"dropped", (getter)Reader_get_dropped, NULL, "datagrams dropped because the queue was full", NULL},
+    {"dropped_bytes", (getter)Reader_get_dropped_bytes, NULL, "their bytes", NULL},
+    {"last_error", (getter)Reader_get_last_error, NULL, "the last read error, or ''", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "relay._reader.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A datagram socket drained by a native thread into a bounded queue.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_methods = Reader_methods,
+    .tp_members = Reader_members,
+    .tp_getset = Reader_getset,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "relay._reader", NULL, -1, NULL};
+
+PyMODINIT_FUNC PyInit__reader(void) {
+    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    PyObject *created = PyModule_Create(&module);
+    if (created == NULL) return NULL;
+    Py_INCREF(&ReaderType);
+    if (PyModule_AddObject(created, "Reader", (PyObject *)&ReaderType) < 0) {
+        Py_DECREF(&ReaderType);
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
+}
+
+#else  /* not Linux: no module, so relay/listen.py reads the sockets on the event loop */
+#error "relay._reader needs recvmmsg and eventfd (Linux)"
+#endif
