@@ -43,7 +43,7 @@ def markdown(result: Result, command: str, seconds: float) -> str:
     if result.windows:
         lines += [
             "",
-            "| server | offered lines/s | accepted lines/s | kernel loss | relay-counted lines | CPU % | RSS MiB |",
+            "| server | offered lines/s | accepted lines/s | loss | relay-counted lines | CPU % | RSS MiB |",
             "|---|---|---|---|---|---|---|",
         ]
         for w in result.windows:

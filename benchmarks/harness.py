@@ -80,14 +80,14 @@ def write_datagrams(datagrams: list[bytes]) -> Path:
     return path
 
 
-def generator_binary() -> Path | None:
-    """The C generator, compiled once; None when no C compiler is installed (the Python one is used)."""
+def compiled(program: str) -> Path | None:
+    """benchmarks/PROGRAM.c, compiled once; None when no C compiler is installed."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
     BUILD.mkdir(exist_ok=True)
-    binary = BUILD / "loadgen"
-    source = HERE / "loadgen.c"
+    binary = BUILD / program
+    source = HERE / f"{program}.c"
     if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
         subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
     return binary
@@ -101,7 +101,7 @@ def send(target: str, datagrams_file: Path, rate: float, seconds: float, clients
             results = list(pool.map(lambda _: send(target, datagrams_file, rate / clients, seconds), range(clients)))
         return {"sent": sum(r["sent"] for r in results), "seconds": max(r["seconds"] for r in results)}
     kind, _, where = target.partition(":")
-    binary = generator_binary()
+    binary = compiled("loadgen")  # without a compiler, the Python generator
     if binary is not None:
         address = ["udp", "127.0.0.1", where] if kind == "udp" else ["unix", where]
         command = [str(binary), *address, str(datagrams_file), str(rate), str(seconds)]
@@ -121,6 +121,14 @@ class Server:
     def accepted_lines(self) -> int | None:
         """Lines the server says it accepted, where it says so."""
         return None
+
+    def own_drops(self) -> int:
+        """Datagrams the server itself dropped after the kernel handed them over (the relay's reader queue)."""
+        return 0
+
+    def backlog(self) -> int:
+        """Bytes read from the socket and not yet processed, where the server says so."""
+        return 0
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -146,7 +154,6 @@ class Relay(Server):
             "DD_DD_URL": intake_url,
             "DD_DOGSTATSD_PORT": str(self.port),
             "DD_RELAY_HEALTH_PORT": str(self.health),
-            "DD_DOGSTATSD_SO_RCVBUF": str(min(rmem_max(), 32 << 20) or 4 << 20),
             "DD_DOGSTATSD_SOCKET": socket_path,
             "DD_LOG_LEVEL": "warn",
             **env,
@@ -172,6 +179,40 @@ class Relay(Server):
         status = self.status() or {}
         messages = status.get("messages", {})
         return sum(kind.get("ok", 0) + kind.get("error", 0) for kind in messages.values())
+
+    def own_drops(self) -> int:
+        listeners = (self.status() or {}).get("listeners", {})
+        return sum(listener.get("queue_drops", 0) for listener in listeners.values())
+
+    def backlog(self) -> int:
+        listeners = (self.status() or {}).get("listeners", {})
+        return sum(listener.get("queued_bytes", 0) for listener in listeners.values())
+
+
+class CReader(Server):
+    """benchmarks/creader.c: a blocking recvmmsg loop that only counts, the reference of what this machine's
+    kernel and scheduler let any server receive."""
+
+    name = "C reader"
+
+    def __init__(self, socket_path: str = "") -> None:
+        binary = compiled("creader")
+        if binary is None:
+            raise RuntimeError("the C reader needs a C compiler")
+        self.port = free_port()
+        self.socket_path = socket_path
+        where = ["unix", socket_path] if socket_path else ["udp", str(self.port)]
+        self.process = subprocess.Popen(
+            [str(binary), *where], preexec_fn=pinned(SERVER_CPU), stdout=subprocess.PIPE, text=True
+        )
+        _wait(lambda: Path(socket_path).exists() if socket_path else _bound(self.port), "C reader")
+
+    def count(self) -> int:
+        """Datagrams received since the last count."""
+        with socket.socket(socket.AF_UNIX if self.socket_path else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"!count", self.socket_path or ("127.0.0.1", self.port))
+        assert self.process.stdout is not None
+        return int(self.process.stdout.readline())
 
 
 class EtsyStatsd(Server):
@@ -230,17 +271,20 @@ class Window:
     lines_per_datagram: float
     seconds: float
     kernel_drops: int
+    queue_drops: int  # dropped by the server after the kernel (the relay's reader queue)
     server_counted_lines: int | None
     cpu_percent: float
     rss_bytes: int
 
     @property
     def loss(self) -> float:
-        return self.kernel_drops / self.sent_datagrams if self.sent_datagrams else 0.0
+        lost = self.kernel_drops + self.queue_drops
+        return lost / self.sent_datagrams if self.sent_datagrams else 0.0
 
     @property
     def accepted_lines_per_s(self) -> float:
-        return (self.sent_datagrams - self.kernel_drops) * self.lines_per_datagram / self.seconds
+        lost = self.kernel_drops + self.queue_drops
+        return (self.sent_datagrams - lost) * self.lines_per_datagram / self.seconds
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "loss": self.loss, "accepted_lines_per_s": self.accepted_lines_per_s}
@@ -251,11 +295,12 @@ def measure(
 ) -> Window:
     """Send for `seconds`, wait for the server's queue to drain, and read the counters."""
     _, drops_before = udp_socket_stats(server.port)
+    own_before = server.own_drops()
     lines_before = server.accepted_lines()
     cpu_before, _ = process_usage(server.process.pid)
     result = send(f"udp:{server.port}", datagrams_file, rate, seconds, clients)
     deadline = time.monotonic() + 30
-    while udp_socket_stats(server.port)[0] and time.monotonic() < deadline:
+    while (udp_socket_stats(server.port)[0] or server.backlog()) and time.monotonic() < deadline:
         time.sleep(0.05)
     cpu_after, rss = process_usage(server.process.pid)
     _, drops_after = udp_socket_stats(server.port)
@@ -268,6 +313,7 @@ def measure(
         lines_per_datagram=lines_per_datagram,
         seconds=result["seconds"],
         kernel_drops=drops_after - drops_before,
+        queue_drops=server.own_drops() - own_before,
         server_counted_lines=counted,
         cpu_percent=100 * (cpu_after - cpu_before) / result["seconds"],
         rss_bytes=rss,

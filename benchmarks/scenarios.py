@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import (
+    LOAD_CPU,
     SERVER_CPU,
+    CReader,
     EtsyStatsd,
     Intake,
     Relay,
     Server,
     Window,
     measure,
+    pinned,
     process_usage,
     send,
     write_datagrams,
@@ -323,7 +326,164 @@ def from_capture(seconds: float, path: Path) -> Result:
     return Result("capture", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
 
 
+# The relay as it was before the reader thread: the event loop reads the sockets, with the OS default buffer.
+EVENT_LOOP_READER = {"DD_RELAY_RECEIVE_QUEUE_BYTES": "0", "DD_DOGSTATSD_SO_RCVBUF": "0"}
+READERS: dict[str, dict[str, str]] = {"before": EVENT_LOOP_READER, "after": {}}
+
+
+def labelled_relay(intake: Intake, label: str, **env: str) -> Relay:
+    relay = Relay(intake.url, **READERS[label], **env)
+    relay.name = f"dogstatsd-relay ({label})"
+    return relay
+
+
+def reader_fixed_rates(seconds: float, rates: tuple[int, ...] = (300_000, 500_000, 800_000)) -> Result:
+    """The 6-type mix offered at fixed rates (lines/s) to the relay before and after, at its defaults otherwise:
+    the share of lines accepted, flushes included (a window spans two or more of them)."""
+    file = write_datagrams(datagrams(20, 1000, True, 5000))
+    intake = Intake()
+    summary: dict[str, Any] = {"lines_per_datagram": 20, "contexts": 1000, "type_mix": True}
+    windows: list[Window] = []
+    try:
+        for label in READERS:
+            relay = labelled_relay(intake, label)
+            try:
+                for rate in rates:
+                    window = measure(relay, file, 20, rate / 20, seconds)
+                    windows.append(window)
+                    summary[f"{label}_accepted_percent_at_{rate // 1000}k"] = round(100 * (1 - window.loss), 3)
+            finally:
+                relay.stop()
+    finally:
+        intake.stop()
+        file.unlink()
+    return Result("reader-mix", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
+
+
+def reader_new_contexts(seconds: float, rates: tuple[int, ...] = (50_000, 100_000, 200_000)) -> Result:
+    """300,000 counter contexts never seen before, offered once at each rate (lines/s), 20 a datagram, to a fresh
+    relay before and after; then 1,000,000 at the highest rate, with the relay's RSS. `seconds` is not used."""
+    summary: dict[str, Any] = {"lines_per_datagram": 20}
+    windows: list[Window] = []
+    intake = Intake()
+    try:
+        for count, offered in [*((300_000, rate) for rate in rates), (1_000_000, rates[-1])]:
+            names = [f"bench.new.{i % 1000}:1|c|#env:bench,id:{i}" for i in range(count)]
+            file = write_datagrams([("\n".join(names[i : i + 20])).encode() for i in range(0, count, 20)])
+            for label in READERS:
+                relay = labelled_relay(intake, label, DD_RELAY_FLUSH_INTERVAL="10")
+                try:
+                    window = measure(relay, file, 20, offered / 20, count / offered)
+                    _, rss = process_usage(relay.process.pid)
+                finally:
+                    relay.stop()
+                windows.append(window)
+                key = f"{label}_{count // 1000}k_at_{offered // 1000}k"
+                summary[f"{key}_accepted_percent"] = round(100 * (1 - window.loss), 2)
+                summary[f"{key}_counted_lines"] = window.server_counted_lines
+                summary[f"{key}_rss_mib"] = round(rss / 2**20)
+            file.unlink()
+    finally:
+        intake.stop()
+    return Result("reader-new-contexts", summary, windows, {"kind": "none"})
+
+
+def reader_one_line(seconds: float) -> Result:
+    """1 line a datagram: the highest rate with < 0.1 % loss, and flat out, for the relay before and after and
+    for the C reader (which only counts) on the same load."""
+    file = write_datagrams(datagrams(1, 1000, False, 100_000))
+    intake = Intake()
+    summary: dict[str, Any] = {"lines_per_datagram": 1}
+    windows: list[Window] = []
+    servers: list[Callable[[], Server]] = [
+        *(lambda label=label: labelled_relay(intake, label) for label in READERS),
+        CReader,
+    ]
+    try:
+        for make in servers:
+            server = make()
+            try:
+                best, measured = sweep(server, file, 1, seconds)
+            finally:
+                server.stop()
+            windows += measured
+            summary[f"{server.name}_max_datagrams_per_s"] = round(best)
+            summary[f"{server.name}_flat_out_datagrams_per_s"] = round(measured[0].accepted_lines_per_s)
+    finally:
+        intake.stop()
+        file.unlink()
+    return Result("reader-udp-1", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
+
+
+def client_uds(seconds: float, tries: int = 11, metrics: int = 600) -> Result:
+    """The official Python client at its defaults sends `metrics` increments in a loop over a Unix datagram socket
+    (its send drops on EAGAIN when the socket's queue, net.unix.max_dgram_qlen, is full): the share that arrives,
+    per try, at the relay before and after and at the C reader. `seconds` is not used."""
+    import subprocess
+    import sys
+    import tempfile
+
+    sender = (
+        "import sys\nfrom datadog.dogstatsd.base import DogStatsd\n"
+        "client = DogStatsd(socket_path=sys.argv[1])\n"
+        f"for i in range({metrics}):\n    client.increment('bench.uds', tags=['i:%d' % (i % 10)])\n"
+    )
+
+    def burst(path: str) -> None:
+        subprocess.run([sys.executable, "-c", sender, path], check=True, preexec_fn=pinned(LOAD_CPU))
+
+    summary: dict[str, Any] = {
+        "metrics_per_try": metrics,
+        "net.unix.max_dgram_qlen": _sysctl("net/unix/max_dgram_qlen"),
+    }
+    intake = Intake()
+    try:
+        for label in [*READERS, "C reader"]:
+            path = str(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "dsd.socket")
+            arrived = []
+            if label == "C reader":
+                reader = CReader(socket_path=path)
+                try:
+                    for _ in range(tries):
+                        burst(path)
+                        time.sleep(0.2)
+                        arrived.append(reader.count())
+                finally:
+                    reader.stop()
+            else:
+                relay = labelled_relay(intake, label, DD_DOGSTATSD_SOCKET=path, DD_DOGSTATSD_PORT="0")
+                try:
+                    for _ in range(tries):
+                        before = _uds_packets(relay)
+                        burst(path)
+                        time.sleep(0.2)
+                        arrived.append(_uds_packets(relay) - before)
+                finally:
+                    relay.stop()
+            percents = sorted(round(100 * count / metrics, 1) for count in arrived)
+            summary[f"{label}_arrived_percent"] = percents
+            summary[f"{label}_median_percent"] = percents[len(percents) // 2]
+    finally:
+        intake.stop()
+    return Result("client-uds", summary, [], {"kind": "none"})
+
+
+def _uds_packets(relay: Relay) -> int:
+    return int(((relay.status() or {}).get("listeners", {}).get("uds") or {}).get("packets", 0))
+
+
+def _sysctl(name: str) -> str:
+    try:
+        return Path("/proc/sys", name).read_text().strip()
+    except OSError:
+        return "?"
+
+
 SCENARIOS: dict[str, Callable[[float], Result]] = {
+    "reader-mix": reader_fixed_rates,
+    "reader-new-contexts": reader_new_contexts,
+    "reader-udp-1": reader_one_line,
+    "client-uds": client_uds,
     "workers-1-client": lambda seconds: workers(seconds, clients=1),
     "workers-4-clients": lambda seconds: workers(seconds, clients=4),
     "udp-1": lambda seconds: throughput("udp-1", 1, False, peer=False, seconds=seconds),
