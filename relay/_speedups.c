@@ -1,12 +1,14 @@
 /* The ingest fast path of relay/ingest.py (Ingest._lines), in C. Optional: without it, Python does the same.
  *
- *   ingest(data, offset, shapes, gauges, counters, sets, histograms, distributions) -> (accepted, blocked, stop)
+ *   ingest(data, offset, shapes, gauges, counters, sets, histograms, distributions, learner)
+ *       -> (accepted, blocked, stop)
  *
  * Applies the lines of `data` from `offset` whose shape is already in `shapes` (b"name:suffix" -> (slot, kind,
  * rate, copy slot)) and whose value is a plain decimal number (or, for sets, any non-empty member). It stops at
  * the first other line and returns that line's offset as `stop` (len(data) when every line was taken), so the
  * caller handles that one line in Python and calls again: lines are applied in datagram order either way.
  * Numbers are parsed by PyOS_string_to_double, the routine behind float(), so results are identical.
+ * With a `learner` (see learn()), the plain first sight of a context is learned here too.
  *
  *   sketch_insert(samples, bins, (count, sum, min, max), (min_value, log_gamma, bias, max_key, inf_key))
  *       -> (count, sum, min, max)
@@ -125,13 +127,185 @@ static int add_member(PyObject *sets, PyObject *slot, const char *text, Py_ssize
     return failed;
 }
 
+/* The first sight of a context, in C (Ingest._first_sight does the same in Python, and decides the rest).
+ *
+ * `learner` is (Context, hostname, extra_tags, blocklist, strings, strings_limit, slot, copy_slot, shape_limit):
+ * the enricher's plain case (no namespace, mapper or prefix blocklist; relay/ingest.py builds it). A line is
+ * learned here only when the reference parser and the enricher would plainly agree: `name:number|type`, then
+ * any of `@rate` (a decimal) and `#tags` (valid UTF-8, none empty, none starting with `host:` or `dd.internal.`)
+ * and fields the parser ignores; no `T` timestamp, no packed values. Returns the new shape (a borrowed
+ * reference, stored in `shapes` under `key`), or NULL without an error for a line that Python must learn. */
+static const char *const TYPE_NAMES[] = {"g", "c", "s", "h", "ms", "d"};
+static const int TYPE_KINDS[] = {GAUGE, COUNTER, SET, HISTOGRAM, HISTOGRAM, DISTRIBUTION};
+
+static PyObject *shared(PyObject *strings, Py_ssize_t limit, PyObject *text) {
+    /* One copy of each name and tag (Enricher._shared): returns a new reference. */
+    PyObject *known = PyDict_GetItemWithError(strings, text);
+    if (known != NULL) { Py_INCREF(known); return known; }
+    if (PyErr_Occurred()) return NULL;
+    if (PyDict_GET_SIZE(strings) >= limit) PyDict_Clear(strings);
+    if (PyDict_SetItem(strings, text, text) < 0) return NULL;
+    Py_INCREF(text);
+    return text;
+}
+
+static int compare_strings(const void *a, const void *b) {
+    /* UTF-8 byte order is code point order: the order of Python's sorted() on str. */
+    PyObject *left = *(PyObject *const *)a, *right = *(PyObject *const *)b;
+    Py_ssize_t left_length, right_length;
+    const char *left_text = PyUnicode_AsUTF8AndSize(left, &left_length);
+    const char *right_text = PyUnicode_AsUTF8AndSize(right, &right_length);
+    int order = memcmp(left_text, right_text, left_length < right_length ? left_length : right_length);
+    if (order) return order;
+    return (left_length > right_length) - (left_length < right_length);
+}
+
+/* The context's tags: the raw tags and the extra tags, deduplicated and sorted; NULL (no error) to defer. */
+static PyObject *context_tags(const char *raw, Py_ssize_t length, PyObject *extra, PyObject *strings,
+                              Py_ssize_t limit) {
+    Py_ssize_t extra_count = PyTuple_GET_SIZE(extra), count = extra_count;
+    for (Py_ssize_t i = 0; i < length; i++) count += raw[i] == ',';
+    if (length > 0) count += 1;
+    PyObject **all = PyMem_Malloc((count ? count : 1) * sizeof *all);
+    if (all == NULL) { PyErr_NoMemory(); return NULL; }
+    Py_ssize_t filled = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t start = 0; length > 0 && start <= length;) {
+        const char *comma = memchr(raw + start, ',', length - start);
+        Py_ssize_t end = comma ? comma - raw : length;
+        Py_ssize_t size = end - start;
+        const char *tag = raw + start;
+        if (size == 0 || (size >= 5 && memcmp(tag, "host:", 5) == 0) ||
+            (size >= 12 && memcmp(tag, "dd.internal.", 12) == 0))
+            goto done;  /* the enricher's careful path */
+        PyObject *text = PyUnicode_DecodeUTF8(tag, size, NULL);
+        if (text == NULL) { PyErr_Clear(); goto done; }  /* invalid UTF-8: Python replaces it */
+        all[filled++] = text;
+        start = end + 1;
+    }
+    for (Py_ssize_t i = 0; i < extra_count; i++) {
+        Py_INCREF(PyTuple_GET_ITEM(extra, i));
+        all[filled++] = PyTuple_GET_ITEM(extra, i);
+    }
+    qsort(all, filled, sizeof *all, compare_strings);
+    Py_ssize_t unique = 0;
+    for (Py_ssize_t i = 0; i < filled; i++) {
+        if (unique && compare_strings(&all[unique - 1], &all[i]) == 0) { Py_DECREF(all[i]); continue; }
+        all[unique++] = all[i];
+    }
+    filled = unique;
+    result = PyTuple_New(unique);
+    for (Py_ssize_t i = 0; result != NULL && i < unique; i++) {
+        PyObject *tag = shared(strings, limit, all[i]);
+        if (tag == NULL) { Py_CLEAR(result); break; }
+        PyTuple_SET_ITEM(result, i, tag);
+    }
+done:
+    for (Py_ssize_t i = 0; i < filled; i++) Py_DECREF(all[i]);
+    PyMem_Free(all);
+    return result;
+}
+
+typedef struct {
+    PyObject *context_type, *hostname, *extra, *blocklist, *strings, *slot_of, *copy_slot_of;
+    Py_ssize_t strings_limit, shape_limit;
+} Learner;
+
+static int unpack_learner(PyObject *learner, Learner *out) {
+    return PyArg_ParseTuple(learner, "OOO!O!O!nOOn", &out->context_type, &out->hostname, &PyTuple_Type, &out->extra,
+                            &PyFrozenSet_Type, &out->blocklist, &PyDict_Type, &out->strings, &out->strings_limit,
+                            &out->slot_of, &out->copy_slot_of, &out->shape_limit);
+}
+
+static PyObject *learn(const char *line, Py_ssize_t length, const char *colon, const char *bar, const Learner *learner,
+                       PyObject *shapes, PyObject *key) {
+    PyObject *context_type = learner->context_type, *hostname = learner->hostname, *extra = learner->extra,
+             *blocklist = learner->blocklist, *strings = learner->strings, *slot_of = learner->slot_of,
+             *copy_slot_of = learner->copy_slot_of;
+    Py_ssize_t strings_limit = learner->strings_limit, shape_limit = learner->shape_limit;
+    Py_ssize_t name_length = colon - line;
+    if (name_length == 0 || memchr(line, '|', name_length) || memchr(colon + 1, ':', bar - colon - 1)) return NULL;
+    if (length >= 3 && (memcmp(line, "_e{", 3) == 0 || memcmp(line, "_sc", 3) == 0)) return NULL;  /* not metrics */
+    /* The type, then the optional fields. */
+    const char *end = line + length, *field = bar + 1;
+    const char *type_end = memchr(field, '|', end - field);
+    if (type_end == NULL) type_end = end;
+    int kind = -1;
+    for (int i = 0; i < 6; i++) {
+        size_t size = strlen(TYPE_NAMES[i]);
+        if ((size_t)(type_end - field) == size && memcmp(field, TYPE_NAMES[i], size) == 0) kind = TYPE_KINDS[i];
+    }
+    if (kind < 0) return NULL;
+    double rate = 1.0;
+    const char *tags = NULL;
+    Py_ssize_t tags_length = 0;
+    for (field = type_end; field < end;) {
+        field++;  /* past the '|' */
+        const char *next = memchr(field, '|', end - field);
+        if (next == NULL) next = end;
+        if (next > field && *field == '#') {
+            tags = field + 1;
+            tags_length = next - field - 1;
+        } else if (next > field && *field == '@') {
+            if (!parse_number(field + 1, next - field - 1, &rate)) return NULL;
+        } else if (next > field && *field == 'T') {
+            return NULL;  /* timestamped: the no-aggregation path */
+        }
+        field = next;
+    }
+    double number;
+    if (kind == SET ? bar == colon + 1 : !parse_number(colon + 1, bar - colon - 1, &number)) return NULL;
+    PyObject *name = PyUnicode_DecodeUTF8(line, name_length, NULL);
+    if (name == NULL) { PyErr_Clear(); return NULL; }
+    PyObject *shape = NULL, *context = NULL, *tag_tuple = NULL, *shared_name = NULL, *shared_host = NULL;
+    int blocked = PySet_Contains(blocklist, name);
+    if (blocked < 0) goto done;
+    if (blocked) {
+        shape = Py_BuildValue("(nidn)", (Py_ssize_t)-1, BLOCKED, 1.0, (Py_ssize_t)-1);
+    } else {
+        tag_tuple = context_tags(tags ? tags : "", tags_length, extra, strings, strings_limit);
+        if (tag_tuple == NULL) goto done;
+        shared_name = shared(strings, strings_limit, name);
+        shared_host = shared_name ? shared(strings, strings_limit, hostname) : NULL;
+        if (shared_host == NULL) goto done;
+        PyObject *fields = PyTuple_Pack(3, shared_name, shared_host, tag_tuple);
+        PyObject *arguments = fields ? PyTuple_Pack(1, fields) : NULL;
+        Py_XDECREF(fields);
+        if (arguments == NULL) goto done;
+        /* tuple.__new__(Context, fields): the NamedTuple without its Python-level __new__ */
+        context = PyTuple_Type.tp_new((PyTypeObject *)context_type, arguments, NULL);
+        Py_DECREF(arguments);
+        if (context == NULL) goto done;
+        PyObject *slot = PyObject_CallOneArg(slot_of, context);
+        if (slot == NULL) goto done;
+        PyObject *copy = kind == HISTOGRAM ? PyObject_CallOneArg(copy_slot_of, context) : PyLong_FromLong(-1);
+        if (copy == NULL) { Py_DECREF(slot); goto done; }
+        double stored = rate;
+        if (kind == COUNTER) stored = 1.0 / (rate > 0 && rate <= 1 ? rate : 1.0);  /* the counter's scale */
+        shape = Py_BuildValue("(NidN)", slot, kind, stored, copy);
+    }
+    if (shape == NULL) goto done;
+    if (PyDict_GET_SIZE(shapes) >= shape_limit) PyDict_Clear(shapes);
+    if (PyDict_SetItem(shapes, key, shape) < 0) Py_CLEAR(shape);
+    else Py_DECREF(shape);  /* `shapes` holds it: the borrowed reference stays valid */
+done:
+    Py_DECREF(name);
+    Py_XDECREF(context);
+    Py_XDECREF(tag_tuple);
+    Py_XDECREF(shared_name);
+    Py_XDECREF(shared_host);
+    return shape;
+}
+
 static PyObject *ingest(PyObject *module, PyObject *args) {
-    PyObject *data, *shapes, *gauges, *counters, *sets, *histograms, *distributions;
+    PyObject *data, *shapes, *gauges, *counters, *sets, *histograms, *distributions, *learner;
     Py_ssize_t offset;
-    if (!PyArg_ParseTuple(args, "SnO!O!O!O!O!O!", &data, &offset, &PyDict_Type, &shapes, &PyDict_Type, &gauges,
+    if (!PyArg_ParseTuple(args, "SnO!O!O!O!O!O!O", &data, &offset, &PyDict_Type, &shapes, &PyDict_Type, &gauges,
                           &PyDict_Type, &counters, &PyDict_Type, &sets, &PyDict_Type, &histograms, &PyDict_Type,
-                          &distributions))
+                          &distributions, &learner))
         return NULL;
+    Learner unpacked;
+    if (learner != Py_None && !unpack_learner(learner, &unpacked)) return NULL;
     const char *buffer = PyBytes_AS_STRING(data);
     Py_ssize_t size = PyBytes_GET_SIZE(data), accepted = 0, blocked = 0;
     while (offset < size) {
@@ -149,10 +323,12 @@ static PyObject *ingest(PyObject *module, PyObject *args) {
         memcpy(key_bytes, line, name_length + 1);  /* the name and its colon */
         memcpy(key_bytes + name_length + 1, bar + 1, suffix_length);
         PyObject *shape = PyDict_GetItemWithError(shapes, key);
+        if (shape == NULL && !PyErr_Occurred() && learner != Py_None)
+            shape = learn(line, length, colon, bar, &unpacked, shapes, key);
         Py_DECREF(key);
         if (shape == NULL) {
             if (PyErr_Occurred()) return NULL;
-            break;  /* a shape not seen yet: Python learns it */
+            break;  /* a shape not seen yet that C does not learn: Python learns it */
         }
         if (!PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) != 4) break;
         PyObject *slot = PyTuple_GET_ITEM(shape, 0), *rate = PyTuple_GET_ITEM(shape, 2);
@@ -389,6 +565,7 @@ static PyObject *series_item(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+
     {"series_item", series_item, METH_VARARGS, "One MetricPayload series entry (relay/serialize.py)."},
     {"sketch_insert", sketch_insert, METH_VARARGS, "Insert distribution samples into sketch bins (relay/sketch.py)."},
     {"ingest", ingest, METH_VARARGS, "Apply the lines of a datagram whose shape is known (see relay/ingest.py)."},

@@ -87,7 +87,8 @@ class Enricher:
         self.profiles = build_profiles(config.dogstatsd_mapper_profiles)
         self._cache: dict[tuple[str, tuple[str, ...]], Context | None] = {}
         self.cache_limit = min(_CACHE_LIMIT, 2 * config.relay_max_contexts or _CACHE_LIMIT)
-        self._strings: dict[str, str] = {}  # one copy of each name and tag: a million contexts share a few
+        # One copy of each name and tag (a million contexts share a few); the C fast path shares it too.
+        self.strings: dict[str, str] = {}
 
     def context(self, name: str, raw_tags: tuple[str, ...]) -> Context | None:
         key = (name, raw_tags)
@@ -114,11 +115,11 @@ class Enricher:
         return Context(self._shared(name), self._shared(host), tuple(self._shared(tag) for tag in tags))
 
     def _shared(self, text: str) -> str:
-        shared = self._strings.get(text)
+        shared = self.strings.get(text)
         if shared is None:
-            if len(self._strings) >= self.cache_limit:
-                self._strings.clear()
-            shared = self._strings[text] = text
+            if len(self.strings) >= self.cache_limit:
+                self.strings.clear()
+            shared = self.strings[text] = text
         return shared
 
     def _map(self, name: str) -> tuple[str, tuple[str, ...]] | None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from relay.accumulators import Bucket, effective_rate
 from relay.aggregate import Aggregator
 from relay.config import Config
 from relay.enrich import Enricher
 from relay.logs import RateLimitedLog
-from relay.model import Event, MetricSample, MetricType, ServiceCheck
+from relay.model import Context, Event, MetricSample, MetricType, ServiceCheck
 from relay.parse import UNTERMINATED, ParseError, parse_datagram, parse_line
 from relay.telemetry import Stats
 
@@ -49,6 +50,15 @@ def accelerated_ingest() -> Callable[..., tuple[int, int, int]] | None:
     return ingest
 
 
+def _utf8(text: str) -> bool:
+    """False for a str that UTF-8 cannot hold (lone surrogates, from a mis-encoded environment)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Ingest:
     def __init__(
         self, config: Config, stats: Stats, enricher: Enricher, aggregator: Aggregator, accelerate: bool = True
@@ -63,7 +73,20 @@ class Ingest:
         # Under a flood of new contexts the cache must stay bounded too: twice the context limit is plenty.
         self.shape_limit = min(SHAPE_CACHE_LIMIT, 2 * config.relay_max_contexts or SHAPE_CACHE_LIMIT)
         self.log = RateLimitedLog(logger)
+        self.learner = self._learner() if self.accelerated is not None else None
         aggregator.on_expire = self._forget
+
+    def _learner(self) -> tuple[Any, ...] | None:
+        """What the C fast path needs to learn a context's first sight itself (see learn() in _speedups.c): the
+        enricher's plain case only; with a namespace, mapper profiles or a prefix blocklist, Python learns."""
+        enricher, aggregator = self.enricher, self.aggregator
+        encodable = all(text.isascii() or _utf8(text) for text in (enricher.hostname, *enricher.extra_tags))
+        if enricher.profiles or enricher.namespace or enricher.blocklist_prefixes or not encodable:
+            return None
+        return (
+            Context, enricher.hostname, enricher.extra_tags, enricher.blocklist, enricher.strings,
+            enricher.cache_limit, aggregator.slot, aggregator.copy_slot, self.shape_limit,
+        )  # fmt: skip
 
     def datagram(self, data: bytes, transport: str, now: float) -> None:
         """The hot path. `transport` is udp, uds or uds_stream; uds_stream follows the uds EOL rule."""
@@ -81,7 +104,7 @@ class Ingest:
             while offset < size:
                 done, skipped, offset = self.accelerated(
                     data, offset, self.shapes, bucket.gauges, bucket.counters, bucket.sets,
-                    bucket.histograms, bucket.distributions,
+                    bucket.histograms, bucket.distributions, self.learner,
                 )  # fmt: skip
                 ok, blocked = ok + done, blocked + skipped
                 if offset < size:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from relay.aggregate import Aggregator
 from relay.enrich import Enricher
-from relay.ingest import SHAPE_CACHE_LIMIT, Ingest, accelerated_ingest
+from relay.ingest import COUNTER, SHAPE_CACHE_LIMIT, Ingest, accelerated_ingest
 from relay.telemetry import Stats
 from tests.conftest import config
 
@@ -78,6 +78,37 @@ def test_a_known_shape_costs_no_parse_and_timestamps_are_never_cached(accelerate
     assert set(ingest.shapes) == {b"a:c|#x", b"b.c:g"}
     ingest.datagram(b"a:41|c|#x", "udp", 1000.0)
     assert ingest.aggregator.bucket(1000).counters == {0: 42.0}
+
+
+def test_the_c_fast_path_learns_plain_first_sightings_itself(monkeypatch):
+    """Plain lines (a decimal value, @rate, #tags) are learned in C, the same as in Python; anything else is
+    still learned in Python (timestamps, packed values, host: tags, invalid UTF-8, empty tags)."""
+    if accelerated_ingest() is None:
+        pytest.skip("relay._speedups is not built here (no C compiler)")
+    fast = pipeline(True, dogstatsd_tags="team:a", histogram_copy_to_distribution="true")
+    learned_in_python: list[bytes] = []
+    first_sight = fast._first_sight
+    monkeypatch.setattr(
+        fast, "_first_sight", lambda line, *rest: learned_in_python.append(line) or first_sight(line, *rest)
+    )
+    plain = [
+        b"c:1|c|@0.5|#b,a,a",
+        b"g:-2.5|g",
+        b"h:3|ms|#team:a",
+        b"d:4|d|@0.25",
+        b"s:member|s|#z",
+        b"b.c:1|c",
+        b"x:1|c||#q|c:abc",
+        b"b.c:member|s",
+    ]
+    other = [b"t:1|g|T100", b"p:1:2|h", b"o:1|c|#host:web", b"u\xff:1|c", b"e:1|c|#a,"]
+    data = b"\n".join(plain + other)
+    fast.datagram(data, "udp", 1000.0)
+    reference = pipeline(dogstatsd_tags="team:a", histogram_copy_to_distribution="true")
+    reference.reference(data, "udp", 1000.0)
+    assert learned_in_python == other
+    assert outcome(fast) == outcome(reference)
+    assert fast.shapes[b"c:c|@0.5|#b,a,a"][1:] == (COUNTER, 2.0, -1)  # a counter's shape holds its scale
 
 
 def test_expired_contexts_take_their_shapes_with_them():
