@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.harness import HERE, EtsyStatsd, rmem_max
-from benchmarks.scenarios import SCENARIOS, Result, from_capture
+from benchmarks.harness import HERE, EtsyStatsd, baseline_tree, rmem_max
+from benchmarks.scenarios import BASELINE, SCENARIOS, Result, from_capture
 
 
 def machine() -> str:
@@ -98,6 +98,8 @@ def main() -> int:
     run.add_argument("--capture", type=Path, help="or real traffic: a file from `dogstatsd-relay capture`")
     run.add_argument("--seconds", type=float, default=10.0, help="length of each measured window")
     run.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    run.add_argument("--baseline", metavar="REV", help="the 'before' relay of the reader-* and client-uds scenarios: "
+                     "this git revision at its defaults (default: this relay without its reader thread)")  # fmt: skip
     commands.add_parser("list", help="list the scenarios")
     args = parser.parse_args()
     if args.command == "list":
@@ -110,6 +112,9 @@ def main() -> int:
         result = from_capture(args.seconds, args.capture)
     else:
         command = f"python -m benchmarks run --scenario {args.scenario} --seconds {args.seconds:g}"
+        if args.baseline:
+            command += f" --baseline {args.baseline}"
+            BASELINE["tree"] = baseline_tree(args.baseline)
         result = SCENARIOS[args.scenario](args.seconds)
     out = HERE / "results"
     out.mkdir(exist_ok=True)

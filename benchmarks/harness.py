@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -93,6 +94,26 @@ def compiled(program: str) -> Path | None:
     return binary
 
 
+def baseline_tree(revision: str) -> Path:
+    """A checkout of the project at `revision` (a git worktree under benchmarks/.build), with its C extensions
+    compiled in place, so that a relay of that revision can run beside this one in the same benchmark run."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", revision], cwd=HERE.parent, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = BUILD / f"baseline-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=HERE.parent, check=True,
+                       capture_output=True)  # fmt: skip
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    include, suffix = sysconfig.get_paths()["include"], sysconfig.get_config_var("EXT_SUFFIX")
+    for source in (tree / "relay").glob("*.c"):
+        binary = source.with_name(source.stem + suffix)
+        if compiler and not binary.exists():
+            subprocess.run([compiler, "-O2", "-fPIC", "-shared", f"-I{include}", "-o", str(binary), str(source)],
+                           check=True)  # fmt: skip
+    return tree
+
+
 def send(target: str, datagrams_file: Path, rate: float, seconds: float, clients: int = 1) -> dict[str, float]:
     """Run the generator on the load core; `target` is "udp:PORT" or "unix:PATH"; rate in datagrams/s, 0 = max.
     With several clients, that many generators (each its own socket) share the rate."""
@@ -145,7 +166,11 @@ class Relay(Server):
 
     name = "dogstatsd-relay"
 
-    def __init__(self, intake_url: str, socket_path: str = "", cpus: set[int] = SERVER_CPU, **env: str) -> None:
+    def __init__(
+        self, intake_url: str, socket_path: str = "", cpus: set[int] = SERVER_CPU, tree: Path | None = None,
+        **env: str,
+    ) -> None:  # fmt: skip
+        """`tree`: run the relay of another checkout (baseline_tree), not this one."""
         self.port = free_port()
         self.health = free_port(socket.SOCK_STREAM)
         full_env = {
@@ -158,11 +183,14 @@ class Relay(Server):
             "DD_LOG_LEVEL": "warn",
             **env,
         }
+        if tree is not None:
+            full_env["PYTHONPATH"] = str(tree)  # `-m relay` then finds that checkout's package first
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relay", "run"],
             env=full_env,
             preexec_fn=pinned(cpus),
             stdout=subprocess.DEVNULL,
+            cwd=tree,
         )
         if "DD_RELAY_WORKERS" in env:
             self.name = f"dogstatsd-relay (workers {env['DD_RELAY_WORKERS']})"

@@ -326,13 +326,17 @@ def from_capture(seconds: float, path: Path) -> Result:
     return Result("capture", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
 
 
-# The relay as it was before the reader thread: the event loop reads the sockets, with the OS default buffer.
+# "before": the relay of another revision at its defaults (`--baseline REV`, see baseline_tree); without one,
+# this relay as it reads without its reader thread (the event loop reads the sockets, with the OS buffer).
+BASELINE: dict[str, Path | None] = {"tree": None}
 EVENT_LOOP_READER = {"DD_RELAY_RECEIVE_QUEUE_BYTES": "0", "DD_DOGSTATSD_SO_RCVBUF": "0"}
-READERS: dict[str, dict[str, str]] = {"before": EVENT_LOOP_READER, "after": {}}
+READERS = ("before", "after")
 
 
 def labelled_relay(intake: Intake, label: str, **env: str) -> Relay:
-    relay = Relay(intake.url, **READERS[label], **env)
+    tree = BASELINE["tree"] if label == "before" else None
+    before = EVENT_LOOP_READER if label == "before" and tree is None else {}
+    relay = Relay(intake.url, tree=tree, **before, **env)
     relay.name = f"dogstatsd-relay ({label})"
     return relay
 
