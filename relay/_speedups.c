@@ -1,4 +1,4 @@
-/* The ingest fast path of relay/ingest.py (Ingest._lines), in C. Optional: without it, Python does the same.
+/* The hot paths of ingest, aggregation and serialization, in C. Optional: without it, Python does the same.
  *
  *   ingest(data, offset, shapes, gauges, counters, sets, histograms, distributions, learner)
  *       -> (accepted, blocked, stop)
@@ -16,6 +16,12 @@
  * Inserts distribution samples (floats, or (value, rate) tuples counted uint(1/rate) times) into a sketch's
  * bins, as relay/sketch.py's Sketch.insert does one at a time: the same libm log, the same round-half-even
  * (nearbyint), the same order of additions, so the result is identical.
+ *
+ *   histogram_pack(samples, values, rates) -> rates
+ *   histogram_summary(values, rates, percentiles) -> (count, sum, min, max, median, ranks) | None
+ *
+ * Histogram samples packed into doubles twice a second, and their aggregates at flush, exactly as
+ * relay/accumulators.py computes them from the samples (see each function).
  *
  *   series_item(name, host, tags, points, type, interval) -> bytes | None
  *
@@ -564,8 +570,152 @@ static PyObject *series_item(PyObject *self, PyObject *args) {
     return result;
 }
 
-static PyMethodDef methods[] = {
+/* histogram_pack(samples, values, rates) -> rates
+ *
+ * Appends a histogram's samples (floats, or (value, rate) tuples) to `values`, a bytearray of doubles, and their
+ * rates to `rates` (a bytearray of doubles made, with 1.0 for the samples before, at the first tuple; None while
+ * every sample is a plain float): 8 or 16 bytes a sample instead of a Python float in a list. */
+static int append_doubles(PyObject *array, const double *data, Py_ssize_t count) {
+    Py_ssize_t size = PyByteArray_GET_SIZE(array);
+    if (PyByteArray_Resize(array, size + count * (Py_ssize_t)sizeof(double)) < 0) return -1;
+    memcpy(PyByteArray_AS_STRING(array) + size, data, count * sizeof(double));
+    return 0;
+}
 
+static PyObject *histogram_pack(PyObject *self, PyObject *args) {
+    PyObject *samples, *values, *rates;
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &samples, &PyByteArray_Type, &values, &rates)) return NULL;
+    if (rates != Py_None && !PyByteArray_Check(rates)) {
+        PyErr_SetString(PyExc_TypeError, "rates is a bytearray or None");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(samples);
+    double *unpacked = PyMem_Malloc((count ? count : 1) * 2 * sizeof(double));
+    if (unpacked == NULL) return PyErr_NoMemory();
+    double *sample_rates = unpacked + count;
+    int weighted = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(samples, i);
+        sample_rates[i] = 1.0;
+        if (PyFloat_CheckExact(item)) {
+            unpacked[i] = PyFloat_AS_DOUBLE(item);
+        } else if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2) {
+            unpacked[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 0));
+            sample_rates[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
+            weighted = 1;
+        } else {
+            PyErr_SetString(PyExc_TypeError, "a sample is a float or a (value, rate) tuple");
+        }
+        if (PyErr_Occurred()) { PyMem_Free(unpacked); return NULL; }
+    }
+    Py_INCREF(rates);
+    if (weighted && rates == Py_None) {  /* the samples packed before were all plain: rate 1 */
+        Py_ssize_t before = PyByteArray_GET_SIZE(values) / (Py_ssize_t)sizeof(double);
+        Py_DECREF(rates);
+        rates = PyByteArray_FromStringAndSize(NULL, 0);
+        double one = 1.0;
+        for (Py_ssize_t i = 0; rates != NULL && i < before; i++)
+            if (append_doubles(rates, &one, 1) < 0) Py_CLEAR(rates);
+    }
+    if (rates == NULL || append_doubles(values, unpacked, count) < 0 ||
+        (rates != Py_None && append_doubles(rates, sample_rates, count) < 0)) {
+        Py_XDECREF(rates);
+        PyMem_Free(unpacked);
+        return NULL;
+    }
+    PyMem_Free(unpacked);
+    return rates;
+}
+
+/* histogram_summary(values, rates, percentiles) -> (count, sum, min, max, median, (percentile values)) | None
+ *
+ * The arithmetic of relay/accumulators.py's histogram_points over packed samples, with its exact results: the
+ * same sums in the same order, the same stable sort (ties keep their order), the same weighted nearest rank.
+ * None when a weight is too large for exact integers here (a rate under 1e-15): Python then decides. */
+typedef struct {
+    double value;
+    long long weight;
+    Py_ssize_t index;
+} Weighted;
+
+static int compare_weighted(const void *a, const void *b) {
+    const Weighted *left = a, *right = b;
+    if (left->value != right->value) return left->value < right->value ? -1 : 1;
+    if (left->weight != right->weight) return left->weight < right->weight ? -1 : 1;
+    return (left->index > right->index) - (left->index < right->index);
+}
+
+static double weighted_rank(const Weighted *ordered, Py_ssize_t n, long long target) {
+    long long cumulative = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        cumulative += ordered[i].weight;
+        if (cumulative > target) return ordered[i].value;
+    }
+    return ordered[n - 1].value;
+}
+
+#define MAX_WEIGHT_TOTAL (1LL << 50)
+
+static PyObject *histogram_summary(PyObject *self, PyObject *args) {
+    Py_buffer values, rates = {0};
+    PyObject *rates_object, *percentiles;
+    if (!PyArg_ParseTuple(args, "y*OO!", &values, &rates_object, &PyTuple_Type, &percentiles)) return NULL;
+    if (rates_object != Py_None && PyObject_GetBuffer(rates_object, &rates, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&values);
+        return NULL;
+    }
+    Py_ssize_t n = values.len / (Py_ssize_t)sizeof(double), p_count = PyTuple_GET_SIZE(percentiles);
+    const double *value = values.buf, *rate = rates_object != Py_None ? rates.buf : NULL;
+    PyObject *result = NULL;
+    Weighted *ordered = NULL;
+    if (n == 0 || (rate != NULL && rates.len != values.len)) {
+        PyErr_SetString(PyExc_ValueError, "no sample, or not one rate per sample");
+        goto done;
+    }
+    ordered = PyMem_Malloc(n * sizeof *ordered);
+    if (ordered == NULL) { PyErr_NoMemory(); goto done; }
+    double total = 0.0;
+    long long count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long weight = 1;
+        if (rate != NULL) {
+            double effective = rate[i] > 0 && rate[i] <= 1 ? rate[i] : 1.0;
+            double inverse = 1.0 / effective;
+            if (inverse >= (double)MAX_WEIGHT_TOTAL) { result = Py_None; Py_INCREF(result); goto done; }
+            weight = (long long)inverse;
+            total += value[i] / effective;  /* in arrival order, as Python adds them */
+        }
+        count += weight;
+        if (count >= MAX_WEIGHT_TOTAL) { result = Py_None; Py_INCREF(result); goto done; }
+        ordered[i] = (Weighted){value[i], weight, i};
+    }
+    qsort(ordered, n, sizeof *ordered, compare_weighted);
+    if (rate == NULL)
+        for (Py_ssize_t i = 0; i < n; i++) total += ordered[i].value;  /* unweighted: the sorted order */
+    PyObject *ranks = PyTuple_New(p_count);
+    for (Py_ssize_t i = 0; ranks != NULL && i < p_count; i++) {
+        long long percentile = PyLong_AsLongLong(PyTuple_GET_ITEM(percentiles, i));
+        if (percentile == -1 && PyErr_Occurred()) { Py_CLEAR(ranks); break; }
+        long long target = percentile * count - 1;
+        target = (target < 0 ? 0 : target) / 100;
+        double ranked = rate == NULL ? ordered[target < n ? target : n - 1].value : weighted_rank(ordered, n, target);
+        PyObject *number = PyFloat_FromDouble(ranked);
+        if (number == NULL) { Py_CLEAR(ranks); break; }
+        PyTuple_SET_ITEM(ranks, i, number);
+    }
+    if (ranks == NULL) goto done;
+    double median = rate == NULL ? ordered[(count - 1) / 2].value : weighted_rank(ordered, n, (count - 1) / 2);
+    result = Py_BuildValue("(LddddN)", count, total, ordered[0].value, ordered[n - 1].value, median, ranks);
+done:
+    PyMem_Free(ordered);
+    PyBuffer_Release(&values);
+    if (rates_object != Py_None && rates.obj != NULL) PyBuffer_Release(&rates);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"histogram_pack", histogram_pack, METH_VARARGS, "Pack histogram samples into doubles (relay/accumulators.py)."},
+    {"histogram_summary", histogram_summary, METH_VARARGS, "A histogram's aggregates (relay/accumulators.py)."},
     {"series_item", series_item, METH_VARARGS, "One MetricPayload series entry (relay/serialize.py)."},
     {"sketch_insert", sketch_insert, METH_VARARGS, "Insert distribution samples into sketch bins (relay/sketch.py)."},
     {"ingest", ingest, METH_VARARGS, "Apply the lines of a datagram whose shape is known (see relay/ingest.py)."},

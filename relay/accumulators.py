@@ -2,15 +2,24 @@
 
 Buckets keep plain dicts keyed by a context's slot (an int): adding a sample is one dict operation, and all the
 arithmetic of the Agent's pkg/metrics (gauge.go, counter.go, set.go, histogram.go) happens once, at flush.
-A histogram or distribution sample is a float (rate 1) or a (value, rate) tuple.
+A histogram or distribution sample is a float (rate 1) or a (value, rate) tuple. Twice a second the histogram
+samples that piled up are packed into doubles (`Packed`), as the Agent keeps them in a float64 slice: 8 bytes a
+sample, or 16 with its rate, instead of a Python float in a list.
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 from relay.model import SeriesType
 from relay.sketch import Sample, Sketch
+
+try:  # the C versions (relay/_speedups.c), identical in result; optional
+    from relay._speedups import histogram_pack as _pack_in_c
+    from relay._speedups import histogram_summary as _summary_in_c
+except ImportError:
+    _pack_in_c = _summary_in_c = None
 
 Point = tuple[str, SeriesType, float]  # (name suffix, API type, value)
 
@@ -18,6 +27,32 @@ Point = tuple[str, SeriesType, float]  # (name suffix, API type, value)
 def effective_rate(rate: float) -> float:
     """Sample rates outside (0, 1] count as 1, so `@0` or `@-1` can never yield Inf or negative weights."""
     return rate if 0 < rate <= 1 else 1.0
+
+
+@dataclass(slots=True)
+class Packed:
+    """A histogram's samples as doubles, in arrival order; `rates` stays None until a sample has a rate."""
+
+    values: bytearray = field(default_factory=bytearray)
+    rates: bytearray | None = None
+
+    def add(self, samples: list[Sample]) -> None:
+        if _pack_in_c is not None:
+            self.rates = _pack_in_c(samples, self.values, self.rates)
+            return
+        values = array("d", (s if type(s) is float else s[0] for s in samples))  # type: ignore[index]
+        if self.rates is None and any(type(s) is not float for s in samples):
+            self.rates = bytearray(array("d", [1.0]) * (len(self.values) // 8))
+        self.values += values.tobytes()
+        if self.rates is not None:
+            self.rates += array("d", (1.0 if type(s) is float else s[1] for s in samples)).tobytes()  # type: ignore[index]
+
+    def samples(self) -> list[Sample]:
+        """Back to the samples they were (a float is a float; a rate makes a tuple), for the Python arithmetic."""
+        values = array("d", self.values).tolist()
+        if self.rates is None:
+            return values  # type: ignore[return-value]
+        return [(value, rate) for value, rate in zip(values, array("d", self.rates).tolist(), strict=True)]
 
 
 @dataclass(slots=True)
@@ -29,6 +64,7 @@ class Bucket:
     counters: dict[int, float] = field(default_factory=dict)  # sum of value / rate
     sets: dict[int, set[str]] = field(default_factory=dict)
     histograms: dict[int, list[Sample]] = field(default_factory=dict)  # h and ms
+    packed: dict[int, Packed] = field(default_factory=dict)  # histogram samples already packed
     distributions: dict[int, list[Sample]] = field(default_factory=dict)
     folded: dict[int, Sketch] = field(default_factory=dict)  # distribution samples already in a sketch
 
@@ -49,8 +85,20 @@ class HistogramSpec:
         return cls(tuple(dict.fromkeys(aggregates)), tuple(parsed))
 
 
-def histogram_points(samples: list[Sample], spec: HistogramSpec, interval: int) -> list[Point]:
-    """Weight int(1/rate), sum of value/rate, quantiles by weighted nearest rank with no interpolation."""
+def histogram_points(
+    samples: list[Sample], spec: HistogramSpec, interval: int, packed: Packed | None = None
+) -> list[Point]:
+    """Weight int(1/rate), sum of value/rate, quantiles by weighted nearest rank with no interpolation. `packed`
+    holds the samples that came before `samples` (their order matters for the sum, and for ties)."""
+    if _summary_in_c is not None:
+        packed = packed if packed is not None else Packed()
+        packed.add(samples)
+        summary = _summary_in_c(packed.values, packed.rates, spec.percentiles)
+        if summary is not None:
+            return _points(*summary, spec, interval)
+        samples = packed.samples()
+    elif packed is not None:
+        samples = packed.samples() + samples
     if all(type(sample) is float for sample in samples):
         return _unweighted_points(sorted(samples), spec, interval)  # type: ignore[type-var]
     weighted: list[tuple[float, int]] = []
@@ -81,9 +129,27 @@ def histogram_points(samples: list[Sample], spec: HistogramSpec, interval: int) 
     return points
 
 
+def _points(
+    count: int, total: float, low: float, high: float, median: float, ranks: tuple[float, ...], spec: HistogramSpec,
+    interval: int,
+) -> list[Point]:  # fmt: skip
+    """The points of a histogram from its summary (what relay/_speedups.c's histogram_summary returns)."""
+    values = {"max": high, "min": low, "sum": total, "avg": total / count, "median": median}
+    points: list[Point] = []
+    for aggregate in spec.aggregates:
+        if aggregate == "count":
+            points.append((".count", SeriesType.RATE, count / interval))
+        else:
+            points.append((f".{aggregate}", SeriesType.GAUGE, values[aggregate]))
+    points += [(f".{p}percentile", SeriesType.GAUGE, rank) for p, rank in zip(spec.percentiles, ranks, strict=True)]
+    return points
+
+
 def _unweighted_points(ordered: list[float], spec: HistogramSpec, interval: int) -> list[Point]:
     """The same as the weighted rule when every weight is 1: the rank is an index (the usual case, and faster)."""
-    count, total = len(ordered), sum(ordered)
+    count, total = len(ordered), 0.0
+    for value in ordered:  # one addition at a time in sorted order (sum() compensates on Python 3.12+)
+        total += value
     values = {"max": ordered[-1], "min": ordered[0], "sum": total, "avg": total / count}
     points: list[Point] = []
     for aggregate in spec.aggregates:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.accumulators import Bucket, HistogramSpec, effective_rate, histogram_points, sketch_of
+from relay.accumulators import Bucket, HistogramSpec, Packed, effective_rate, histogram_points, sketch_of
 from relay.config import Config
 from relay.model import Context, Event, Flushed, MetricType, Series, SeriesType, ServiceCheck, SketchSeries
 from relay.telemetry import Stats
@@ -27,6 +27,7 @@ from relay.telemetry import Stats
 _HISTOGRAMS = (MetricType.HISTOGRAM, MetricType.TIMER)
 OVERFLOW_METRIC = "dogstatsd_relay.context_overflow"
 FOLD_AT = 4096  # distribution samples of one context kept raw before they are folded into its sketch
+PACK_AT = 64  # histogram samples of one context kept as Python floats before they are packed into doubles
 MAX_PER_FLUSH = 100_000  # events, and service checks, kept between two flushes
 OVERFLOW_LABELS = 200  # distinct (metric, tag key) pairs counted apart; the rest go to ("other", "other")
 
@@ -232,15 +233,24 @@ class Aggregator:
         self.finish(work)
         return flushed
 
-    def fold_distributions(self) -> int:
+    def fold_samples(self) -> int:
         """Distribution samples of the open buckets into their sketches, once a context holds FOLD_AT of them:
-        what the Agent does on arrival, so that a flood of samples costs bins, not memory. The lists are emptied
-        in place (ingest keeps appending to them). Returns the samples folded."""
+        what the Agent does on arrival, so that a flood of samples costs bins, not memory. Histogram samples
+        into doubles, once a context holds PACK_AT of them. The lists are emptied in place (ingest keeps
+        appending to them). Returns the samples folded or packed."""
         folded = 0
         for bucket in list(self.buckets.values()):
             for slot, samples in bucket.distributions.items():
                 if len(samples) >= FOLD_AT:
                     bucket.folded[slot] = sketch_of(samples, bucket.folded.get(slot))
+                    folded += len(samples)
+                    samples.clear()
+            for slot, samples in bucket.histograms.items():
+                if len(samples) >= PACK_AT:
+                    packed = bucket.packed.get(slot)
+                    if packed is None:
+                        packed = bucket.packed[slot] = Packed()
+                    packed.add(samples)
                     folded += len(samples)
                     samples.clear()
         return folded
@@ -306,7 +316,8 @@ class Aggregator:
                 sets.append((slot, float(len(members))))
         series.add_all("", SeriesType.GAUGE, start, sets)
         for slot, samples in bucket.histograms.items():
-            for suffix, series_type, value in histogram_points(samples, self.histogram_spec, interval):
+            points = histogram_points(samples, self.histogram_spec, interval, bucket.packed.get(slot))
+            for suffix, series_type, value in points:
                 series.add_all(suffix, series_type, start, ((slot, value),))
         for slot, samples in bucket.distributions.items():
             entry = sketches.get(slot)

@@ -211,7 +211,7 @@ class Relay:
             next_flush = now + interval - now % interval + 0.05
             while (left := next_flush - time.time()) > 0:
                 await asyncio.sleep(min(left, 0.5))
-                self.aggregator.fold_distributions()
+                self.aggregator.fold_samples()
                 collector.freeze()
             try:
                 await self.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -180,12 +181,27 @@ def test_distribution_samples_are_folded_into_their_sketch_as_they_pile_up():
         for agg in (folded, raw):
             add(agg, "d", MetricType.DISTRIBUTION, value, 1001, rate=0.5 if i % 3 else 1.0)
         if i % 1000 == 999:
-            folded.fold_distributions()  # what the relay does every second
+            folded.fold_samples()  # what the relay does twice a second
     (bucket,) = folded.buckets.values()
     assert len(bucket.distributions[folded.slot_of[Context("d", "h", ())]]) < FOLD_AT  # memory stays bounded
     a, b = folded.flush(1010).sketches[0].points[0], raw.flush(1010).sketches[0].points[0]
     assert (a.count, a.min, a.max, a.keys, a.counts) == (b.count, b.min, b.max, b.keys, b.counts)
     assert math.isclose(a.sum, b.sum, rel_tol=1e-12)  # the same sum, added in another order
+
+
+def test_histogram_samples_are_packed_as_they_pile_up():
+    from relay.aggregate import PACK_AT
+
+    packed, raw = aggregator(), aggregator()
+    for i in range(10 * PACK_AT):
+        for agg in (packed, raw):
+            add(agg, "h", MetricType.HISTOGRAM, (i * 7919 % 10_007) / 3, 1001, rate=0.5 if i % 3 else 1.0)
+        if i % 100 == 99:
+            packed.fold_samples()
+    (bucket,) = packed.buckets.values()
+    slot = packed.slot_of[Context("h", "h", ())]
+    assert len(bucket.histograms[slot]) < PACK_AT and len(bucket.packed[slot].values) >= 9 * PACK_AT * 8
+    assert points(packed.flush(1010)) == points(raw.flush(1010))  # exactly: the same sums in the same order
 
 
 def test_timestamped_gauges_and_counters_bypass_buckets():
@@ -295,3 +311,40 @@ def test_cardinality_report():
     add(agg, "other", MetricType.GAUGE, 1, 1001)
     report = agg.cardinality()
     assert report["top_metrics"][0] == {"metric": "api.hits", "contexts": 30, "tag_values": {"id": 30, "path": 6}}
+
+
+sample_values = st.one_of(
+    st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, 1e300, -1e300, 5e-324]),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+)
+sample_rates = st.sampled_from([0.5, 0.1, 0.3, 1e-3, 0.0, -1.0, 2.0, 1e-20, 0.9999])
+histogram_samples = st.lists(st.one_of(sample_values, st.tuples(sample_values, sample_rates)), min_size=1, max_size=300)
+
+
+@settings(max_examples=500, deadline=None)
+@given(histogram_samples, st.integers(0, 300), st.sampled_from(["0.95", "0.5 0.99", "1.0 0.0 0.75"]))
+def test_packed_histograms_in_c_give_the_python_points_exactly(samples, split, percentiles):
+    """Packed samples (in C when built) against the plain Python arithmetic on the same samples, in order."""
+    from relay import accumulators
+    from relay.accumulators import HistogramSpec, Packed, histogram_points
+
+    if accumulators._summary_in_c is None:
+        if os.environ.get("CI"):
+            pytest.fail("relay._speedups was not built: CI has a C compiler, so the build is broken")
+        pytest.skip("relay._speedups is not built here (no C compiler)")
+    spec = HistogramSpec.from_config(("max", "min", "median", "avg", "sum", "count"), tuple(percentiles.split()))
+    packed = Packed()
+    packed.add(samples[:split])
+    in_c = histogram_points(list(samples[split:]), spec, 10, packed)
+    summary, pack = accumulators._summary_in_c, accumulators._pack_in_c
+    accumulators._summary_in_c = accumulators._pack_in_c = None
+    try:
+        python_packed = Packed()
+        python_packed.add(samples[:split])
+        packed_in_python = histogram_points(list(samples[split:]), spec, 10, python_packed)
+        in_python = histogram_points(list(samples), spec, 10)
+    finally:
+        accumulators._summary_in_c, accumulators._pack_in_c = summary, pack
+    exactly = [(n, t, repr(v)) for n, t, v in in_python]  # repr tells -0.0 from 0.0
+    assert [(n, t, repr(v)) for n, t, v in in_c] == exactly
+    assert [(n, t, repr(v)) for n, t, v in packed_in_python] == exactly
