@@ -180,6 +180,7 @@ class Relay(Server):
             "DD_DOGSTATSD_PORT": str(self.port),
             "DD_RELAY_HEALTH_PORT": str(self.health),
             "DD_DOGSTATSD_SOCKET": socket_path,
+            "DD_RELAY_SPOOL_DIR": tempfile.mkdtemp(prefix="relay-bench-spool-"),  # no payload of another run
             "DD_LOG_LEVEL": "warn",
             **env,
         }
@@ -351,8 +352,9 @@ def measure(
 class Intake:
     """The intake stand-in as its own process (`dogstatsd-relay intake`), keeping little so it stays small."""
 
-    def __init__(self) -> None:
-        self.port = free_port(socket.SOCK_STREAM)
+    def __init__(self, port: int = 0) -> None:
+        """`port`: a port chosen beforehand (a relay may be sending to it already, as to an intake that is down)."""
+        self.port = port or free_port(socket.SOCK_STREAM)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relay", "intake", "--port", str(self.port), "--keep", "1000"],
             preexec_fn=pinned(LOAD_CPU), stderr=subprocess.DEVNULL,

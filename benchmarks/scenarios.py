@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from benchmarks.harness import (
     Relay,
     Server,
     Window,
+    free_port,
     measure,
     pinned,
     process_usage,
@@ -333,29 +335,32 @@ EVENT_LOOP_READER = {"DD_RELAY_RECEIVE_QUEUE_BYTES": "0", "DD_DOGSTATSD_SO_RCVBU
 READERS = ("before", "after")
 
 
-def labelled_relay(intake: Intake, label: str, **env: str) -> Relay:
+def labelled_relay(intake_url: str, label: str, **env: str) -> Relay:
     tree = BASELINE["tree"] if label == "before" else None
     before = EVENT_LOOP_READER if label == "before" and tree is None else {}
-    relay = Relay(intake.url, tree=tree, **before, **env)
+    relay = Relay(intake_url, tree=tree, **before, **env)
     relay.name = f"dogstatsd-relay ({label})"
     return relay
 
 
 def reader_fixed_rates(seconds: float, rates: tuple[int, ...] = (300_000, 500_000, 800_000)) -> Result:
     """The 6-type mix offered at fixed rates (lines/s) to the relay before and after, at its defaults otherwise:
-    the share of lines accepted, flushes included (a window spans two or more of them)."""
+    the share of lines accepted, flushes included (a window spans two or more of them), and how long the last
+    flush took."""
     file = write_datagrams(datagrams(20, 1000, True, 5000))
     intake = Intake()
     summary: dict[str, Any] = {"lines_per_datagram": 20, "contexts": 1000, "type_mix": True}
     windows: list[Window] = []
     try:
         for label in READERS:
-            relay = labelled_relay(intake, label)
+            relay = labelled_relay(intake.url, label)
             try:
                 for rate in rates:
                     window = measure(relay, file, 20, rate / 20, seconds)
                     windows.append(window)
                     summary[f"{label}_accepted_percent_at_{rate // 1000}k"] = round(100 * (1 - window.loss), 3)
+                    flush = (relay.status() or {}).get("aggregator", {}).get("last_flush_seconds")
+                    summary[f"{label}_last_flush_seconds_at_{rate // 1000}k"] = flush
             finally:
                 relay.stop()
     finally:
@@ -375,7 +380,7 @@ def reader_new_contexts(seconds: float, rates: tuple[int, ...] = (50_000, 100_00
             names = [f"bench.new.{i % 1000}:1|c|#env:bench,id:{i}" for i in range(count)]
             file = write_datagrams([("\n".join(names[i : i + 20])).encode() for i in range(0, count, 20)])
             for label in READERS:
-                relay = labelled_relay(intake, label, DD_RELAY_FLUSH_INTERVAL="10")
+                relay = labelled_relay(intake.url, label, DD_RELAY_FLUSH_INTERVAL="10")
                 try:
                     window = measure(relay, file, 20, offered / 20, count / offered)
                     _, rss = process_usage(relay.process.pid)
@@ -392,31 +397,32 @@ def reader_new_contexts(seconds: float, rates: tuple[int, ...] = (50_000, 100_00
     return Result("reader-new-contexts", summary, windows, {"kind": "none"})
 
 
-def reader_one_line(seconds: float) -> Result:
-    """1 line a datagram: the highest rate with < 0.1 % loss, and flat out, for the relay before and after and
-    for the C reader (which only counts) on the same load."""
-    file = write_datagrams(datagrams(1, 1000, False, 100_000))
+def reader_throughput(seconds: float, per_datagram: int) -> Result:
+    """Counters, `per_datagram` lines a datagram: the highest rate with < 0.1 % loss, and flat out, for the relay
+    before and after and for the C reader (which only counts datagrams) on the same load."""
+    file = write_datagrams(datagrams(per_datagram, 1000, False, max(5000, 100_000 // per_datagram)))
     intake = Intake()
-    summary: dict[str, Any] = {"lines_per_datagram": 1}
+    summary: dict[str, Any] = {"lines_per_datagram": per_datagram}
     windows: list[Window] = []
     servers: list[Callable[[], Server]] = [
-        *(lambda label=label: labelled_relay(intake, label) for label in READERS),
+        *(lambda label=label: labelled_relay(intake.url, label) for label in READERS),
         CReader,
     ]
     try:
         for make in servers:
             server = make()
             try:
-                best, measured = sweep(server, file, 1, seconds)
+                best, measured = sweep(server, file, per_datagram, seconds)
             finally:
                 server.stop()
             windows += measured
-            summary[f"{server.name}_max_datagrams_per_s"] = round(best)
-            summary[f"{server.name}_flat_out_datagrams_per_s"] = round(measured[0].accepted_lines_per_s)
+            summary[f"{server.name}_max_lines_per_s"] = round(best * per_datagram)
+            summary[f"{server.name}_flat_out_lines_per_s"] = round(measured[0].accepted_lines_per_s)
     finally:
         intake.stop()
         file.unlink()
-    return Result("reader-udp-1", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
+    name = f"reader-udp-{per_datagram}"
+    return Result(name, summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
 
 
 def client_uds(seconds: float, tries: int = 11, metrics: int = 600) -> Result:
@@ -455,7 +461,7 @@ def client_uds(seconds: float, tries: int = 11, metrics: int = 600) -> Result:
                 finally:
                     reader.stop()
             else:
-                relay = labelled_relay(intake, label, DD_DOGSTATSD_SOCKET=path, DD_DOGSTATSD_PORT="0")
+                relay = labelled_relay(intake.url, label, DD_DOGSTATSD_SOCKET=path, DD_DOGSTATSD_PORT="0")
                 try:
                     for _ in range(tries):
                         before = _uds_packets(relay)
@@ -472,6 +478,71 @@ def client_uds(seconds: float, tries: int = 11, metrics: int = 600) -> Result:
     return Result("client-uds", summary, [], {"kind": "none"})
 
 
+def burst(seconds: float, count: int = 10_000, per_burst: int = 50) -> Result:
+    """Hostile sizes: `count` datagrams of up to 65 KB (one valid line, then junk; the default dogstatsd_buffer_size
+    keeps the first 8 KB) in bursts of `per_burst` every 10 ms; valid lines counted by the relay before and after,
+    datagrams by the C reader. Then an intake outage of 8 s with bursts of 500 small datagrams every 0.5 s: the
+    counts that reach the intake once it is back. `seconds` is not used."""
+    rng = random.Random(SEED)
+    grams = [b"burst.valid:1|c\n" + b"j" * rng.randint(0, 65_000) for _ in range(count)]
+    summary: dict[str, Any] = {"datagrams": count, "per_burst": per_burst}
+
+    def send_bursts(port: int, datagrams: list[bytes], size: int, pause: float) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for start in range(0, len(datagrams), size):
+                for datagram in datagrams[start : start + size]:
+                    sock.sendto(datagram, ("127.0.0.1", port))
+                time.sleep(pause)
+
+    intake = Intake()
+    try:
+        for label in READERS:
+            relay = labelled_relay(intake.url, label)
+            try:
+                before = _metric_lines(relay)
+                send_bursts(relay.port, grams, per_burst, 0.01)
+                time.sleep(2)
+                summary[f"{label}_valid_lines_counted"] = _metric_lines(relay) - before
+            finally:
+                relay.stop()
+        reader = CReader()
+        try:
+            send_bursts(reader.port, grams, per_burst, 0.01)
+            time.sleep(1)
+            summary["C reader_datagrams_received"] = reader.count()
+        finally:
+            reader.stop()
+    finally:
+        intake.stop()
+    small = [b"outage.valid:1|c"] * 8000
+    for label in READERS:
+        port = free_port(socket.SOCK_STREAM)
+        relay = labelled_relay(f"http://127.0.0.1:{port}", label)
+        late: Intake | None = None
+        try:
+            send_bursts(relay.port, small, 500, 0.5)  # 8 s: the intake is down the whole time
+            late = Intake(port)
+            deadline = time.monotonic() + 120
+            while (delivered := _intake_total(late, "outage.valid")) < len(small) and time.monotonic() < deadline:
+                time.sleep(1)
+            summary[f"{label}_outage_counts_delivered"] = round(delivered)
+        finally:
+            relay.stop()
+            if late is not None:
+                late.stop()
+    summary["outage_counts_sent"] = len(small)
+    return Result("burst", summary, [], {"kind": "none"})
+
+
+def _metric_lines(relay: Relay) -> int:
+    return int(((relay.status() or {}).get("messages", {}).get("metric") or {}).get("ok", 0))
+
+
+def _intake_total(intake: Intake, metric: str) -> float:
+    series = (intake.received() or {}).get("series", [])
+    return sum(value * s["interval"] for s in series if s["metric"] == metric for _, value in s["points"])
+
+
 def _uds_packets(relay: Relay) -> int:
     return int(((relay.status() or {}).get("listeners", {}).get("uds") or {}).get("packets", 0))
 
@@ -486,8 +557,10 @@ def _sysctl(name: str) -> str:
 SCENARIOS: dict[str, Callable[[float], Result]] = {
     "reader-mix": reader_fixed_rates,
     "reader-new-contexts": reader_new_contexts,
-    "reader-udp-1": reader_one_line,
+    "reader-udp-1": lambda seconds: reader_throughput(seconds, 1),
+    "reader-udp-20": lambda seconds: reader_throughput(seconds, 20),
     "client-uds": client_uds,
+    "burst": burst,
     "workers-1-client": lambda seconds: workers(seconds, clients=1),
     "workers-4-clients": lambda seconds: workers(seconds, clients=4),
     "udp-1": lambda seconds: throughput("udp-1", 1, False, peer=False, seconds=seconds),
