@@ -88,6 +88,24 @@ def sweep_default_relay(grams: list[bytes], per_datagram: float, seconds: float)
         file.unlink()
 
 
+def sweep_each(
+    servers: list[Callable[[], Server]], file: Path, per_datagram: int, seconds: float, summary: dict[str, Any]
+) -> list[Window]:
+    """`sweep` each server in turn (started, swept, stopped); its figures go into `summary` under its name."""
+    windows: list[Window] = []
+    for make in servers:
+        server = make()
+        try:
+            best, measured = sweep(server, file, per_datagram, seconds)
+        finally:
+            server.stop()
+        windows += measured
+        summary[f"{server.name}_max_datagrams_per_s"] = round(best)
+        summary[f"{server.name}_max_lines_per_s"] = round(best * per_datagram)
+        summary[f"{server.name}_flat_out_lines_per_s"] = round(measured[0].accepted_lines_per_s)
+    return windows
+
+
 @dataclass
 class Result:
     scenario: str
@@ -101,21 +119,11 @@ def throughput(name: str, per_datagram: int, mix: bool, peer: bool, seconds: flo
     file = write_datagrams(datagrams(per_datagram, 1000, mix, 5000))
     intake = Intake()
     summary: dict[str, Any] = {"lines_per_datagram": per_datagram, "contexts": 1000, "type_mix": mix}
-    windows: list[Window] = []
     servers: list[Callable[[], Server]] = [lambda: Relay(intake.url)]
     if peer:
         servers.append(EtsyStatsd)
     try:
-        for make in servers:
-            server = make()
-            try:
-                best, measured = sweep(server, file, per_datagram, seconds)
-            finally:
-                server.stop()
-            windows += measured
-            summary[f"{server.name}_max_datagrams_per_s"] = round(best)
-            summary[f"{server.name}_max_lines_per_s"] = round(best * per_datagram)
-            summary[f"{server.name}_flat_out_lines_per_s"] = round(measured[0].accepted_lines_per_s)
+        windows = sweep_each(servers, file, per_datagram, seconds, summary)
     finally:
         intake.stop()
         file.unlink()
@@ -403,21 +411,12 @@ def reader_throughput(seconds: float, per_datagram: int) -> Result:
     file = write_datagrams(datagrams(per_datagram, 1000, False, max(5000, 100_000 // per_datagram)))
     intake = Intake()
     summary: dict[str, Any] = {"lines_per_datagram": per_datagram}
-    windows: list[Window] = []
     servers: list[Callable[[], Server]] = [
         *(lambda label=label: labelled_relay(intake.url, label) for label in READERS),
         CReader,
     ]
     try:
-        for make in servers:
-            server = make()
-            try:
-                best, measured = sweep(server, file, per_datagram, seconds)
-            finally:
-                server.stop()
-            windows += measured
-            summary[f"{server.name}_max_lines_per_s"] = round(best * per_datagram)
-            summary[f"{server.name}_flat_out_lines_per_s"] = round(measured[0].accepted_lines_per_s)
+        windows = sweep_each(servers, file, per_datagram, seconds, summary)
     finally:
         intake.stop()
         file.unlink()
