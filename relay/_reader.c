@@ -5,7 +5,8 @@
  *
  * starts a thread that waits on `fd` with poll() and empties it with recvmmsg(), 64 datagrams at a time, without
  * the GIL (it never touches a Python object). Each datagram is appended to an in-memory queue bounded at
- * `queue_bytes`; a datagram that does not fit is dropped and counted (`dropped`, `dropped_bytes`). A datagram
+ * `queue_bytes`. A full queue stops the reading until the next take (see wait_for_room); a datagram of the last
+ * batch that does not fit is dropped and counted (`dropped`, `dropped_bytes`). A datagram
  * longer than `max_size` keeps its first `max_size` bytes and is counted in `truncated`, as the Agent's reader cuts
  * it at dogstatsd_buffer_size. The first datagram queued after a `take` writes to `wakeup_fd` (an eventfd), so
  * the event loop wakes once per batch, not once per datagram.
@@ -43,6 +44,7 @@ typedef struct {
     int fd, wakeup_fd, stop_fd;
     size_t max_size, queue_bytes;
     pthread_mutex_t lock;
+    pthread_cond_t room;        /* signalled by take: the queue has room again */
     Buffer queue, spare;        /* records: a uint32 length then its bytes; `spare` is the one being taken */
     size_t queued_datagrams, queued_bytes;
     int woken;                  /* wakeup_fd written since the last take */
@@ -105,6 +107,31 @@ static void wake(Reader *self) {
 #define SPIN 0.0005
 #define SPIN_SHARE 0.05
 
+/* A full queue means ingest is behind: the thread then wakes the loop and stops reading until it takes the
+ * queue, and what comes meanwhile waits in the socket's buffer (or is dropped there, and counted by the kernel).
+ * Reading and dropping it here would only take the core from the ingest that is behind. Returns 1 when it
+ * waited, 0 when there was room, -1 when stopping. */
+static int wait_for_room(Reader *self) {
+    pthread_mutex_lock(&self->lock);
+    int full = self->queued_bytes >= self->queue_bytes;
+    pthread_mutex_unlock(&self->lock);
+    if (!full) return 0;
+    wake(self);
+    pthread_mutex_lock(&self->lock);
+    while (self->queued_bytes >= self->queue_bytes && !__atomic_load_n(&self->stopping, __ATOMIC_ACQUIRE)) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_nsec += 50 * 1000 * 1000;  /* look at `stopping` again at least every 50 ms */
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec += 1;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&self->room, &self->lock, &deadline);
+    }
+    pthread_mutex_unlock(&self->lock);
+    return __atomic_load_n(&self->stopping, __ATOMIC_ACQUIRE) ? -1 : 1;
+}
+
 static void *drain(void *argument) {
     Reader *self = argument;
     size_t slot = self->max_size + 1;  /* one byte more tells a truncated datagram apart */
@@ -119,6 +146,9 @@ static void *drain(void *argument) {
     struct pollfd waits[2] = {{.fd = self->fd, .events = POLLIN}, {.fd = self->stop_fd, .events = POLLIN}};
     double first_waiting = 0, last_data = 0, spinning_since = 0, spin_budget = SPIN_SHARE, refilled = now_seconds();  /* when the oldest datagram not yet signalled was queued; 0: none */
     while (!__atomic_load_n(&self->stopping, __ATOMIC_ACQUIRE)) {
+        int waited = wait_for_room(self);
+        if (waited < 0) break;
+        if (waited) first_waiting = 0;  /* the loop was woken and took the queue */
         memset(messages, 0, sizeof messages);
         for (int i = 0; i < BATCH; i++) {
             messages[i].msg_hdr.msg_iov = &vectors[i];
@@ -209,6 +239,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     pthread_mutex_init(&self->lock, NULL);
+    pthread_cond_init(&self->room, NULL);
     int failed = pthread_create(&self->thread, NULL, drain, self);
     if (failed) {
         errno = failed;
@@ -222,6 +253,9 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
 static void stop_thread(Reader *self) {
     if (!self->started) return;
     __atomic_store_n(&self->stopping, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&self->lock);
+    pthread_cond_signal(&self->room);
+    pthread_mutex_unlock(&self->lock);
     uint64_t one = 1;
     ssize_t written = write(self->stop_fd, &one, sizeof one);
     (void)written;
@@ -249,6 +283,7 @@ static PyObject *Reader_take(Reader *self, PyObject *unused) {
     self->queued_datagrams = self->queued_bytes = 0;
     self->truncated = self->errors = 0;
     self->woken = 0;
+    pthread_cond_signal(&self->room);
     pthread_mutex_unlock(&self->lock);
     self->total_truncated += truncated;
     self->total_errors += errors;

@@ -138,7 +138,8 @@ class _DatagramReader:
 class _ThreadedReader(_DatagramReader):
     """The same, but a native thread drains the socket into a bounded queue without waiting for the interpreter
     (the Agent's reader goroutine and dogstatsd_queue_size); the event loop wakes once per batch and takes it all.
-    A datagram that finds the queue full is dropped and counted (relay_reader_queue_drops_total)."""
+    A full queue stops the reading until the loop takes it (the kernel's buffer then fills, and drops what
+    overflows it, counted); a datagram of the thread's last batch that did not fit is counted in queue_drops."""
 
     def __init__(self, reader_type: type, queue_bytes: int, *args: Any) -> None:
         super().__init__(*args)
