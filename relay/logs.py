@@ -57,7 +57,8 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, key: str, message: str, *args: object) -> None:
+    def log(self, level: int, key: str, message: str, *args: object, exc_info: bool = False) -> None:
+        """`exc_info`: add the traceback of the exception being handled, as logging does."""
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.window:
@@ -68,4 +69,4 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self.logger.log(level, message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)

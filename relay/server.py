@@ -203,14 +203,18 @@ class Relay:
         """Flush just after each bucket boundary, so a bucket leaves as soon as it is closed. In between, every
         half second, fold the distribution samples that piled up into their sketches (bounded memory under a
         flood; short pauses, so the socket buffer rides them out) and take what survived out of the collector's
-        sight."""
+        sight. Returns once should_exit is set, never in the middle of a flush: a flush cancelled half way would
+        lose the buckets it had taken out."""
         interval = self.config.relay_flush_interval
         collector = LongLivedObjects()
-        while True:
+        while not self.should_exit.is_set():
             now = time.time()
             next_flush = now + interval - now % interval + 0.05
             while (left := next_flush - time.time()) > 0:
-                await asyncio.sleep(min(left, 0.5))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.should_exit.wait(), min(left, 0.5))
+                if self.should_exit.is_set():
+                    return  # the final flush takes every bucket
                 self.aggregator.fold_samples()
                 collector.freeze()
             try:
@@ -279,8 +283,12 @@ class Relay:
             reports.send_bytes(json.dumps(worker_report(self.stats)).encode())
 
     async def shutdown(self, flusher: asyncio.Task[None]) -> None:
-        """Flush every bucket (open ones too), send within relay.shutdown_timeout."""
-        flusher.cancel()
+        """Let a flush in progress finish, flush every bucket (open ones too), send within relay.shutdown_timeout
+        (what cannot be sent is spooled)."""
+        self.should_exit.set()
         await asyncio.gather(flusher, return_exceptions=True)
-        await self.flush(force=True)
+        try:
+            await self.flush(force=True)
+        except Exception:
+            logger.exception("final flush failed")
         await self.sink.close(self.config.relay_shutdown_timeout)
