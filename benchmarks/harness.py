@@ -136,7 +136,7 @@ class Server:
     """A DogStatsD server under test, listening on UDP `port`."""
 
     name = "server"
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[Any]
     port: int
 
     def accepted_lines(self) -> int | None:

@@ -58,7 +58,7 @@ def datagrams(per_datagram: int, contexts: int, mix: bool, count: int) -> list[b
 
 
 def sweep(
-    server: Server, file: Any, per_datagram: int, seconds: float, steps: int = 6, clients: int = 1
+    server: Server, file: Any, per_datagram: float, seconds: float, steps: int = 6, clients: int = 1
 ) -> tuple[float, list[Window]]:
     """The highest rate (datagrams/s) sent with < 0.1 % loss: a flat-out run, then a bisection. A rate the
     generator could not reach counts for what it sent."""
@@ -249,7 +249,8 @@ def flush_encoder(seconds: float, count: int = 1_000_000) -> Result:
     config = Config.load(None, {"DD_HOSTNAME": "bench"})
     aggregator = Aggregator(config, Stats())
     contexts = [Context(f"bench.ctx.{i % 1000}", "bench", ("env:bench", f"id:{i}")) for i in range(count)]
-    in_c, summary = serialize._series_item_in_c, {"contexts": count}
+    in_c = serialize._series_item_in_c
+    summary: dict[str, Any] = {"contexts": count}
     gc.disable()
     try:
         for label, encoder in (("c", in_c), ("python", None)):
@@ -286,7 +287,8 @@ def compare(
     windows: list[Window] = []
     try:
         for label, (cpus, env) in variants.items():
-            relay = Relay(intake.url, cpus=cpus, **env)
+            options: dict[str, Any] = env
+            relay = Relay(intake.url, cpus=cpus, **options)
             try:
                 best, measured = sweep(relay, file, 20, seconds, clients=clients)
             finally:
@@ -347,9 +349,9 @@ EVENT_LOOP_READER = {"DD_RELAY_RECEIVE_QUEUE_BYTES": "0", "DD_DOGSTATSD_SO_RCVBU
 READERS = ("before", "after")
 
 
-def labelled_relay(intake_url: str, label: str, **env: str) -> Relay:
+def labelled_relay(intake_url: str, label: str, **env: Any) -> Relay:
     tree = BASELINE["tree"] if label == "before" else None
-    before = EVENT_LOOP_READER if label == "before" and tree is None else {}
+    before: dict[str, Any] = EVENT_LOOP_READER if label == "before" and tree is None else {}
     relay = Relay(intake_url, tree=tree, **before, **env)
     relay.name = f"dogstatsd-relay ({label})"
     return relay

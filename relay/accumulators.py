@@ -95,12 +95,13 @@ def histogram_points(
         packed.add(samples)
         summary = _summary_in_c(packed.values, packed.rates, spec.percentiles)
         if summary is not None:
-            return _points(*summary, spec, interval)
+            count, total, low, high, median, ranks = summary
+            return _points(count, total, low, high, median, ranks, spec, interval)
         samples = packed.samples()
     elif packed is not None:
         samples = packed.samples() + samples
     if all(type(sample) is float for sample in samples):
-        return _unweighted_points(sorted(samples), spec, interval)  # type: ignore[type-var]
+        return _unweighted_points(sorted(samples), spec, interval)  # type: ignore[arg-type]  # floats, checked
     weighted: list[tuple[float, int]] = []
     total = 0.0
     for sample in samples:

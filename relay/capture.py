@@ -90,7 +90,8 @@ def replay(records: Iterator[Record], target: str, speed: float) -> ReplayResult
         address: str | tuple[str, int] = target[5:]
     else:
         host, _, port = target.rpartition(":")
-        family, kind, _, _, address = socket.getaddrinfo(host or "127.0.0.1", int(port), type=socket.SOCK_DGRAM)[0]
+        family, kind, _, _, resolved = socket.getaddrinfo(host or "127.0.0.1", int(port), type=socket.SOCK_DGRAM)[0]
+        address = (str(resolved[0]), int(resolved[1]))
         sock = socket.socket(family, kind)
     result = ReplayResult()
     started = time.monotonic()

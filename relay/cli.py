@@ -115,10 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     if args.command == "doctor":
-        from relay.doctor import diagnose, http_probe, render, status_of
+        from relay.doctor import diagnose, http_probe, status_of
+        from relay.doctor import render as render_findings
 
         findings = diagnose(config, status_of(_health_url(config, "/status")), http_probe)
-        print(render(findings), end="")
+        print(render_findings(findings), end="")
         return 1 if any(state == "FAIL" for state, _, _ in findings) else 0
     if args.command == "check":
         return _check(config, args.name, args.times, args.json)

@@ -14,7 +14,7 @@ from relay.aggregate import Aggregator
 from relay.config import Config
 from relay.enrich import Enricher
 from relay.model import Event, Flushed, MetricSample, ServiceCheck
-from relay.parse import parse_datagram
+from relay.parse import ParseError, parse_datagram
 from relay.serialize import Serializer
 from relay.telemetry import Stats
 
@@ -42,11 +42,12 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
             entry["outcome"] = "sent"
             aggregator.add_service_check(item, now)
         else:
+            assert isinstance(item, ParseError)
             entry = {
                 "kind": item.kind,
                 "line": item.line.decode("utf-8", "replace"),
                 "outcome": f"rejected: {item.reason}",
-            }  # type: ignore[union-attr]
+            }
         lines.append(entry)
     flushed = aggregator.flush(now, force=True)
     payloads = serializer.payloads(flushed)

@@ -13,6 +13,7 @@ import html
 import json
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -325,7 +326,7 @@ class Intake:
         return web.Response(text="".join(body), content_type="text/html")
 
 
-def _html_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _html_table(title: str, header: tuple[str, ...], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<h2>{html.escape(title)} ({len(rows)})</h2><table><tr>{head}</tr>{body}</table>"

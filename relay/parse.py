@@ -76,7 +76,8 @@ def parse_metric(line: bytes, timestamps: bool = True) -> MetricSample:
     metric_type = _TYPES.get(fields[1])
     if metric_type is None:
         raise ParseError(METRIC, "invalid metric type")
-    rate, tags, timestamp = 1.0, (), 0
+    rate, timestamp = 1.0, 0
+    tags: tuple[str, ...] = ()
     for field in fields[2:]:
         prefix = field[:1]
         if prefix == b"#":
@@ -87,9 +88,10 @@ def parse_metric(line: bytes, timestamps: bool = True) -> MetricSample:
             except ValueError:
                 raise ParseError(METRIC, "could not parse dogstatsd sample rate") from None
         elif prefix == b"T" and timestamps:
-            timestamp = parse_int(field[1:])
-            if timestamp is None or timestamp < 1:
+            parsed = parse_int(field[1:])
+            if parsed is None or parsed < 1:
                 raise ParseError(METRIC, "dogstatsd timestamp should be > 0")
+            timestamp = parsed
         # Everything else (c:, e:, card:, unknown, empty) is ignored: the relay has no container tagger.
     if metric_type is MetricType.SET:
         return MetricSample(_text(name), metric_type, (), _text(raw_value), rate, tags, timestamp)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,7 +261,7 @@ def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetr
     return family
 
 
-def _gauge_family(name: str, doc: str, labels: list[str], values: dict[str, float]) -> GaugeMetricFamily:
+def _gauge_family(name: str, doc: str, labels: list[str], values: Mapping[str, float]) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=labels)
     for key, value in sorted(values.items()):
         family.add_metric([key], value)
@@ -298,13 +298,13 @@ def self_series(
             last[labels] = value
             context = Context(SELF_PREFIX + name, host, tags)
             series.append(Series(context, SeriesType.RATE, [(timestamp, delta / interval)], interval))
-    for name, value in (
+    for name, reading in (
         ("contexts", stats.gauge("contexts")),
         ("flush.duration", stats.last_flush_seconds),
         ("retry_queue.bytes", stats.gauge("retry_queue_bytes")),
     ):
         series.append(
-            Series(Context(SELF_PREFIX + name, host, ()), SeriesType.GAUGE, [(timestamp, float(value))], interval)
+            Series(Context(SELF_PREFIX + name, host, ()), SeriesType.GAUGE, [(timestamp, float(reading))], interval)
         )
     return series
 
@@ -339,7 +339,7 @@ def absorb_reports(stats: Stats, local_dropped: Counter[str], reports: list[dict
                 total[tuple(key) if isinstance(key, list) else key] += value
         setattr(stats, name, total)
     for name in WORKER_GAUGES:
-        stats.gauges[name] = lambda name=name: sum(r["gauges"][name] for r in reports)
+        stats.gauges[name] = _summed_gauge(reports, name)
     flushes = [r["flush"] for r in reports]
     stats.flushes = sum(f[0] for f in flushes)
     stats.flush_seconds = sum(f[1] for f in flushes)
@@ -355,6 +355,11 @@ def absorb_reports(stats: Stats, local_dropped: Counter[str], reports: list[dict
 def build_registry(stats: Stats) -> CollectorRegistry:
     """A registry of our own (never the global one): relay counters plus the process's CPU and memory."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(stats))  # type: ignore[arg-type]
+    registry.register(RelayCollector(stats))
     ProcessCollector(registry=registry)
     return registry
+
+
+def _summed_gauge(reports: list[dict[str, Any]], name: str) -> Callable[[], float]:
+    """A gauge that reads the sum of the workers' last reports at the time of asking."""
+    return lambda: sum(report["gauges"][name] for report in reports)

@@ -11,6 +11,7 @@ and reports its counters every second; /status and /metrics show the sum.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import multiprocessing
@@ -112,9 +113,10 @@ class ShardedRelay:
             data, _, _ = data.rpartition(b"\n")  # the unterminated last line is dropped, as in one process
             self.local_dropped["unterminated"] += 1
         for index, lines in enumerate(self.shard(data, self.count)):
-            if lines and self.pipes[index] is not None:
+            pipe = self.pipes[index]
+            if lines and pipe is not None:
                 try:
-                    self.pipes[index].send_bytes(lines)  # blocks when a worker lags: the socket buffer is the queue
+                    pipe.send_bytes(lines)  # blocks when a worker lags: the socket buffer is the queue
                 except OSError:
                     self._worker_lost(index, lines.count(b"\n"))
 
@@ -160,7 +162,7 @@ class ShardedRelay:
             reports_worker.close()
             self.pipes.append(data_main)
             self.processes.append(process)
-            pump(reports_main, loop, lambda message, index=index: self._receive_report(index, message))
+            pump(reports_main, loop, functools.partial(self._receive_report, index))
         health = await start_front(
             self.config, self.stats, self.registry,
             self.cardinality,

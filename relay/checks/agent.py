@@ -81,7 +81,7 @@ def install(
         sys.modules["checks"] = alias
         return True
     package = types.ModuleType("datadog_checks")
-    package.__path__ = []  # type: ignore[attr-defined]
+    package.__path__ = []
     for name in ("datadog_checks.base", "datadog_checks.checks", "checks"):
         module = types.ModuleType(name)
         module.AgentCheck = base.AgentCheck  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from typing import Any
 from relay.accumulators import HistogramSpec, histogram_points
 from relay.checks.base import COUNT, COUNTER, GAUGE, HISTOGRAM, HISTORATE, MONOTONIC_COUNT, RATE
 from relay.model import Context, Event, Series, SeriesType, ServiceCheck
+from relay.sketch import Sample
 
 Key = tuple[int, str, str, tuple[str, ...]]  # (metric type, name, host, tags)
 
@@ -88,10 +89,11 @@ class CheckSampler:
         if mtype == COUNTER:
             return [("", SeriesType.RATE, sum(values))]
         if mtype == HISTOGRAM:
-            return histogram_points([float(v) for v in values], self.histogram_spec, 1)
+            samples: list[Sample] = [float(v) for v in values]
+            return histogram_points(samples, self.histogram_spec, 1)
         if mtype == HISTORATE:
             timed = list(itertools.pairwise(zip(values, self.submitted_at[key], strict=True)))
-            rates = [float((v2 - v1) / (t2 - t1)) for (v1, t1), (v2, t2) in timed if t2 > t1]
+            rates: list[Sample] = [float((v2 - v1) / (t2 - t1)) for (v1, t1), (v2, t2) in timed if t2 > t1]
             return histogram_points(rates, self.histogram_spec, 1) if rates else []
         previous = self.previous.get(key)
         self.previous[key] = (values[-1], now)
