@@ -3,7 +3,8 @@
 #   docker build -t dogstatsd-relay .
 #   docker run --rm -p 8125:8125/udp -p 8127:8127 -e DD_API_KEY=... dogstatsd-relay
 
-# Build stage: a wheel of the relay, with its optional C accelerator compiled (the final image has no compiler).
+# Build stage: a wheel of the relay, with its optional C extensions compiled (the hot paths, the sockets' reader
+# thread); the final image has no compiler.
 FROM python:3.11-slim AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc=4:12.* libc6-dev=2.36-* \
