@@ -11,10 +11,12 @@
  * it at dogstatsd_buffer_size. The first datagram queued after a `take` writes to `wakeup_fd` (an eventfd), so
  * the event loop wakes once per batch, not once per datagram.
  *
- *   take() -> (datagrams: list[bytes], truncated: int, errors: int)
+ *   take(limit) -> (datagrams: list[bytes], truncated: int, errors: int, more: bool)
  *
- * empties the queue (what was queued since the last take; the counts are of the same datagrams) and clears the
- * eventfd. `stop()` ends the thread and joins it; what it had queued is still there for a last `take`.
+ * hands out the queue in slices of about `limit` bytes: the first take after the last slice takes the whole
+ * queue from the thread (the counts are of those datagrams; the thread then has room again), and `more` says
+ * whether anything is left, in slices or queued since. It clears the eventfd. `stop()` ends the thread and joins it; what it had
+ * queued is still there for the last takes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -45,7 +47,9 @@ typedef struct {
     size_t max_size, queue_bytes;
     pthread_mutex_t lock;
     pthread_cond_t room;        /* signalled by take: the queue has room again */
-    Buffer queue, spare;        /* records: a uint32 length then its bytes; `spare` is the one being taken */
+    Buffer queue;               /* records: a uint32 length then its bytes, appended by the thread */
+    Buffer pending;             /* the queue as the loop took it last, handed out a slice a take (GIL only) */
+    size_t pending_offset, pending_datagrams, pending_bytes;
     size_t queued_datagrams, queued_bytes;
     int woken;                  /* wakeup_fd written since the last take */
     unsigned long long truncated, errors, dropped, dropped_bytes;  /* under `lock`; the first two since a take */
@@ -270,45 +274,64 @@ static PyObject *Reader_stop(Reader *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Reader_take(Reader *self, PyObject *unused) {
+static PyObject *Reader_take(Reader *self, PyObject *args) {
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "n", &limit)) return NULL;
     uint64_t ignored;
     ssize_t cleared = read(self->wakeup_fd, &ignored, sizeof ignored);
     (void)cleared;  /* EAGAIN: nothing to clear */
-    pthread_mutex_lock(&self->lock);
-    Buffer taken = self->queue;
-    self->queue = self->spare;
-    self->queue.used = 0;
-    size_t count = self->queued_datagrams;
-    unsigned long long truncated = self->truncated, errors = self->errors;
-    self->queued_datagrams = self->queued_bytes = 0;
-    self->truncated = self->errors = 0;
-    self->woken = 0;
-    pthread_cond_signal(&self->room);
-    pthread_mutex_unlock(&self->lock);
-    self->total_truncated += truncated;
-    self->total_errors += errors;
-    PyObject *datagrams = PyList_New((Py_ssize_t)count);
-    size_t offset = 0;
-    for (size_t i = 0; datagrams != NULL && i < count; i++) {
+    unsigned long long truncated = 0, errors = 0;
+    if (self->pending_offset >= self->pending.used) {  /* the last slice was handed out: take the queue */
+        pthread_mutex_lock(&self->lock);
+        Buffer empty = self->pending;
+        empty.used = 0;
+        self->pending = self->queue;
+        self->queue = empty;  /* its memory serves the thread again */
+        self->pending_datagrams = self->queued_datagrams;
+        self->pending_bytes = self->queued_bytes;
+        truncated = self->truncated;
+        errors = self->errors;
+        self->queued_datagrams = self->queued_bytes = 0;
+        self->truncated = self->errors = 0;
+        self->woken = 0;
+        pthread_cond_signal(&self->room);
+        pthread_mutex_unlock(&self->lock);
+        self->pending_offset = 0;
+    }
+    /* One slice of about `limit` bytes (one datagram at least): a working set that stays in the CPU's caches. */
+    size_t offset = self->pending_offset, count = 0, bytes = 0;
+    while (offset < self->pending.used && (count == 0 || bytes < (size_t)limit)) {
         uint32_t length;
-        memcpy(&length, taken.data + offset, sizeof length);
-        PyObject *datagram = PyBytes_FromStringAndSize(taken.data + offset + sizeof length, length);
+        memcpy(&length, self->pending.data + offset, sizeof length);
+        offset += sizeof length + length;
+        bytes += length;
+        count++;
+    }
+    PyObject *datagrams = PyList_New((Py_ssize_t)count);
+    for (size_t i = 0, at = self->pending_offset; datagrams != NULL && i < count; i++) {
+        uint32_t length;
+        memcpy(&length, self->pending.data + at, sizeof length);
+        PyObject *datagram = PyBytes_FromStringAndSize(self->pending.data + at + sizeof length, length);
         if (datagram == NULL) {
             Py_CLEAR(datagrams);
             break;
         }
         PyList_SET_ITEM(datagrams, (Py_ssize_t)i, datagram);
-        offset += sizeof length + length;
+        at += sizeof length + length;
     }
-    taken.used = 0;
-    self->spare = taken;  /* its memory serves the next take */
     if (datagrams == NULL) return NULL;
-    return Py_BuildValue("(NKK)", datagrams, truncated, errors);
+    self->pending_offset = offset;
+    self->pending_datagrams -= count;
+    self->pending_bytes -= bytes;
+    pthread_mutex_lock(&self->lock);
+    int more = self->pending_offset < self->pending.used || self->queued_datagrams > 0;
+    pthread_mutex_unlock(&self->lock);
+    return Py_BuildValue("(NKKO)", datagrams, truncated, errors, more ? Py_True : Py_False);
 }
 
 static PyObject *Reader_get_queued_bytes(Reader *self, void *closure) {
     pthread_mutex_lock(&self->lock);
-    size_t bytes = self->queued_bytes;
+    size_t bytes = self->queued_bytes + self->pending_bytes;
     pthread_mutex_unlock(&self->lock);
     return PyLong_FromSize_t(bytes);
 }
@@ -339,12 +362,12 @@ static void Reader_dealloc(Reader *self) {
     if (self->wakeup_fd > 0) close(self->wakeup_fd);
     if (self->stop_fd > 0) close(self->stop_fd);
     free(self->queue.data);
-    free(self->spare.data);
+    free(self->pending.data);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef Reader_methods[] = {
-    {"take", (PyCFunction)Reader_take, METH_NOARGS, "Empty the queue: (datagrams, truncated, errors)."},
+    {"take", (PyCFunction)Reader_take, METH_VARARGS, "A slice of the queue: (datagrams, truncated, errors, more)."},
     {"stop", (PyCFunction)Reader_stop, METH_NOARGS, "End the thread; what it queued stays for a last take."},
     {NULL, NULL, 0, NULL},
 };
