@@ -6,7 +6,7 @@
  * starts a thread that waits on `fd` with poll() and empties it with recvmmsg(), 64 datagrams at a time, without
  * the GIL (it never touches a Python object). Each datagram is appended to an in-memory queue bounded at
  * `queue_bytes`. A full queue stops the reading until the next take (see wait_for_room); a datagram of the last
- * batch that does not fit is dropped and counted (`dropped`, `dropped_bytes`). A datagram
+ * batch that does not fit is dropped and counted (`dropped`). A datagram
  * longer than `max_size` keeps its first `max_size` bytes and is counted in `truncated`, as the Agent's reader cuts
  * it at dogstatsd_buffer_size. The first datagram queued after a `take` writes to `wakeup_fd` (an eventfd), so
  * the event loop wakes once per batch, not once per datagram.
@@ -49,11 +49,10 @@ typedef struct {
     pthread_cond_t room;        /* signalled by take: the queue has room again */
     Buffer queue;               /* records: a uint32 length then its bytes, appended by the thread */
     Buffer pending;             /* the queue as the loop took it last, handed out a slice a take (GIL only) */
-    size_t pending_offset, pending_datagrams, pending_bytes;
+    size_t pending_offset, pending_bytes;
     size_t queued_datagrams, queued_bytes;
     int woken;                  /* wakeup_fd written since the last take */
-    unsigned long long truncated, errors, dropped, dropped_bytes;  /* under `lock`; the first two since a take */
-    unsigned long long total_truncated, total_errors;
+    unsigned long long truncated, errors, dropped;  /* under `lock`; the first two since the last take */
     int last_errno;
     pthread_t thread;
     int started, stopping;
@@ -204,7 +203,6 @@ static void *drain(void *argument) {
             }
             if (!enqueue(self, (char *)vectors[i].iov_base, length)) {
                 self->dropped++;
-                self->dropped_bytes += length;
             }
         }
         int signalled = self->woken, full = self->queued_bytes >= WAKE_BYTES;
@@ -287,7 +285,6 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
         empty.used = 0;
         self->pending = self->queue;
         self->queue = empty;  /* its memory serves the thread again */
-        self->pending_datagrams = self->queued_datagrams;
         self->pending_bytes = self->queued_bytes;
         truncated = self->truncated;
         errors = self->errors;
@@ -321,7 +318,6 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
     }
     if (datagrams == NULL) return NULL;
     self->pending_offset = offset;
-    self->pending_datagrams -= count;
     self->pending_bytes -= bytes;
     pthread_mutex_lock(&self->lock);
     int more = self->pending_offset < self->pending.used || self->queued_datagrams > 0;
@@ -339,13 +335,6 @@ static PyObject *Reader_get_queued_bytes(Reader *self, void *closure) {
 static PyObject *Reader_get_dropped(Reader *self, void *closure) {
     pthread_mutex_lock(&self->lock);
     unsigned long long dropped = self->dropped;
-    pthread_mutex_unlock(&self->lock);
-    return PyLong_FromUnsignedLongLong(dropped);
-}
-
-static PyObject *Reader_get_dropped_bytes(Reader *self, void *closure) {
-    pthread_mutex_lock(&self->lock);
-    unsigned long long dropped = self->dropped_bytes;
     pthread_mutex_unlock(&self->lock);
     return PyLong_FromUnsignedLongLong(dropped);
 }
@@ -380,7 +369,6 @@ static PyMemberDef Reader_members[] = {
 static PyGetSetDef Reader_getset[] = {
     {"queued_bytes", (getter)Reader_get_queued_bytes, NULL, "bytes of datagrams waiting for a take", NULL},
     {"dropped", (getter)Reader_get_dropped, NULL, "datagrams dropped because the queue was full", NULL},
-    {"dropped_bytes", (getter)Reader_get_dropped_bytes, NULL, "their bytes", NULL},
     {"last_error", (getter)Reader_get_last_error, NULL, "the last read error, or ''", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
