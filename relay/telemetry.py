@@ -74,6 +74,9 @@ class Stats:
 
     def snapshot(self) -> dict[str, Any]:
         """The status JSON: what `dogstatsd-relay status` prints."""
+        kernel_drops, queue_drops, queued = (
+            self.kernel_drops(), self.per_listener("queue_drops"), self.per_listener("queue_bytes")
+        )  # fmt: skip
         return {
             "info": {**self.info, "uptime_seconds": round(time.time() - self.started, 1)},
             "listeners": {
@@ -82,9 +85,9 @@ class Stats:
                     "bytes": self.bytes[transport],
                     "truncated": self.truncated[transport],
                     "read_errors": self.read_errors[transport],
-                    "kernel_drops": self.kernel_drops().get(transport, 0),
-                    "queue_drops": self.per_listener("queue_drops").get(transport, 0),
-                    "queued_bytes": self.per_listener("queue_bytes").get(transport, 0),
+                    "kernel_drops": kernel_drops.get(transport, 0),
+                    "queue_drops": queue_drops.get(transport, 0),
+                    "queued_bytes": queued.get(transport, 0),
                 }
                 for transport in sorted(set(self.info.get("listeners", {})) | set(self.packets))
             },
