@@ -89,7 +89,8 @@ def histogram_points(
     samples: list[Sample], spec: HistogramSpec, interval: int, packed: Packed | None = None
 ) -> list[Point]:
     """Weight int(1/rate), sum of value/rate, quantiles by weighted nearest rank with no interpolation. `packed`
-    holds the samples that came before `samples` (their order matters for the sum, and for ties)."""
+    holds the samples that came before `samples` (their order matters for the sum, and for ties); with the C
+    arithmetic, `samples` are packed into it (at flush, the bucket is already detached)."""
     if _summary_in_c is not None:
         packed = packed if packed is not None else Packed()
         packed.add(samples)

@@ -46,7 +46,7 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
             reasons.append(f"probe loss on {listener} {ratio:.1%} > relay.ready_max_probe_loss {limit:.1%}")
     queued, queue_limit = stats.per_listener("queue_bytes"), config.relay_receive_queue_bytes
     for listener, size in sorted(queued.items()):
-        if size > queue_limit / 2:  # ingest is falling behind: past the limit, datagrams are dropped
+        if size > queue_limit / 2:  # ingest is falling behind: at the limit the reader stops, the kernel drops
             reasons.append(f"receive queue on {listener} {size} bytes > half of relay.receive_queue_bytes")
     backlog, limit_bytes = stats.gauge("retry_queue_bytes"), config.relay_ready_max_retry_queue_bytes
     if backlog > limit_bytes:

@@ -80,7 +80,7 @@ class Ingest:
         """What the C fast path needs to learn a context's first sight itself (see learn() in _speedups.c): the
         enricher's plain case only; with a namespace, mapper profiles or a prefix blocklist, Python learns."""
         enricher, aggregator = self.enricher, self.aggregator
-        encodable = all(text.isascii() or _utf8(text) for text in (enricher.hostname, *enricher.extra_tags))
+        encodable = all(_utf8(text) for text in (enricher.hostname, *enricher.extra_tags))
         if enricher.profiles or enricher.namespace or enricher.blocklist_prefixes or not encodable:
             return None
         return (
