@@ -44,6 +44,12 @@ class FlushWork:
     service_checks: list[ServiceCheck]
     passthrough: list[Series]
 
+    @property
+    def items(self) -> int:
+        """Contexts, points, events and service checks: what is lost if this flush cannot be built."""
+        contexts = sum(len(bucket.slots()) for bucket in self.closed)
+        return contexts + len(self.timestamped) + len(self.events) + len(self.service_checks) + len(self.passthrough)
+
 
 class Aggregator:
     def __init__(self, config: Config, stats: Stats) -> None:
@@ -316,14 +322,23 @@ class Aggregator:
                 sets.append((slot, float(len(members))))
         series.add_all("", SeriesType.GAUGE, start, sets)
         for slot, samples in bucket.histograms.items():
-            points = histogram_points(samples, self.histogram_spec, interval, bucket.packed.get(slot))
+            try:  # the arithmetic with the most code: a bug in it costs one context, counted
+                points = histogram_points(samples, self.histogram_spec, interval, bucket.packed.get(slot))
+            except Exception:
+                self.stats.internal_error("flush (histogram)")
+                continue
             for suffix, series_type, value in points:
                 series.add_all(suffix, series_type, start, ((slot, value),))
         for slot, samples in bucket.distributions.items():
+            try:
+                point = sketch_of(samples, bucket.folded.get(slot)).to_point(start)
+            except Exception:
+                self.stats.internal_error("flush (distribution)")
+                continue
             entry = sketches.get(slot)
             if entry is None:
                 entry = sketches[slot] = SketchSeries(self._context(slot), [])
-            entry.points.append(sketch_of(samples, bucket.folded.get(slot)).to_point(start))
+            entry.points.append(point)
 
     def _zero_slots(self, start: int, sampled: dict[int, float]) -> list[int]:
         """Counters without data in this bucket report 0 until dogstatsd_expiry_seconds after their last sample."""

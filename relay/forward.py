@@ -161,7 +161,23 @@ class HttpSink:
                     await asyncio.wait_for(self._wakeup.wait(), max(timeout, 0.001))
                 continue
             for endpoint in ready:
-                await self._send_next(endpoint)
+                try:
+                    await self._send_next(endpoint)
+                except Exception:  # a bug costs the payload at hand, never the forwarder
+                    self._drop_next(endpoint)
+
+    def _drop_next(self, endpoint: Endpoint) -> None:
+        """The payload a bug stopped: dropped and counted, so that it cannot stop the endpoint again and again."""
+        state = self.endpoints[endpoint]
+        items = 1
+        if self.spool is not None and self.spool.files[endpoint]:
+            self.spool.remove(self.spool.files[endpoint][0])
+        elif state.queue:
+            _, payload = state.queue.popleft()
+            self.queue_bytes -= len(payload.body)
+            items = payload.items
+        self.stats.payloads[endpoint.value, "dropped"] += 1
+        self.stats.internal_error(f"forward ({endpoint.value})", items)
 
     def _has_pending(self, endpoint: Endpoint) -> bool:
         return bool(self.endpoints[endpoint].queue) or bool(self.spool and self.spool.files[endpoint])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import NamedTuple
 
@@ -102,10 +102,10 @@ class SketchSeries:
 class Flushed:
     """Everything one flush produced, ready for the serializer."""
 
-    series: list[Series]
-    sketches: list[SketchSeries]
-    events: list[Event]
-    service_checks: list[ServiceCheck]
+    series: list[Series] = field(default_factory=list)
+    sketches: list[SketchSeries] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    service_checks: list[ServiceCheck] = field(default_factory=list)
 
 
 class Endpoint(StrEnum):

@@ -75,19 +75,19 @@ class Serializer:
         pieces = [piece for s in series for piece in _split_points(s, self.series_limits.max_points)]
         if self.use_v2:
             encode = self.protobuf.series_item
-            items = ((encode(s), len(s.points)) for s in pieces)
+            items = self._each(lambda s: (encode(s), len(s.points)), pieces, "series")
             yield from self._pack(Endpoint.SERIES_V2, items, b"", b"", b"", self.series_limits)
         else:
-            items = ((_json(_series_json(s)), len(s.points)) for s in pieces)
+            items = self._each(lambda s: (_json(_series_json(s)), len(s.points)), pieces, "series")
             yield from self._pack(Endpoint.SERIES_V1, items, b'{"series":[', b",", b"]}", self.series_limits)
 
     def sketches(self, sketches: list[SketchSeries]) -> Iterator[Payload]:
-        items = ((b"\x0a" + _length_delimited(self.protobuf.sketch(s)), 0) for s in sketches)
+        items = self._each(lambda s: (b"\x0a" + _length_delimited(self.protobuf.sketch(s)), 0), sketches, "sketches")
         # The Agent closes every SketchPayload with an empty CommonMetadata (field 2).
         yield from self._pack(Endpoint.SKETCHES, items, b"", b"", b"\x12\x00", self.other_limits)
 
     def service_checks(self, checks: list[ServiceCheck]) -> Iterator[Payload]:
-        items = ((_json(_service_check_json(c)), 0) for c in checks)
+        items = self._each(lambda c: (_json(_service_check_json(c)), 0), checks, "service checks")
         yield from self._pack(Endpoint.CHECK_RUN, items, b"[", b",", b"]", self.other_limits)
 
     def events(self, events: list[Event]) -> Iterator[Payload]:
@@ -95,13 +95,23 @@ class Serializer:
         for source, group in _group_by_source(events).items():
             head = b'{"apiKey":"","events":{' + _json(source) + b":["
             tail = b']},"internalHostname":' + _json(self.hostname) + b"}"
-            items = ((_json(_event_json(e)), 0) for e in group)
+            items = self._each(lambda e: (_json(_event_json(e)), 0), group, "events")
             yield from self._pack(Endpoint.EVENTS, items, head, b",", tail, self.other_limits)
 
     def host_metadata(self, document: dict[str, Any]) -> Payload:
         """The Agent's v5 host metadata (see server.host_metadata), posted to /intake/."""
         raw = _json(document)
         return Payload(Endpoint.EVENTS, self.compressor.compress(raw), self.compressor.encoding, 1, len(raw))
+
+    def _each(
+        self, encode: Callable[[Any], tuple[bytes, int]], things: Iterable[Any], kind: str
+    ) -> Iterator[tuple[bytes, int]]:
+        """Each item encoded; a bug encoding one costs that item (counted), not the payload or the flush."""
+        for thing in things:
+            try:
+                yield encode(thing)
+            except Exception:
+                self.stats.internal_error(f"serialize ({kind})")
 
     def _pack(
         self,

@@ -148,10 +148,7 @@ class Relay:
         try:
             self.ingester.datagram(data, transport, time.time())
         except Exception:  # a bug must cost one datagram, never the relay
-            self.stats.dropped["internal_error"] += 1
-            self.ingester.log.log(
-                logging.ERROR, "internal", "internal error on a %s datagram", transport, exc_info=True
-            )
+            self.stats.internal_error(f"ingest ({transport})")
 
     # --- flush ----------------------------------------------------------------------------------------------------
 
@@ -164,7 +161,11 @@ class Relay:
             # Only taking the closed buckets out happens on the loop; the arithmetic and the encoding run in a
             # thread, so that ingest keeps draining the sockets during a flush.
             work = self.aggregator.detach(time.time(), force=force)
-            flushed, payloads = await asyncio.to_thread(self._build_and_serialize, work)
+            try:
+                flushed, payloads = await asyncio.to_thread(self._build_and_serialize, work)
+            except Exception:  # a bug outside the per-item guards: this flush's items are lost, and counted
+                self.stats.internal_error("flush", work.items)
+                flushed, payloads = Flushed(), []
             self.aggregator.finish(work)
         finally:
             gc.enable()

@@ -6,6 +6,7 @@ Hot paths bump plain ints in `Stats`; nothing here runs per packet. Like prometh
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
+from relay.logs import RateLimitedLog
 from relay.model import Context, Series, SeriesType
 
 MESSAGE_TYPES = ("metric", "event", "service_check")
@@ -51,6 +53,16 @@ class Stats:
     checks: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])  # per check instance, for status
     check_errors: dict[str, str] = field(default_factory=dict)  # checks that could not be loaded
     destinations: dict[str, Stats] = field(default_factory=dict)  # additional_endpoints: "host ***key" → counters
+    internal_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logging.getLogger("relay.internal")))
+
+    def internal_error(self, stage: str, items: int = 1) -> None:
+        """The safety net of every stage: a bug costs the datagram or the items at hand, never the relay. Counted
+        as dropped (internal_error) and logged with its traceback, once per stage per window. Call it from an
+        `except` block."""
+        self.dropped["internal_error"] += items
+        self.internal_log.log(
+            logging.ERROR, stage, "internal error in %s: %d item(s) dropped", stage, items, exc_info=True
+        )
 
     def per_listener(self, gauge: str) -> dict[str, int]:
         """A gauge registered per listener as "gauge:listener" (kernel_drops from /proc, the reader queue's

@@ -61,7 +61,7 @@ def test_a_bug_in_ingest_costs_its_datagram_is_counted_and_logged_with_its_trace
         relay.ingest(b"a:1|c", "udp")
         relay.ingest(b"b:1|c", "udp")  # logged once: the log is rate-limited
     assert relay.stats.dropped["internal_error"] == 2
-    assert caplog.text.count("internal error on a udp datagram") == 1
+    assert caplog.text.count("internal error in ingest (udp)") == 1
     assert "RuntimeError: injected bug" in caplog.text and "Traceback" in caplog.text
 
 
@@ -99,3 +99,92 @@ async def test_shutdown_during_a_flush_lets_it_finish_and_every_count_arrives_on
     await relay.shutdown(flusher)
     counts = {prefix: sum(total(stand_in.series, f"{prefix}.{i}") for i in range(100)) for prefix in ("closed", "open")}
     assert counts == {"closed": 1000, "open": 1000}
+
+
+async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tmp_path, caplog):
+    """Bugs injected into ingest, the flush arithmetic, the serializer, the forwarder and a check's submission:
+    each costs the datagram or the item at hand, counted as internal_error and logged with its traceback once;
+    the relay keeps running and everything else arrives."""
+    import io
+    import logging
+
+    from relay import aggregate
+    from relay.config import Config
+    from relay.server import Relay
+    from tests.conftest import API_KEY
+    from tests.test_checks import SEED_CHECK, agent_layout
+
+    stand_in, url = intake
+    confd = agent_layout(tmp_path, {"custom_hello": SEED_CHECK}, {"custom_hello.yaml": "instances: [{}]"})
+    environ = {"DD_API_KEY": API_KEY, "DD_DD_URL": url, "DD_HOSTNAME": "h", "DD_RELAY_HOST_COLLECTORS": "",
+               "DD_RELAY_FLUSH_INTERVAL": "1", "DD_ENABLE_METADATA_COLLECTION": "false",
+               "DD_RELAY_SPOOL_DIR": str(tmp_path / "spool"), "DD_CONFD_PATH": str(confd),
+               "DD_RELAY_CHECKS_BASE": "builtin"}  # fmt: skip
+    relay = Relay(Config.load(None, environ), out=io.StringIO())
+    assert relay.checks is not None and len(relay.checks.instances) == 1
+
+    datagram, histogram_points = relay.ingester.datagram, aggregate.histogram_points
+
+    def ingest_bug(data: bytes, transport: str, now: float) -> None:
+        if b"ingest.bug" in data:
+            raise RuntimeError("injected ingest bug")
+        datagram(data, transport, now)
+
+    def flush_bug(samples, *args):
+        if 666.0 in samples:
+            raise RuntimeError("injected flush bug")
+        return histogram_points(samples, *args)
+
+    encode = relay.serializer.protobuf.series_item
+
+    def serialize_bug(series):
+        if series.context.name == "serialize.bug":
+            raise RuntimeError("injected serialize bug")
+        return encode(series)
+
+    post, failed_once = relay.sink._post, []  # type: ignore[attr-defined]
+
+    async def forward_bug(payload):
+        if payload.endpoint.value == "/api/v1/check_run" and not failed_once:
+            failed_once.append(payload)
+            raise RuntimeError("injected forward bug")
+        return await post(payload)
+
+    instance = relay.checks.instances[0]
+    commit, check_bugs = instance.sampler.commit, []
+
+    def check_bug(*args):
+        if not check_bugs:
+            check_bugs.append(1)
+            raise RuntimeError("injected check bug")
+        return commit(*args)
+
+    relay.ingester.datagram = ingest_bug  # type: ignore[method-assign]
+    aggregate.histogram_points = flush_bug  # type: ignore[assignment]
+    relay.serializer.protobuf.series_item = serialize_bug  # type: ignore[method-assign]
+    relay.sink._post = forward_bug  # type: ignore[attr-defined]
+    instance.sampler.commit = check_bug  # type: ignore[method-assign]
+    instance.interval = 0.3
+    try:
+        with caplog.at_level(logging.ERROR, logger="relay.internal"):
+            task = asyncio.create_task(relay.run())
+            await asyncio.sleep(0.3)
+            for _ in range(2):
+                relay.ingest(b"ingest.bug:1|c", "udp")
+            relay.ingest(b"ok.count:1|c\nflush.bug:666|h\nok.hist:5|h\nserialize.bug:1|g\n_sc|lost|0\n", "udp")
+            await wait_for(lambda: total(stand_in.series, "ok.count") == 1 and stand_in.service_checks == [])
+            relay.ingest(b"ok.count:1|c\n_sc|kept|0\n", "udp")
+            await wait_for(lambda: total(stand_in.series, "ok.count") == 2)
+            await wait_for(lambda: [c["check"] for c in stand_in.service_checks] == ["kept"])
+            await wait_for(lambda: any(s["metric"] == "my_metric" for s in stand_in.series))  # the check goes on
+            relay.should_exit.set()
+            await asyncio.wait_for(task, 30)
+    finally:
+        aggregate.histogram_points = histogram_points  # type: ignore[assignment]
+    assert relay.stats.dropped["internal_error"] == 2 + 1 + 1 + 1 + 1  # ingest twice, flush, serialize, forward, check
+    assert any(s["metric"] == "ok.hist.max" for s in stand_in.series)
+    assert not any(s["metric"].startswith(("flush.bug", "serialize.bug")) for s in stand_in.series)
+    for stage in ("ingest", "flush (histogram)", "serialize (series)", "forward (/api/v1/check_run)", "check"):
+        assert f"internal error in {stage}" in caplog.text, stage
+    assert caplog.text.count("RuntimeError: injected ingest bug") == 1  # the second one within the window is not logged
+    assert "Traceback" in caplog.text

@@ -236,12 +236,17 @@ class CheckRunner:
         """A daemon thread per run: a check that never returns holds one thread, never the relay's exit."""
         try:
             self.run_once(instance)
+        except Exception:  # the check's own errors are caught by AgentCheck.run; this is a bug of the runner
+            self.stats.internal_error(f"check {instance.check_id}")
         finally:
             loop.call_soon_threadsafe(self._done, instance)
 
     def _done(self, instance: Instance) -> None:
         instance.running = False
-        self.commit(instance)
+        try:
+            self.commit(instance)
+        except Exception:
+            self.stats.internal_error(f"check {instance.check_id} (submit)")
 
     def close(self) -> None:
         for instance in self.instances:
