@@ -218,6 +218,8 @@ class Config:
     relay_ready_max_flush_lag: float = _key(30.0, key="relay.ready_max_flush_lag", check=_positive)
     # The native reader's queue between the socket and ingest (0: the event loop reads the sockets itself).
     relay_receive_queue_bytes: int = _key(64 * 1024 * 1024, key="relay.receive_queue_bytes", check=_not_negative)
+    # relay.workers > 1: lines waiting for each worker's pipe (a worker that lags fills this, never the loop).
+    relay_worker_queue_bytes: int = _key(32 * 1024 * 1024, key="relay.worker_queue_bytes", check=_positive)
     relay_socket_mode: str = _key(
         "0660",
         key="relay.socket_mode",

@@ -195,6 +195,12 @@ class RelayCollector:
             s.per_listener("queue_bytes"),
         )
         yield _gauge_family(
+            "relay_worker_queue_bytes",
+            "relay.workers > 1: bytes of lines waiting for each worker (relay.worker_queue_bytes at most).",
+            ["worker"],
+            s.per_listener("worker_queue_bytes"),
+        )
+        yield _gauge_family(
             "relay_probe_loss_ratio",
             "Share of the loss self-probes lost in the listener's queue, over the last 60 probes.",
             ["listener"],

@@ -11,13 +11,14 @@ and reports its counters every second; /status and /metrics show the sum.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import multiprocessing
 import threading
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -62,6 +63,74 @@ def pump(connection: Connection, loop: asyncio.AbstractEventLoop, handle: Callab
     threading.Thread(target=read, name="pipe-reader", daemon=True).start()
 
 
+class WorkerFeed:
+    """One worker's lines, queued in memory up to `limit` bytes and written to its pipe by a thread of their own.
+
+    A worker that lags (or is stopped) fills its queue, never the event loop: the health endpoint, the signals and
+    the other workers go on. What does not fit is refused, and the caller counts it. A pipe that breaks (the worker
+    died) turns the feed `lost`; `take_lost()` then tells how many lines it had taken that never arrived.
+    """
+
+    def __init__(self, pipe: Connection, limit: int, name: str) -> None:
+        self.pipe = pipe
+        self.limit = limit
+        self.queued_bytes = 0  # including the message being written
+        self.lost = False
+        self._lost_lines = 0
+        self._queue: deque[bytes] = deque()
+        self._closing = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._write, name=f"{name}-feed", daemon=True)
+        self._thread.start()
+
+    def put(self, lines: bytes) -> bool:
+        """Queue one message; False when the queue is full or the worker is gone (the caller counts the lines)."""
+        with self._ready:
+            if self.lost or self._closing or self.queued_bytes + len(lines) > self.limit:
+                return False
+            self._queue.append(lines)
+            self.queued_bytes += len(lines)
+            self._ready.notify()
+        return True
+
+    def take_lost(self) -> int:
+        with self._ready:
+            lost, self._lost_lines = self._lost_lines, 0
+        return lost
+
+    def close(self) -> None:
+        """After what is queued, the empty message that tells the worker to flush and stop."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _write(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closing:
+                    self._ready.wait()
+                if not self._queue:
+                    break
+                lines = self._queue[0]
+            try:
+                self.pipe.send_bytes(lines)  # blocks while the worker lags: only this thread waits
+            except OSError:
+                with self._ready:
+                    self.lost = True
+                    self._lost_lines += sum(message.count(b"\n") for message in self._queue)
+                    self._queue.clear()
+                    self.queued_bytes = 0
+                return
+            with self._ready:
+                self._queue.popleft()
+                self.queued_bytes -= len(lines)
+        with contextlib.suppress(OSError):
+            self.pipe.send_bytes(b"")
+
+
 def shard_lines(data: bytes, count: int) -> list[bytes]:
     """The lines of a batch for each worker, by metric name (the bytes before the first ':')."""
     shards: list[list[bytes]] = [[] for _ in range(count)]
@@ -103,30 +172,31 @@ class ShardedRelay:
         self.registry = build_registry(self.stats)
         self.listeners = Listeners(config, self.stats, self.dispatch)
         self.shard = _shard_function()
-        self.pipes: list[Connection | None] = []
+        self._lost: set[int] = set()
+        self.feeds: list[WorkerFeed] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.should_exit = asyncio.Event()
 
     def dispatch(self, data: bytes, transport: str) -> None:
-        """The listeners' callback: split the batch between the workers."""
+        """The listeners' callback: split the batch between the workers' feeds; never waits for a worker."""
         if data[-1:] != b"\n" and self.config.eol_required_for(transport):
             data, _, _ = data.rpartition(b"\n")  # the unterminated last line is dropped, as in one process
             self.local_dropped["unterminated"] += 1
         for index, lines in enumerate(self.shard(data, self.count)):
-            pipe = self.pipes[index]
-            if lines and pipe is not None:
-                try:
-                    pipe.send_bytes(lines)  # blocks when a worker lags: the socket buffer is the queue
-                except OSError:
+            feed = self.feeds[index]
+            if lines and not feed.put(lines):
+                if feed.lost:
                     self._worker_lost(index, lines.count(b"\n"))
+                else:
+                    self.local_dropped["worker_queue_full"] += lines.count(b"\n")
 
     def _worker_lost(self, index: int, lines: int) -> None:
         """A worker died: its lines from now on are dropped and counted; the others go on."""
-        self.local_dropped["worker_down"] += lines
-        if self.pipes[index] is not None:
+        self.local_dropped["worker_down"] += lines + self.feeds[index].take_lost()
+        if index not in self._lost:
+            self._lost.add(index)
             logger.error("worker-%d is gone (exit code %s): its share of the lines is dropped and counted",
                          index, self.processes[index].exitcode)  # fmt: skip
-            self.pipes[index] = None
 
     def cardinality(self, **_: Any) -> dict[str, Any]:
         """The sums the workers report; contexts per metric and tag values stay inside each worker."""
@@ -158,10 +228,14 @@ class ShardedRelay:
                 target=worker_main, args=(worker_config, index, data_worker, reports_worker), name=f"worker-{index}"
             )
             process.start()
+            self.stats.info.setdefault("worker_pids", []).append(process.pid)
             data_worker.close()
             reports_worker.close()
-            self.pipes.append(data_main)
+            self.feeds.append(WorkerFeed(data_main, self.config.relay_worker_queue_bytes, f"worker-{index}"))
             self.processes.append(process)
+            self.stats.gauges[f"worker_queue_bytes:worker-{index}"] = functools.partial(
+                lambda feed: feed.queued_bytes, self.feeds[-1]
+            )
             pump(reports_main, loop, functools.partial(self._receive_report, index))
         health = await start_front(
             self.config, self.stats, self.registry,
@@ -175,14 +249,13 @@ class ShardedRelay:
         """Stop reading, tell every worker to flush and send, and wait for them."""
         logger.info("shutting down: %d workers flush", self.count)
         await self.listeners.stop()
-        for index, pipe in enumerate(self.pipes):
-            if pipe is not None:
-                try:
-                    pipe.send_bytes(b"")
-                except OSError:
-                    self._worker_lost(index, 0)
+        for feed in self.feeds:
+            feed.close()
         deadline = self.config.relay_shutdown_timeout + 10
-        for process in self.processes:
+        for index, (feed, process) in enumerate(zip(self.feeds, self.processes, strict=True)):
+            await asyncio.to_thread(feed.join, deadline)
+            if feed.lost:
+                self._worker_lost(index, 0)
             await asyncio.to_thread(process.join, deadline)
             if process.is_alive():
                 logger.error("%s did not stop in time; terminating it", process.name)

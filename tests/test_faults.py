@@ -188,3 +188,56 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
         assert f"internal error in {stage}" in caplog.text, stage
     assert caplog.text.count("RuntimeError: injected ingest bug") == 1  # the second one within the window is not logged
     assert "Traceback" in caplog.text
+
+
+@pytest.mark.parametrize("queue_bytes", ["33554432", "4096"])  # the default, then one too small for 5 s
+async def test_a_stopped_worker_never_stalls_the_main_process_and_its_lines_arrive_or_are_counted(
+    intake, tmp_path, queue_bytes
+):
+    """relay.workers 2, one worker SIGSTOPped for 5 s under 1,000 lines/s: /healthz keeps answering at once (the
+    main process never waits for a worker) and each line the stopped worker was meant to get is delivered after
+    SIGCONT, or counted as worker_queue_full."""
+    import signal
+    import time
+    import urllib.request
+
+    import psutil
+
+    stand_in, url = intake
+    env = {"DD_RELAY_WORKERS": "2", "DD_RELAY_WORKER_QUEUE_BYTES": queue_bytes}
+    async with run_relay(tmp_path, url, **env) as relay:
+        worker = psutil.Process(relay.status()["info"]["worker_pids"][0])
+        sent, slowest, pad = 0, 0.0, b"pad:" + b"x" * 100  # 1 MB in 5 s: more than the pipe buffers
+
+        async def send(seconds: float) -> None:
+            nonlocal sent, slowest
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                relay.send_udp(b"".join(b"stop.%d:1|c|#%s\n" % (sent + i, pad) for i in range(10)))
+                sent += 10
+                started = time.monotonic()
+                await asyncio.to_thread(lambda: urllib.request.urlopen(relay.health + "/healthz", timeout=5).read())
+                slowest = max(slowest, time.monotonic() - started)
+                await asyncio.sleep(0.01)
+
+        await send(1)
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            await send(5)
+            stopped_slowest = slowest
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        await send(1)
+        dropped = lambda: relay.status()["dropped"].get("worker_queue_full", 0)  # noqa: E731
+        arrived = lambda: sum(total(stand_in.series, f"stop.{i}") for i in range(sent))  # noqa: E731
+        await wait_for(lambda: arrived() + dropped() == sent, timeout=30)
+        delivered, counted = arrived(), dropped()
+        code, _, err = await relay.stop()
+    assert code == 0, err
+    print(
+        f"reliability: worker SIGSTOPped 5 s, relay.worker_queue_bytes {queue_bytes}: slowest /healthz "
+        f"{stopped_slowest * 1000:.0f} ms; {sent:,} lines sent, {delivered:,.0f} arrived, {counted:,} counted as "
+        "worker_queue_full"
+    )
+    assert stopped_slowest < 1.0  # blocked on the worker's pipe, it took the whole 5 s
+    assert (counted > 0) == (queue_bytes == "4096")
