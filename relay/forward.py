@@ -30,6 +30,7 @@ from relay.telemetry import Stats
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["sent", "dropped", "retried"]
+_SPOOL_BACKLOG_MIN = 8 * 1024 * 1024
 _DROPPED_STATUSES = {400: "bad request", 403: "API key invalid", 413: "payload too large"}
 
 
@@ -100,6 +101,9 @@ class HttpSink:
         self._session: aiohttp.ClientSession | None = None
         self._worker: asyncio.Task[None] | None = None
         self._validation: asyncio.Task[None] | None = None
+        self._to_spool: deque[Payload] = deque()  # waiting for the spool's writer thread
+        self._to_spool_bytes = 0
+        self._spooling: asyncio.Task[None] | None = None
         self._headers = {"DD-API-KEY": self.api_key, "User-Agent": f"dogstatsd-relay/{__version__}"}
         self.log = RateLimitedLog(logger)
         stats.gauges["retry_queue_bytes"] = lambda: self.queue_bytes
@@ -134,17 +138,29 @@ class HttpSink:
         self._wakeup.set()
 
     def _spool_or_drop(self, payload: Payload, reason: str) -> None:
-        if self.spool is not None and self.spool.put(payload):
-            return
-        if self.spool is None:
+        """To the spool, written by a thread (a slow disk must not stall ingest); dropped and counted without one,
+        or (while running) when the payloads already waiting for the disk exceed the memory queue's size (at least
+        _SPOOL_BACKLOG_MIN): a disk that slow is counted, not stalled on."""
+        limit = max(self.config.forwarder_retry_queue_payloads_max_size, _SPOOL_BACKLOG_MIN)
+        backlog = self._to_spool_bytes > limit and not self._stopping
+        if self.spool is None or backlog:
             self.stats.payloads[payload.endpoint.value, "dropped"] += 1
             self.stats.dropped[reason] += payload.items
-        logger.warning(
-            "%s: %s payload dropped (%s)",
-            reason,
-            payload.endpoint.value,
-            "no spool" if not self.spool else "spool refused it",
-        )
+            logger.warning("%s: %s payload dropped (%s)", reason, payload.endpoint.value,
+                           "no spool" if self.spool is None else "the disk is too slow")  # fmt: skip
+            return
+        self._to_spool.append(payload)
+        self._to_spool_bytes += len(payload.body)
+        if self._spooling is None or self._spooling.done():
+            self._spooling = asyncio.create_task(self._write_spool(self.spool), name="spool-writer")
+
+    async def _write_spool(self, spool: Spool) -> None:
+        while self._to_spool:
+            payload = self._to_spool[0]
+            if not await asyncio.to_thread(spool.put, payload):  # counted by the spool
+                logger.warning("%s payload dropped: the spool refused it", payload.endpoint.value)
+            self._to_spool.popleft()
+            self._to_spool_bytes -= len(payload.body)
 
     async def _run(self) -> None:
         """One payload at a time from each endpoint that is not blocked, in turn."""
@@ -287,6 +303,8 @@ class HttpSink:
         self.queue_bytes = 0
         for _, payload in unsent:
             self._spool_or_drop(payload, "shutdown_unsent")
+        if self._spooling is not None:
+            await self._spooling
         if unsent:
             where = "spooled for the next start" if self.spool is not None else "dropped"
             logger.warning("shutdown: %d unsent payloads %s", len(unsent), where)

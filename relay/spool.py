@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -32,6 +33,7 @@ class Spool:
         self.max_disk_ratio = max_disk_ratio
         self.stats = stats
         self._sequence = 0
+        self._lock = threading.Lock()  # put() may run in a thread while the loop reads and removes files
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         for leftover in directory.glob("*.tmp"):  # a write cut short by a crash: never renamed, never valid
             leftover.unlink(missing_ok=True)
@@ -51,7 +53,8 @@ class Spool:
         return sum(len(paths) for paths in self.files.values())
 
     def put(self, payload: Payload) -> bool:
-        """Write one payload; False (and counted) when it cannot be kept."""
+        """Write one payload; False (and counted) when it cannot be kept. Safe to call from a thread: the write and
+        its fsyncs happen outside the lock."""
         header = {
             "endpoint": payload.endpoint.value,
             "encoding": payload.encoding,
@@ -65,36 +68,47 @@ class Spool:
             return self._refuse(payload, "spool_payload_too_large")
         if self._disk_ratio() > self.max_disk_ratio:
             return self._refuse(payload, "spool_disk_full")
-        while self.bytes + len(data) > self.max_bytes and self._evict_oldest():
-            pass
-        self._sequence += 1
-        path = self.directory / f"{time.time_ns():020d}-{self._sequence:08d}-{_slug(payload.endpoint)}{SUFFIX}"
+        with self._lock:
+            while self.bytes + len(data) > self.max_bytes and self._evict_oldest():
+                pass
+            self._sequence += 1
+            path = self.directory / f"{time.time_ns():020d}-{self._sequence:08d}-{_slug(payload.endpoint)}{SUFFIX}"
+            self.bytes += len(data)  # reserved while it is written
         try:
             _write_atomically(path, data)
         except OSError as error:
             logger.error("spool: cannot write %s: %s", path, error)
+            with self._lock:
+                self.bytes -= len(data)
             return self._refuse(payload, "spool_write_error")
-        self.files[payload.endpoint].append(path)
-        self.bytes += path.stat().st_size
+        with self._lock:
+            self.files[payload.endpoint].append(path)
         self.stats.spooled[payload.endpoint.value] += 1
         return True
 
     def oldest(self, endpoint: Endpoint) -> tuple[Path, Payload] | None:
         """The oldest readable payload of an endpoint; unreadable files are set aside on the way."""
         paths = self.files[endpoint]
-        while paths:
-            payload = self._read(paths[0])
+        while True:
+            with self._lock:
+                if not paths:
+                    return None
+                path = paths[0]
+            payload = self._read(path)
             if payload is not None:
-                return paths[0], payload
-            self._forget(paths.pop(0), set_aside=True)
-        return None
+                return path, payload
+            with self._lock:
+                if path in paths:
+                    paths.remove(path)
+                self._forget(path, set_aside=True)
 
     def remove(self, path: Path) -> None:
         """The payload in `path` was delivered (or rejected for good)."""
-        paths = self.files[_endpoint_of(path) or Endpoint.SERIES_V2]
-        if path in paths:
-            paths.remove(path)
-        self._forget(path, set_aside=False)
+        with self._lock:
+            paths = self.files[_endpoint_of(path) or Endpoint.SERIES_V2]
+            if path in paths:
+                paths.remove(path)
+            self._forget(path, set_aside=False)
 
     def _read(self, path: Path) -> Payload | None:
         try:

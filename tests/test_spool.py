@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from relay.model import Endpoint, Payload
 from relay.spool import Spool
 from relay.telemetry import Stats
@@ -59,3 +61,33 @@ def test_a_full_disk_is_not_written(tmp_path):
     spool = Spool(tmp_path, 1 << 20, 0.0001, stats)  # any real disk is fuller than 0.01 %
     assert not spool.put(payload(7))
     assert stats.dropped["spool_disk_full"] == 7 and len(spool) == 0
+
+
+async def test_the_sink_writes_the_spool_in_a_thread_never_on_the_event_loop(tmp_path, monkeypatch):
+    """A slow disk must not stall ingest: the fsyncs happen in a worker thread; what waits for them is bounded."""
+    import threading
+
+    from relay import spool as spool_module
+    from relay.forward import HttpSink
+    from tests.conftest import config
+
+    write, writers = spool_module._write_atomically, []
+
+    def slow_write(path, data):
+        writers.append(threading.current_thread())
+        time.sleep(0.05)  # a slow disk
+        write(path, data)
+
+    monkeypatch.setattr(spool_module, "_write_atomically", slow_write)
+    stats = Stats()
+    spool = Spool(tmp_path, 1 << 20, 1.0, stats)
+    settings = config(api_key="k" * 32, dd_url="http://127.0.0.1:9", forwarder_retry_queue_payloads_max_size=1)
+    monkeypatch.setattr("relay.forward._SPOOL_BACKLOG_MIN", 1)
+    sink = HttpSink(settings, stats, spool)  # never started: every payload overflows the 1-byte queue to the spool
+    for index in range(5):
+        sink.send(payload(index))
+    assert writers == []  # nothing written during send()
+    await sink.close(0)
+    assert writers and threading.main_thread() not in writers
+    # What the slow disk could not take in time was dropped and counted: nothing is lost silently.
+    assert len(spool) == len(writers) and len(spool) + stats.payloads["/api/v2/series", "dropped"] == 5
