@@ -241,3 +241,37 @@ async def test_a_stopped_worker_never_stalls_the_main_process_and_its_lines_arri
     )
     assert stopped_slowest < 1.0  # blocked on the worker's pipe, it took the whole 5 s
     assert (counted > 0) == (queue_bytes == "4096")
+
+
+@pytest.mark.parametrize("offset", [-0.5, 0.06, 0.3, 0.8])  # seconds after a bucket boundary (the flush starts)
+async def test_sigterm_at_any_moment_of_a_100k_context_flush_delivers_every_count_exactly_once(
+    intake, tmp_path, offset
+):
+    """The issue's scenario: 100 k counter contexts, then SIGTERM before, at the start of, in the middle of and
+    after the flush of their bucket (about half a second at this size). Every accepted count arrives once."""
+    import signal
+    import time
+    from collections import Counter
+
+    stand_in, url = intake
+    contexts, interval = 100_000, 2
+    async with run_relay(tmp_path, url, DD_RELAY_FLUSH_INTERVAL=str(interval)) as relay:
+        # Start just after a boundary, so that every line lands in one bucket.
+        await asyncio.sleep(interval - time.time() % interval + 0.05)
+        for start in range(0, contexts, 100):
+            relay.send_udp(b"".join(b"term.%d:1|c\n" % i for i in range(start, start + 100)))
+            if start % 5000 == 0:
+                await asyncio.sleep(0.01)
+        accepted = await wait_for(lambda: (ok := relay.status()["messages"]["metric"]["ok"]) == contexts and ok)
+        boundary = time.time() + interval - time.time() % interval
+        await asyncio.sleep(max(boundary + offset - time.time(), 0))
+        relay.process.send_signal(signal.SIGTERM)
+        code, _, err = await relay.stop(timeout=60)
+    assert code == 0, err
+    counts: Counter[str] = Counter()
+    for series in stand_in.series:
+        if series["metric"].startswith("term."):
+            counts[series["metric"]] += sum(value * interval for _, value in series["points"])
+    print(f"reliability: SIGTERM {offset:+.2f} s from the flush of {contexts:,} contexts: {sum(counts.values()):,.0f} "
+          f"of {accepted:,} accepted counts at the intake, {sum(c != 1 for c in counts.values())} contexts off")  # fmt: skip
+    assert len(counts) == contexts and set(counts.values()) == {1}
