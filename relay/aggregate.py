@@ -77,6 +77,20 @@ class Aggregator:
         self.last_flushed_estimate = 0  # custom metrics of the fullest bucket of the last flush
         self.on_expire: Callable[[set[int]], None] = lambda slots: None
 
+    # What a reload hands to the next pipeline (relay/handoff.py): every context and every sample not yet flushed.
+    HANDOFF = (
+        "buckets", "slot_of", "context_of", "last_seen", "_free_slots", "counter_last_sampled", "timestamped",
+        "passthrough", "events", "service_checks", "last_cutoff", "last_flushed_estimate",
+    )  # fmt: skip
+
+    def handoff(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.HANDOFF}
+
+    def adopt(self, state: dict[str, Any]) -> None:
+        """The previous pipeline's state, before anything is ingested here (the slots are its slots)."""
+        for name in self.HANDOFF:
+            setattr(self, name, state[name])
+
     @property
     def contexts(self) -> int:
         return len(self.slot_of)

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         ("top", "live cardinality of the running relay: lines/s and contexts per metric, custom metrics"),
         ("capture", "record the raw datagrams a running relay receives, with their timing, to a file"),
         ("replay", "play a capture back to a DogStatsD server (by default this relay's UDP port)"),
+        ("reload", "re-read the configuration of the running relay without a gap (same as SIGHUP)"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
@@ -131,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(args.file, args.target or f"127.0.0.1:{config.dogstatsd_port}", args.speed)
     if args.command == "provision":
         return _provision(config, args.dry_run, args.downtimes)
+    if args.command == "reload":
+        return _reload(config)
     return _run(config)
 
 
@@ -151,6 +154,42 @@ def _run(config: Config) -> int:
         logging.getLogger("relay").error("cannot start: %s", error)
         return EXIT_START
     return 0
+
+
+def _reload(config: Config, timeout: float = 60.0) -> int:
+    """The configuration was checked above (exit 2 when bad); SIGHUP to the relay that answers on the health
+    endpoint, then wait until it has reloaded (exit 0) or refused (exit 3, with its reason)."""
+    import signal
+    import time
+
+    from relay.doctor import status_of
+
+    url = _health_url(config, "/status")
+    status = status_of(url)
+    if status is None:
+        print(f"reload: no relay answers at {url}; is it running?", file=sys.stderr)
+        return 1
+    info = status["info"]
+    before, pid = (info.get("reloads", 0), info.get("last_reload")), info.get("pid")
+    if not pid:
+        print(
+            "reload: the running relay does not tell its PID (relay.workers > 1?); restart it instead", file=sys.stderr
+        )
+        return 1
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        info = (status_of(url) or {}).get("info", {})
+        now = (info.get("reloads", 0), info.get("last_reload"))
+        if now[1] and now != before:
+            if now[1]["result"] != "ok":
+                print(f"reload: {now[1]['result']}", file=sys.stderr)
+                return EXIT_START
+            print(f"reload: done (pid {pid}, reload #{now[0]})")
+            return 0
+    print(f"reload: the relay did not report a reload within {timeout:g} s", file=sys.stderr)
+    return 1
 
 
 def _status(config: Config, as_json: bool) -> int:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -82,8 +84,11 @@ def _seconds(request: web.Request, name: str, default: float, maximum: float) ->
 
 
 async def serve_health(
-    config: Config, stats: Stats, registry: CollectorRegistry, cardinality: Callable[..., dict[str, Any]], taps: Taps
-) -> web.AppRunner:
+    config: Config, stats: Stats, registry: CollectorRegistry, cardinality: Callable[..., dict[str, Any]], taps: Taps,
+    sock: socket.socket | None = None,
+) -> web.AppRunner:  # fmt: skip
+    """`sock`: the listening socket to serve on (one a reload handed over), instead of binding relay.health_port."""
+
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -143,11 +148,20 @@ async def serve_health(
     app.router.add_get("/debug/capture", debug_capture)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.relay_health_host, config.relay_health_port)
+    site: web.BaseSite = (
+        web.SockSite(runner, sock) if sock else web.TCPSite(runner, config.relay_health_host, config.relay_health_port)
+    )
     await site.start()
     bound = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
     stats.info["health"] = f"{bound[0]}:{bound[1]}"
     return runner
+
+
+HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def _reload_unsupported() -> None:
+    logger.error("SIGHUP: reload is not supported with relay.workers > 1; restart the relay to apply a change")
 
 
 async def start_front(
@@ -158,14 +172,19 @@ async def start_front(
     listeners: Listeners,
     should_exit: asyncio.Event,
     destination: str,
+    reload: Callable[[], None] | None = None,
 ) -> web.AppRunner:
-    """What every relay opens first, in this order: the health endpoint, the listeners, the signal handlers."""
-    health = await serve_health(config, stats, registry, cardinality, listeners.taps)
+    """What every relay opens first, in this order: the health endpoint, the listeners, the signal handlers.
+    SIGHUP reloads where the relay can (`reload`), and is otherwise logged and ignored: never a silent exit."""
+    stats.info["pid"] = os.getpid()
+    health = await serve_health(config, stats, registry, cardinality, listeners.taps, listeners.health_socket())
     await listeners.start()
     stats.info["listeners"] = dict(listeners.addresses)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, should_exit.set)
+    loop.add_signal_handler(signal.SIGHUP, reload or _reload_unsupported)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # held since a reload's exec: delivered now
     logger.info(
         "dogstatsd-relay %s listening on %s; health on http://%s; %s",
         __version__,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, str], None]  # (datagram, transport)
 UDP, UDS, UDS_STREAM = "udp", "uds", "uds_stream"
+HEALTH = "health"  # the health endpoint's socket, handed over at a reload with the others
 _FRAME_HEADER = struct.Struct("<I")
 _BATCH = 64  # datagrams read per wakeup, so one busy socket cannot starve the rest of the loop
 _TAKE_BYTES = 256 * 1024  # the reader thread's queue is handed to ingest in slices of this size
@@ -133,8 +135,12 @@ class _DatagramReader:
 
     def drain(self) -> None:
         """At stop: what the socket still holds, read to the end."""
+        self.take_queued()
         while chunks := self._receive():
             self.deliver(chunks)
+
+    def take_queued(self) -> None:
+        """At a reload: what was read but not yet delivered (the socket itself is left to the bridge)."""
 
 
 class _ThreadedReader(_DatagramReader):
@@ -172,11 +178,10 @@ class _ThreadedReader(_DatagramReader):
         self.deliver(chunks)
         return bool(more)
 
-    def drain(self) -> None:
+    def take_queued(self) -> None:
         self.native.stop()
         while self._take():  # what the thread had queued
             pass
-        super().drain()
 
 
 class Listeners:
@@ -193,8 +198,15 @@ class Listeners:
         self._tee: Tee | None = None
         self._readers: list[_DatagramReader] = []
         self._servers: list[asyncio.Server] = []
-        self._connections: set[asyncio.Task[None]] = set()
+        self._stream_socket: socket.socket | None = None
+        self._health_socket: socket.socket | None = None
+        self._connections: set[_StreamConnection] = set()
         self._paths: list[Path] = []
+        # A reload: sockets (by transport) and stream connections the previous pipeline handed over; reading waits
+        # for resume() until what the bridge kept in between has been delivered, so that the order is kept.
+        self.inherited: dict[str, int] = {}
+        self.inherited_connections: list[tuple[int, bytes]] = []
+        self._held = False
 
     async def start(self) -> None:
         config = self.config
@@ -204,24 +216,85 @@ class Listeners:
             except ValueError as error:
                 raise ListenError(str(error)) from None
             self.taps.add(self._tee)
+        self._held = bool(self.inherited)
         if config.dogstatsd_port:
-            sock = self._udp_socket(config.udp_bind_host, config.dogstatsd_port)
+            sock = self._adopt(UDP, (config.udp_bind_host, config.dogstatsd_port)) or self._udp_socket(
+                config.udp_bind_host, config.dogstatsd_port
+            )
             host, port = sock.getsockname()[:2]
             await self._serve_datagrams(sock, UDP)
             self.addresses[UDP] = f"{host}:{port}"
         if config.dogstatsd_socket:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._bind_unix(sock, Path(config.dogstatsd_socket))
+            path = config.dogstatsd_socket
+            sock = self._adopt(UDS, path) or self._new_unix(socket.SOCK_DGRAM, path)
             await self._serve_datagrams(sock, UDS)
             self.addresses[UDS] = config.dogstatsd_socket
         if config.dogstatsd_stream_socket:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._bind_unix(sock, Path(config.dogstatsd_stream_socket))
-            server = await asyncio.start_unix_server(self._stream_connection, sock=sock)
+            path = config.dogstatsd_stream_socket
+            sock = self._adopt(UDS_STREAM, path) or self._new_unix(socket.SOCK_STREAM, path)
+            self._stream_socket = sock
+            loop = asyncio.get_running_loop()
+            server = await loop.create_unix_server(lambda: _StreamConnection(self), sock=sock)
             self._servers.append(server)
-            self.addresses[UDS_STREAM] = config.dogstatsd_stream_socket
+            for fd, pending in self.inherited_connections:
+                await loop.connect_accepted_socket(
+                    functools.partial(_StreamConnection, self, pending), socket.socket(fileno=fd)
+                )
+            self.inherited_connections = []
+            self.addresses[UDS_STREAM] = path
+        for fd in self.inherited.values():  # the new configuration has no such listener, or another address
+            _forget_socket(socket.socket(fileno=fd))
+        for fd, _ in self.inherited_connections:
+            os.close(fd)
+        self.inherited, self.inherited_connections = {}, []
         if self.probe is not None and self.probe.targets:
             self._probing = asyncio.create_task(self.probe.run(), name="probe")
+
+    def health_socket(self) -> socket.socket | None:
+        """The health endpoint's listening socket a reload handed over, when the address is unchanged: its
+        clients (probes, `status`) wait in its backlog during the swap instead of being refused."""
+        host, port = self.config.relay_health_host, self.config.relay_health_port
+        if not port:
+            return None
+        sock = self._adopt(HEALTH, (host, port), socket.SOCK_STREAM)
+        if sock is None:
+            family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as error:
+                sock.close()
+                raise ListenError(f"relay.health_port: cannot listen on {host}:{port}: {error.strerror}") from None
+            sock.listen(128)
+        self._health_socket = sock
+        return sock
+
+    def _adopt(self, name: str, address: str | tuple[str, int], kind: int = socket.SOCK_DGRAM) -> socket.socket | None:
+        """The socket handed over by the previous pipeline, when it listens where the configuration says."""
+        fd = self.inherited.get(name)
+        if fd is None:
+            return None
+        sock = socket.socket(fileno=fd)
+        bound = sock.getsockname()
+        if isinstance(address, tuple):
+            wanted = socket.getaddrinfo(address[0] or None, address[1], sock.family, kind)[0][4][:2]
+            matches = tuple(bound[:2]) == tuple(wanted)
+        else:
+            matches = bound == address
+        if not matches:
+            sock.detach()  # left to the loop at the end of start(), which closes it
+            return None
+        del self.inherited[name]
+        if not isinstance(address, tuple):
+            os.chmod(address, int(self.config.relay_socket_mode, 8))
+            self._paths.append(Path(address))
+        return sock
+
+    def _new_unix(self, kind: int, path: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, kind)
+        self._bind_unix(sock, Path(path))
+        return sock
 
     def _udp_socket(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -268,8 +341,29 @@ class Listeners:
             self.stats.gauges[f"kernel_drops:{name}"] = lambda: kernel_drops(inode)
         if self.probe is not None:
             self.probe.add_target(name, sock.family, address)
-        asyncio.get_running_loop().add_reader(reader.wakeup, reader.on_readable)
+        if not self._held:
+            asyncio.get_running_loop().add_reader(reader.wakeup, reader.on_readable)
         self._readers.append(reader)
+
+    def datagram_fds(self) -> dict[str, int]:
+        """The datagram sockets' descriptors, by transport: what a reload's bridge reads."""
+        return {reader.name: reader.sock.fileno() for reader in self._readers}
+
+    def deliver(self, name: str, datagrams: list[bytes]) -> None:
+        """Datagrams read for this listener elsewhere (by the bridge during a reload), through its usual path."""
+        for reader in self._readers:
+            if reader.name == name:
+                reader.deliver(datagrams)
+                return
+        self.stats.dropped["reload_listener_gone"] += len(datagrams)
+
+    def resume(self) -> None:
+        """After a reload: start delivering what the sockets receive (the reader threads queued it meanwhile)."""
+        if self._held:
+            self._held = False
+            loop = asyncio.get_running_loop()
+            for reader in self._readers:
+                loop.add_reader(reader.wakeup, reader.on_readable)
 
     def _set_receive_buffer(self, sock: socket.socket, name: str) -> None:
         """dogstatsd_so_rcvbuf, forced past net.core.rmem_max where the relay may (CAP_NET_ADMIN), else asked for
@@ -292,56 +386,136 @@ class Listeners:
             )
         self.stats.info.setdefault("receive_buffers", {})[name] = granted
 
-    async def _stream_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Frames: a 4-byte little-endian length, then that many bytes (which may hold several lines)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        max_size = self.config.dogstatsd_buffer_size
-        try:
-            while True:
-                (length,) = _FRAME_HEADER.unpack(await reader.readexactly(4))
-                if length > _MAX_FRAME:
-                    self.stats.read_errors[UDS_STREAM] += 1
-                    logger.warning("uds_stream: frame of %d bytes announced; closing the connection", length)
-                    return
-                frame = await reader.readexactly(length)
-                self.stats.packets[UDS_STREAM] += 1
-                self.stats.bytes[UDS_STREAM] += length
-                if length > max_size:
-                    self.stats.truncated[UDS_STREAM] += 1
-                    frame = frame[:max_size]
-                if self.taps.open:
-                    self.taps([frame], UDS_STREAM)
-                self.handler(frame, UDS_STREAM)
-        except asyncio.IncompleteReadError as error:
-            if error.partial:  # a frame cut short by the client closing
-                self.stats.read_errors[UDS_STREAM] += 1
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            self._connections.discard(task)
-
     async def stop(self) -> None:
-        """Stop reading: close every socket, end stream connections, remove the socket files."""
-        loop = asyncio.get_running_loop()
-        if self._probing is not None:
-            self._probing.cancel()
-            await asyncio.gather(self._probing, return_exceptions=True)
+        """Stop reading: what the sockets and queues hold is delivered first; close every socket, end stream
+        connections once they are quiet, remove the socket files."""
+        await self._stop_reading(drain_sockets=True)
         for reader in self._readers:
-            loop.remove_reader(reader.wakeup)
-            reader.drain()
             reader.sock.close()
-        if self._tee is not None:
-            self._tee.close()
         for server in self._servers:
             server.close()
-        for task in list(self._connections):
-            task.cancel()
+        await self._quiet_connections()
+        for connection in list(self._connections):
+            connection.transport.close()
         for server in self._servers:
             await server.wait_closed()
         for path in self._paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._readers, self._servers, self._paths = [], [], []
+
+    async def detach(self) -> tuple[dict[str, int], list[tuple[int, bytes]]]:
+        """A reload: stop reading but keep every socket open for the next pipeline. Returns inheritable copies of
+        the listening sockets (by transport) and of the stream connections, with the bytes of a frame not yet
+        whole. The socket files stay; the bridge reads the datagram sockets meanwhile."""
+        await self._stop_reading(drain_sockets=False)
+        sockets = {reader.name: _inheritable(reader.sock) for reader in self._readers}
+        if self._stream_socket is not None:
+            sockets[UDS_STREAM] = _inheritable(self._stream_socket)
+        if self._health_socket is not None:
+            sockets[HEALTH] = _inheritable(self._health_socket)
+        for server in self._servers:
+            server.close()
+        connections = [connection.hand_over() for connection in list(self._connections)]
+        for reader in self._readers:
+            reader.sock.close()
+        self._readers, self._servers, self._paths = [], [], []
+        return sockets, connections
+
+    async def _stop_reading(self, drain_sockets: bool) -> None:
+        loop = asyncio.get_running_loop()
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
+        for reader in self._readers:
+            if not self._held:
+                loop.remove_reader(reader.wakeup)
+            reader.drain() if drain_sockets else reader.take_queued()
+        if self._tee is not None:
+            self._tee.close()
+
+    async def _quiet_connections(self, quiet: float = 0.05, at_most: float = 1.0) -> None:
+        """Stream clients may still have frames in flight: wait until each has been silent for `quiet`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + at_most
+        while loop.time() < deadline and any(loop.time() - c.last_data < quiet for c in self._connections):
+            await asyncio.sleep(quiet / 2)
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One Unix stream client. Frames: a 4-byte little-endian length, then that many bytes (which may hold
+    several lines). The bytes of a frame not yet whole stay in `buffer`, so that a reload can hand them over."""
+
+    def __init__(self, listeners: Listeners, pending: bytes = b"") -> None:
+        self.listeners = listeners
+        self.buffer = bytearray(pending)
+        self.transport: asyncio.Transport
+        self.last_data = 0.0
+        self.handed_over = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
+        self.listeners._connections.add(self)
+        self.last_data = asyncio.get_running_loop().time()
+        if self.buffer:
+            self._frames()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.last_data = asyncio.get_running_loop().time()
+        self._frames()
+
+    def _frames(self) -> None:
+        listeners, buffer, offset = self.listeners, self.buffer, 0
+        stats, max_size = listeners.stats, listeners.config.dogstatsd_buffer_size
+        while len(buffer) - offset >= 4:
+            (length,) = _FRAME_HEADER.unpack_from(buffer, offset)
+            if length > _MAX_FRAME:
+                stats.read_errors[UDS_STREAM] += 1
+                logger.warning("uds_stream: frame of %d bytes announced; closing the connection", length)
+                buffer.clear()
+                self.transport.close()
+                return
+            if len(buffer) - offset - 4 < length:
+                break
+            frame = bytes(buffer[offset + 4 : offset + 4 + min(length, max_size)])
+            offset += 4 + length
+            stats.packets[UDS_STREAM] += 1
+            stats.bytes[UDS_STREAM] += length
+            if length > max_size:
+                stats.truncated[UDS_STREAM] += 1
+            if listeners.taps.open:
+                listeners.taps([frame], UDS_STREAM)
+            listeners.handler(frame, UDS_STREAM)
+        del buffer[:offset]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listeners._connections.discard(self)
+        if self.buffer and not self.handed_over:  # a frame cut short by the client closing
+            self.listeners.stats.read_errors[UDS_STREAM] += 1
+
+    def hand_over(self) -> tuple[int, bytes]:
+        """An inheritable copy of the connection and its unfinished frame; this side lets go of it."""
+        self.transport.pause_reading()
+        sock = self.transport.get_extra_info("socket")
+        fd = os.dup(sock.fileno())
+        os.set_inheritable(fd, True)
+        pending = bytes(self.buffer)
+        self.handed_over = True
+        self.transport.abort()
+        return fd, pending
+
+
+def _inheritable(sock: socket.socket) -> int:
+    fd = os.dup(sock.fileno())
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def _forget_socket(sock: socket.socket) -> None:
+    """A handed-over socket the new configuration does not use: closed, and its file removed."""
+    with sock:
+        address = sock.getsockname()
+        if sock.family == socket.AF_UNIX and isinstance(address, str) and address:
+            with contextlib.suppress(OSError):
+                os.unlink(address)

@@ -29,7 +29,8 @@ from relay.checks.runner import CheckRunner
 from relay.config import Config, redact
 from relay.enrich import Enricher
 from relay.forward import DryRunSink, FanOutSink, HttpSink, Sink
-from relay.health import start_front
+from relay.handoff import ENVIRONMENT, Bridge, Handoff, check_configuration, command_line, load_state, save_state
+from relay.health import HANDLED_SIGNALS, start_front
 from relay.ingest import Ingest
 from relay.listen import Listeners
 from relay.model import Flushed, Payload
@@ -122,6 +123,8 @@ class Relay:
             self.checks = CheckRunner(config, self.aggregator, self.stats)
             self.checks.load()
         self.should_exit = asyncio.Event()
+        self._reloading: asyncio.Task[None] | None = None
+        self._bridge: Bridge | None = None  # set once a reload has passed its check: run() hands over, not stops
 
     def _http_sink(self) -> Sink:
         """The main intake, plus one sink per additional_endpoints pair with counters of its own."""
@@ -229,27 +232,129 @@ class Relay:
         destination = (
             "dry run (no API key): flushes are printed" if self.dry_run else f"sending to {self.config.intake_url}"
         )
+        handoff = self._take_handoff()
         health = await start_front(
             self.config, self.stats, self.registry, self.aggregator.cardinality, self.listeners, self.should_exit,
-            destination,
+            destination, self.request_reload,
         )  # fmt: skip
+        if handoff is not None:
+            await self._adopt_bridge(handoff)
         await self.sink.start()
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         checks = asyncio.create_task(self.checks.run(), name="checks") if self.checks else None
         sends_metadata = self.config.enable_metadata_collection and not self.dry_run
         metadata = asyncio.create_task(self._host_metadata_loop(), name="host-metadata") if sends_metadata else None
         await self.should_exit.wait()
-        logger.info("shutting down: final flush")
+        bridge = self._bridge
+        logger.info("reloading: handing over to the new pipeline" if bridge else "shutting down: final flush")
         if metadata is not None:
             metadata.cancel()
-        await self.listeners.stop()
+        if bridge is None:
+            await self.listeners.stop()
+        else:
+            sockets, connections = await self.listeners.detach()
         if checks is not None and self.checks is not None:
             checks.cancel()
             await asyncio.gather(checks, return_exceptions=True)
             self.checks.close()
-        await self.shutdown(flusher)
+        if bridge is None:
+            await self.shutdown(flusher)
+            await health.cleanup()
+            logger.info("stopped")
+            return
+        await self._hand_over(flusher, health, bridge, sockets, connections)
+
+    # --- reload (relay/handoff.py) ----------------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: check the new configuration, and if it is good hand everything over to a new pipeline."""
+        if self._bridge is None and (self._reloading is None or self._reloading.done()):
+            self._reloading = asyncio.create_task(self._reload(), name="reload")
+
+    async def _reload(self) -> None:
+        problem = await check_configuration()
+        if problem is None:
+            try:
+                paths = self._handoff_paths()
+                self._bridge = Bridge.start(self.listeners.datagram_fds(), self.config.dogstatsd_buffer_size,
+                                            paths["bridge"])  # fmt: skip
+            except OSError as error:
+                problem = f"cannot start the bridge: {error}"
+        if problem is not None:
+            logger.error("reload refused: %s; the running configuration stays", problem)
+            self.stats.info["last_reload"] = {"at": time.time(), "result": f"refused: {problem}"}
+            return
+        self.should_exit.set()
+
+    def _handoff_paths(self) -> dict[str, Path]:
+        directory = self.config.spool_path
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return {
+            "state": directory / "reload-state.pickle",
+            "bridge": directory / "reload-bridge.data",
+            "handoff": directory / "reload-handoff.json",
+        }
+
+    async def _hand_over(
+        self, flusher: asyncio.Task[None], health: Any, bridge: Bridge, sockets: dict[str, int],
+        connections: list[tuple[int, bytes]],
+    ) -> None:  # fmt: skip
+        """The old pipeline's last steps: let a flush in progress finish, move the unflushed buckets to the state
+        file, send or spool what the forwarder holds, then exec the same command line (same PID)."""
+        await asyncio.gather(flusher, return_exceptions=True)
+        paths = self._handoff_paths()
+        self.stats.info["reloads"] = self.stats.info.get("reloads", 0) + 1
+        self.stats.info["last_reload"] = {"at": time.time(), "result": "ok"}
+        state = {"aggregator": self.aggregator.handoff(), "stats": self.stats.handoff()}
+        try:
+            await asyncio.to_thread(save_state, state, paths["state"])
+        except Exception:  # not picklable or no disk: flushed now rather than lost
+            self.stats.internal_error("reload (state)")
+            await self.flush(force=True)
+        await self.sink.close(self.config.relay_shutdown_timeout)
         await health.cleanup()
-        logger.info("stopped")
+        Handoff(sockets, connections, str(paths["state"]), bridge.pid, bridge.stop_fd, str(paths["bridge"])).dump(
+            paths["handoff"]
+        )
+        logger.info("reload: exec %s", " ".join(command_line()))
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.environ[ENVIRONMENT] = str(paths["handoff"])
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)  # kept pending through exec, not fatal meanwhile
+        os.execv(sys.executable, command_line())
+
+    def _take_handoff(self) -> Handoff | None:
+        """In the exec'd process: the sockets, connections and state the previous pipeline left; or a state file
+        left by a reload whose new process did not start (an upgrade that failed), adopted at the next start."""
+        path = os.environ.pop(ENVIRONMENT, "")
+        handoff = None
+        if path:
+            try:
+                handoff = Handoff.load(Path(path))
+                Path(path).unlink(missing_ok=True)
+            except (OSError, ValueError, TypeError) as error:
+                logger.error("reload: the handoff document %s cannot be read: %s", path, error)
+        state_path = Path(handoff.state_path) if handoff else self._handoff_paths()["state"]
+        if state_path.exists():
+            state = load_state(state_path)
+            if state is not None:
+                self.aggregator.adopt(state["aggregator"])
+                self.stats.adopt(state["stats"])
+                logger.info("reload: adopted %d contexts and %d unflushed buckets",
+                            self.aggregator.contexts, len(self.aggregator.buckets))  # fmt: skip
+        if handoff is not None:
+            self.listeners.inherited = dict(handoff.sockets)
+            self.listeners.inherited_connections = list(handoff.connections)
+        return handoff
+
+    async def _adopt_bridge(self, handoff: Handoff) -> None:
+        """What the bridge read while the pipelines changed places, delivered before anything newer."""
+        received = await Bridge.finish(handoff.bridge_pid, handoff.bridge_stop_fd, Path(handoff.bridge_data_path))
+        for name, datagrams in received.items():
+            self.listeners.deliver(name, datagrams)
+        self.listeners.resume()
+        logger.info("reload: %d datagrams read by the bridge delivered; listening",
+                    sum(map(len, received.values())))  # fmt: skip
 
     async def run_as_worker(self, data: Connection, reports: Connection) -> None:
         """relay.workers > 1: lines come from the main process through `data`; counters go back through

@@ -64,6 +64,21 @@ class Stats:
             logging.ERROR, stage, "internal error in %s: %d item(s) dropped", stage, items, exc_info=True
         )
 
+    def handoff(self) -> dict[str, Any]:
+        """The counters a reload carries over, so that the new pipeline's counters go on from where these were
+        (a Prometheus counter that restarts at zero reads as a process restart)."""
+        counters = {name: value for name, value in vars(self).items() if isinstance(value, Counter)}
+        return {**counters, "started": self.started, "reloads": self.info.get("reloads", 0),
+                "last_reload": self.info.get("last_reload")}  # fmt: skip
+
+    def adopt(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            if isinstance(value, Counter) and isinstance(getattr(self, name, None), Counter):
+                getattr(self, name).update(value)
+        self.started = state.get("started", self.started)
+        self.info["reloads"] = state.get("reloads", 0)
+        self.info["last_reload"] = state.get("last_reload")
+
     def per_listener(self, gauge: str) -> dict[str, int]:
         """A gauge registered per listener as "gauge:listener" (kernel_drops from /proc, the reader queue's
         queue_drops and queue_bytes), read at the time of asking."""

@@ -79,8 +79,10 @@ class RunningRelay:
 
 
 @asynccontextmanager
-async def run_relay(tmp_path: Path, intake_url: str | None, **env: str) -> AsyncIterator[RunningRelay]:
-    """Start `python -m relay run` and wait until its health endpoint answers; always stop it."""
+async def run_relay(
+    tmp_path: Path, intake_url: str | None, *, args: tuple[str, ...] = (), **env: str
+) -> AsyncIterator[RunningRelay]:
+    """Start `python -m relay run [args]` and wait until its health endpoint answers; always stop it."""
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DD_")},
         "DD_DOGSTATSD_PORT": str(free_port()),
@@ -98,7 +100,7 @@ async def run_relay(tmp_path: Path, intake_url: str | None, **env: str) -> Async
         full_env.update(DD_API_KEY=API_KEY, DD_DD_URL=intake_url)
     full_env.update(env)
     process = subprocess.Popen(
-        [sys.executable, "-m", "relay", "run"], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "relay", "run", *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     relay = RunningRelay(process, full_env, tmp_path)
     try:
