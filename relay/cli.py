@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,6 +24,7 @@ from relay.config import Config, ConfigError
 
 EXIT_CONFIG = 2
 EXIT_START = 3
+CHECK_TIMEOUT = 60.0  # `check NAME`: seconds a run may take before it is reported as hanging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "check":
             command.add_argument("name", help="the check's name: conf.d/<name>.yaml")
             command.add_argument("--times", type=int, default=1, help="runs, 1 s apart (rates need two)")
+            timeout_help = f"seconds a run may take before it counts as hanging (default {CHECK_TIMEOUT:g})"
+            command.add_argument("--timeout", type=float, default=CHECK_TIMEOUT, help=timeout_help)
             command.add_argument("--json", action="store_true", help="print JSON")
         if name == "explain":
             command.add_argument("datagram", help="the datagram; \\n separates lines")
@@ -123,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render_findings(findings), end="")
         return 1 if any(state == "FAIL" for state, _, _ in findings) else 0
     if args.command == "check":
-        return _check(config, args.name, args.times, args.json)
+        return _check(config, args.name, args.times, args.json, args.timeout)
     if args.command == "top":
         return _top(config, args.top, args.interval, args.once)
     if args.command == "capture":
@@ -285,36 +289,53 @@ def _health(config: Config) -> int:
         return 1
 
 
-def _check(config: Config, name: str, times: int, as_json: bool) -> int:
+def _check(config: Config, name: str, times: int, as_json: bool, timeout: float = CHECK_TIMEOUT) -> int:
+    """Run one check's instances like `datadog-agent check`: what they submitted, their status with the full
+    traceback and warnings, and the check's own log lines. Exit 1 when any instance failed, could not be
+    configured or loaded, or ran past `timeout`."""
     import dataclasses
+    import threading
     import time
 
     from relay.aggregate import Aggregator
     from relay.checks.runner import CheckRunner
+    from relay.logs import RedactApiKey, level_of
     from relay.telemetry import Stats
 
+    logs = _CheckLogs()
+    logs.addFilter(RedactApiKey(config.api_key))
+    logging.getLogger().addHandler(logs)
+    logging.getLogger().setLevel(level_of(config.log_level))
     stats = Stats()
     aggregator = Aggregator(config, stats)
     runner = CheckRunner(config, aggregator, stats)
     runner.load(only=name)
-    if not runner.instances:
-        reason = (
-            stats.check_errors.get(name) or f"no instance configured in {config.confd_path or '(confd_path unset)'}"
-        )
-        print(f"check: {name}: {reason}", file=sys.stderr)
+    if not runner.instances and not stats.check_errors and not stats.check_config_errors:
+        print(f"check: {name}: no instance configured in {config.confd_path or '(confd_path unset)'}", file=sys.stderr)
         return 1
-    for run in range(max(times, 1)):
+    timed_out = []
+    for run in range(max(times, 1) if runner.instances else 0):
         if run:
             time.sleep(1)
         for instance in runner.instances:
-            runner.run_once(instance)
+            thread = threading.Thread(target=runner.run_once, args=(instance,), daemon=True)
+            thread.start()
+            thread.join(timeout)
+            if thread.is_alive():
+                timed_out.append(f"check: {instance.check_id}: still running after {timeout:g} s (--timeout)")
+                continue
             runner.commit(instance)
+        if timed_out:
+            break
     flushed = aggregator.flush(time.time(), force=True)
-    result = {
+    result: dict[str, Any] = {
         "series": [{**dataclasses.asdict(s), "type": s.type.name.lower()} for s in flushed.series],
         "service_checks": [dataclasses.asdict(c) for c in flushed.service_checks],
         "events": [dataclasses.asdict(e) for e in flushed.events],
         "instances": stats.checks(),
+        "check_config_errors": stats.check_config_errors,
+        "check_errors": stats.check_errors,
+        "logs": logs.lines,
     }
     if as_json:
         print(json.dumps(result, indent=2, default=str))
@@ -322,7 +343,28 @@ def _check(config: Config, name: str, times: int, as_json: bool) -> int:
         from relay.status import render_check
 
         print(render_check(result), end="")
-    return 0 if all(not i["last_error"] for i in result["instances"]) else 1
+    for line in timed_out:
+        print(line, file=sys.stderr)
+    for name_, errors in [*stats.check_config_errors.items(), *stats.check_errors.items()]:
+        for error in errors:
+            print(f"check: {name_}: {error.splitlines()[0]}", file=sys.stderr)
+    failed = any(i["last_error"] for i in result["instances"])
+    return 1 if failed or timed_out or stats.check_errors or stats.check_config_errors else 0
+
+
+class _CheckLogs(logging.Handler):
+    """The log lines of the check under `check NAME`, kept to be printed after its output (the relay's own
+    loggers are left out, but for the check's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s | (%(name)s) | %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("relay.") and not record.name.startswith("relay.checks."):
+            return
+        self.lines.append(self.format(record))
 
 
 def _provision(config: Config, dry_run: bool, with_downtimes: bool) -> int:

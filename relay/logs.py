@@ -31,6 +31,12 @@ class RedactApiKey(logging.Filter):
         return True
 
 
+def level_of(name: str) -> int:
+    """A `log_level` value (the Agent's names: trace, debug, info, warn, error, critical, off) as logging's."""
+    level = _LEVELS.get(name.lower(), getattr(logging, name.upper(), logging.INFO))
+    return level if isinstance(level, int) else logging.INFO
+
+
 def setup_logging(level: str, api_key: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -40,7 +46,7 @@ def setup_logging(level: str, api_key: str) -> None:
     handler.addFilter(RedactApiKey(api_key))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_LEVELS.get(level.lower(), getattr(logging, level.upper(), logging.INFO)))
+    root.setLevel(level_of(level))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 

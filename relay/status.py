@@ -72,22 +72,11 @@ def render(status: dict[str, Any]) -> str:
     for kind in ("series", "sketches", "events", "service_checks"):
         label = kind.replace("_", " ").title()
         lines.append(f"  {label} Flushed: {_number(aggregator['flushed'].get(kind, 0))}")
-    if status.get("checks") or status.get("check_errors"):
+    if status.get("checks") or status.get("check_errors") or status.get("check_config_errors"):
         lines += _title("Checks")
         for check in status.get("checks", []):
-            state = f"[ERROR] {check['last_error']}" if check["last_error"] else "[OK]"
-            lines.append(f"  {check['id']} {state}")
-            lines.append(
-                f"    Total Runs: {_number(check['runs'])}, Metric Samples: {_number(check['metric_samples'])}, "
-                f"Events: {_number(check['events'])}, Service Checks: {_number(check['service_checks'])}"
-            )
-            lines.append(
-                f"    Average Execution Time: {check['average_execution_seconds'] * 1000:.0f} ms, "
-                f"Interval: {check['interval']:g} s, Last Run: {_ago(check['last_run'])}"
-            )
-            lines += [f"    [WARNING] {warning}" for warning in check["warnings"]]
-        for name, error in status.get("check_errors", {}).items():
-            lines.append(f"  {name} [LOADING ERROR] {error}")
+            lines += instance_lines(check, TRACEBACK_FRAMES)
+        lines += check_error_lines(status, TRACEBACK_FRAMES)
     forwarder = status["forwarder"]
     lines += _title("Forwarder")
     lines.append(f"  Endpoint: {info.get('endpoint', '')}")
@@ -194,7 +183,61 @@ def render_check(result: dict[str, Any]) -> str:
     ]
     lines.append("=== Events ===")
     lines += [f"  {e['title']!r} [{e['alert_type']}] tags={','.join(e['tags'])}" for e in result["events"]]
+    lines.append("=== Instances ===")
     for instance in result["instances"]:
-        state = f"[ERROR] {instance['last_error']}" if instance["last_error"] else "[OK]"
-        lines.append(f"{instance['id']} {state}: {instance['runs']} runs, {instance['metric_samples']} metric samples")
+        lines += instance_lines(instance, None)
+    lines += check_error_lines(result, None)
+    if result.get("logs"):
+        lines.append("=== Logs ===")
+        lines += [f"  {line}" for line in result["logs"]]
     return "\n".join(lines) + "\n"
+
+
+TRACEBACK_FRAMES = 6  # the last lines of a check's traceback that status shows (`check NAME` prints all of it)
+
+
+def instance_lines(check: dict[str, Any], frames: int | None) -> list[str]:
+    """One check instance as the Agent's status shows it; `frames`: the traceback's last lines (None: all)."""
+    lines = [
+        f"  {check['id']} [{check['state']}]",
+        f"    Configuration Source: file:{check['source']}",
+        f"    Total Runs: {_number(check['runs'])}, Errors: {_number(check['errors'])}, "
+        f"Warnings: {_number(check['warnings_total'])}, Metric Samples: {_number(check['metric_samples'])}, "
+        f"Events: {_number(check['events'])}, Service Checks: {_number(check['service_checks'])}",
+        f"    Average Execution Time: {check['average_execution_seconds'] * 1000:.0f} ms, "
+        f"Interval: {check['interval']:g} s, Last Run: {_ago(check['last_run'])}",
+    ]
+    if check["running_seconds"] > check["interval"]:
+        lines.append(
+            f"    Still running after {check['running_seconds']:.0f} s (interval {check['interval']:g} s); "
+            f"{_number(check['skipped_runs'])} runs skipped"
+        )
+    if check["last_error"]:
+        lines.append(f"    Error: {check['last_error']}")
+        lines += [f"      {line}" for line in _last_frames(check["traceback"], frames)]
+    lines += [f"    Warning: {warning}" for warning in check["warnings"]]
+    return lines
+
+
+def check_error_lines(status: dict[str, Any], frames: int | None) -> list[str]:
+    """The Agent's "Config Errors" and "Loading Errors": checks or instances that never ran."""
+    lines = []
+    for label, key in (("Config Errors", "check_config_errors"), ("Loading Errors", "check_errors")):
+        if status.get(key):
+            lines.append(f"  {label}:")
+        for name, errors in status.get(key, {}).items():
+            for error in errors:
+                first, *rest = error.rstrip().splitlines()
+                lines.append(f"    {name} [ERROR] {first}")
+                lines += [f"      {line}" for line in _last_frames("\n".join(rest), frames)]
+    return lines
+
+
+def _last_frames(traceback: str, lines: int | None) -> list[str]:
+    """The last `lines` lines of a traceback (None: all), starting at a frame's `File` line."""
+    kept = traceback.rstrip().splitlines()
+    if lines is not None and len(kept) > lines:
+        kept = kept[-lines:]
+        while len(kept) > 1 and not kept[0].lstrip().startswith("File "):
+            kept = kept[1:]
+    return kept

@@ -51,7 +51,8 @@ class Stats:
     gauges: dict[str, Callable[[], float]] = field(default_factory=dict)  # contexts, retry_queue_bytes, ...
     info: dict[str, Any] = field(default_factory=dict)  # version, hostname, listeners, endpoint, api key state
     checks: Callable[[], list[dict[str, Any]]] = field(default=lambda: [])  # per check instance, for status
-    check_errors: dict[str, str] = field(default_factory=dict)  # checks that could not be loaded
+    check_errors: dict[str, list[str]] = field(default_factory=dict)  # check → why it could not be loaded
+    check_config_errors: dict[str, list[str]] = field(default_factory=dict)  # check → bad files and instances
     destinations: dict[str, Stats] = field(default_factory=dict)  # additional_endpoints: "host ***key" → counters
     internal_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logging.getLogger("relay.internal")))
 
@@ -129,6 +130,7 @@ class Stats:
             "parse_errors": dict(self.parse_errors),
             "checks": self.checks(),
             "check_errors": dict(self.check_errors),
+            "check_config_errors": dict(self.check_config_errors),
             "context_overflow": [
                 {"metric": metric, "tag_key": key, "contexts": count}
                 for (metric, key), count in self.context_overflow.most_common(20)

@@ -111,36 +111,141 @@ def test_config_discovery_rules(tmp_path):
     assert sum(len(doc["instances"]) for _, doc in configs["two"]) == 3
 
 
+GOOD_CHECK = """
+from datadog_checks.base import AgentCheck, ConfigurationError, is_affirmative
+
+
+class GoodCheck(AgentCheck):
+    def check(self, instance):
+        if not is_affirmative(instance.get("enabled", True)):
+            raise ConfigurationError("disabled")
+        self.gauge("good.value", 7, tags=["own:tag"])
+        self.service_check("good.can_connect", AgentCheck.OK)
+        self.log.info("good check ran")
+"""
+BAD_CHECKS = {
+    "failing": "from datadog_checks.base import AgentCheck\n\ndef connect():\n    raise RuntimeError('db down')\n\n"
+    "class Failing(AgentCheck):\n    def check(self, instance):\n        connect()\n",
+    "hangs": "import time\nfrom checks import AgentCheck\nclass Hangs(AgentCheck):\n    def check(self, instance):\n"
+    "        time.sleep(3600)\n",
+    "nan": "from checks import AgentCheck\nclass Nan(AgentCheck):\n    def check(self, instance):\n"
+    "        self.gauge('nan.bad', float('nan'))\n        self.gauge('nan.fine', 1)\n",
+    "init_raises": "from checks import AgentCheck\nclass InitRaises(AgentCheck):\n    def __init__(self, *a, **k):\n"
+    "        super().__init__(*a, **k)\n        raise ValueError('needs a host')\n",
+    **{
+        name: "from checks import AgentCheck\nclass C(AgentCheck):\n    def check(self, instance):\n        pass\n"
+        for name in ("malformed", "init_list", "five", "interval_abc", "negative", "bad_tags")
+    },
+}
+BAD_CONFIGS = {
+    "failing.yaml": "instances: [{min_collection_interval: 1}]",
+    "hangs.yaml": "instances: [{min_collection_interval: 1}]",
+    "nan.yaml": "instances: [{min_collection_interval: 1}]",
+    "init_raises.yaml": "instances: [{}]",
+    "malformed.yaml": "instances: {host: x}",
+    "init_list.yaml": "init_config: [1]\ninstances: [{}]",
+    "five.yaml": "instances: 5",
+    "interval_abc.yaml": "instances: [{min_collection_interval: abc}]",
+    "negative.yaml": "instances: [{min_collection_interval: -5}]",
+    "bad_tags.yaml": "instances: [{tags: 'a:b'}, {}]",
+    "missing.yaml": "instances: [{}]",
+    "broken_yaml.yaml": "instances: [{: :",
+}
+CONFIG_ERRORS = {
+    "malformed": "malformed.yaml: instances: must be a list of mappings, got dict {'host': 'x'}",
+    "init_list": "init_list.yaml: init_config: must be a mapping, got list [1]",
+    "five": "five.yaml: instances: must be a list of mappings, got int 5",
+    "interval_abc": "interval_abc.yaml: instances[0].min_collection_interval: must be a number of seconds, got 'abc'",
+    "negative": "negative.yaml: instances[0].min_collection_interval: must be at least 1 s, got -5",
+    "bad_tags": "bad_tags.yaml: instances[0].tags: must be a list of strings, got 'a:b'",
+}
+
+
 @pytest.mark.parametrize("base", ["auto", "builtin"])  # the real datadog-checks-base (test extra), then ours
-async def test_the_seed_custom_check_reaches_the_intake_with_its_tags(intake, tmp_path, base):
+async def test_bad_checks_and_configurations_harm_only_themselves(intake, tmp_path, base):
+    """Next to one good check: malformed files, bad intervals, a hanging, a NaN-submitting, a failing check and
+    one whose __init__ raises. The relay starts, DogStatsD and the good check work (with the instance's tags and
+    service on its metrics and service checks), and status shows each bad one, not OK, with the reason."""
     stand_in, url = intake
-    confd = agent_layout(tmp_path, {"custom_hello": SEED_CHECK, **BROKEN_CHECKS}, {
+    confd = agent_layout(tmp_path, {"good": GOOD_CHECK, "custom_hello": SEED_CHECK, **BAD_CHECKS}, {
+        "good.yaml": "init_config:\n  service: web\ninstances:\n  - tags: ['team:relay']\n    min_collection_interval: 1\n",
         "custom_hello.yaml": "init_config:\n\ninstances:\n  - min_collection_interval: 45\n",
-        **{f"{name}.yaml": "init_config:\ninstances:\n  - tags: ['origin:test']\n" for name in BROKEN_CHECKS},
-        "missing.yaml": "instances: [{}]",
-        "broken_yaml.yaml": "instances: [{: :",
+        **BAD_CONFIGS,
     })  # fmt: skip
     async with run_relay(tmp_path, url, DD_CONFD_PATH=str(confd), DD_RELAY_CHECKS_BASE=base) as relay:
         relay.send_udp(b"dogstatsd.still.works:1|c")
-        await wait_for(lambda: any(s["metric"] == "my_metric" for s in stand_in.series))
-        await wait_for(lambda: any(s["metric"] == "dogstatsd.still.works" for s in stand_in.series))
-        await wait_for(lambda: any(s["metric"] == "old.style" for s in stand_in.series))
+        names = lambda: {s["metric"] for s in stand_in.series}  # noqa: E731
+        await wait_for(lambda: {"good.value", "my_metric", "dogstatsd.still.works", "nan.fine"} <= names())
+        await wait_for(lambda: any(c["check"] == "good.can_connect" for c in stand_in.service_checks))
+
+        def hanging_overdue() -> dict | None:
+            checks = {c["check"]: c for c in relay.status()["checks"]}
+            return checks if checks["hangs"]["running_seconds"] > 1 and checks["nan"]["runs"] else None
+
+        checks = await wait_for(hanging_overdue)
         status = relay.status()
         text = subprocess.run([sys.executable, "-m", "relay", "status"], env=relay.env, capture_output=True, text=True)
-        await relay.stop()
-    metric = next(s for s in stand_in.series if s["metric"] == "my_metric")
-    assert metric["tags"] == ["check_group:test"] and 0 <= metric["points"][0][1] <= 1000
-    assert metric["type"] == "gauge" and metric["host"] == "test-host"
-    old = next(s for s in stand_in.series if s["metric"] == "old.style")
-    assert old["type"] == "count" and old["points"][0][1] == 2 and old["tags"] == ["origin:test"]
-    checks = {c["check"]: c for c in status["checks"]}
-    assert checks["custom_hello"]["interval"] == 45 and checks["custom_hello"]["runs"] == 1
-    assert checks["raises"]["last_error"] == "boom" and checks["raises"]["errors"] >= 1
-    assert checks["hangs"]["runs"] == 0  # still running, and nothing else waited for it
-    assert "fine" in {s["metric"] for s in stand_in.series} and "bad" not in {s["metric"] for s in stand_in.series}
-    assert "no check module missing.py" in status["check_errors"]["missing"]
-    assert "broken_yaml.yaml" in status["check_errors"]["broken_yaml"]
-    assert "Checks" in text.stdout and "[ERROR] boom" in text.stdout
+        code, _, err = await relay.stop()
+    good = next(s for s in stand_in.series if s["metric"] == "good.value")
+    assert sorted(good["tags"]) == ["own:tag", "service:web", "team:relay"] and good["points"][0][1] == 7
+    service_check = next(c for c in stand_in.service_checks if c["check"] == "good.can_connect")
+    assert sorted(service_check["tags"]) == ["service:web", "team:relay"]
+    seed = next(s for s in stand_in.series if s["metric"] == "my_metric")
+    assert seed["tags"] == ["check_group:test"] and seed["host"] == "test-host"
+    assert "nan.bad" not in names()
+    assert checks["good"]["state"] == "OK" and checks["good"]["runs"] >= 1
+    assert checks["custom_hello"]["interval"] == 45
+    assert checks["failing"]["state"] == "ERROR" and checks["failing"]["last_error"] == "db down"
+    assert "in connect" in checks["failing"]["traceback"]
+    assert checks["hangs"]["state"] == "WARNING" and checks["hangs"]["runs"] == 0
+    assert checks["nan"]["state"] == "WARNING" and checks["nan"]["nonfinite_dropped"] >= 1
+    assert "NaN or Inf value(s) dropped" in checks["nan"]["warnings"][0] and "nan.bad" in checks["nan"]["warnings"][0]
+    assert status["dropped"]["nan_or_inf"] >= 1
+    config_errors = {name: errors[0] for name, errors in status["check_config_errors"].items()}
+    for name, expected in CONFIG_ERRORS.items():
+        assert config_errors[name].endswith(expected), (name, config_errors[name])
+    assert "cannot be read" in config_errors["broken_yaml"]
+    assert sum(c["check"] == "bad_tags" for c in status["checks"]) == 1  # its good instance runs
+    assert "no check module missing.py" in status["check_errors"]["missing"][0]
+    assert "ValueError: needs a host" in status["check_errors"]["init_raises"][0]
+    for line in ("[ERROR]", "Error: db down", "in connect", "[WARNING]", "Still running after", "Config Errors:",
+                 "Loading Errors:", CONFIG_ERRORS["negative"]):  # fmt: skip
+        assert line in text.stdout, (line, text.stdout)
+    assert code == 0, err
+
+
+def test_check_command_prints_the_traceback_warnings_and_logs_and_fails_like_the_agent(tmp_path):
+    """`check NAME`: a failing check exits 1 with its traceback (naming the failing function); a check that
+    imports ConfigurationError works with the built-in base, and its log lines are printed; a bad file exits 1 with
+    one line naming the file and the key; a hanging check stops at --timeout."""
+    confd = agent_layout(tmp_path, {"good": GOOD_CHECK, **BAD_CHECKS}, {
+        "good.yaml": "instances: [{tags: ['team:relay']}]", **BAD_CONFIGS,
+    })  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DD_")}
+    env.update(DD_CONFD_PATH=str(confd), DD_RELAY_CHECKS_BASE="builtin")
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "relay", "check", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    good = check("good")
+    assert good.returncode == 0, good.stderr
+    assert "good.value (gauge)" in good.stdout and "[OK]" in good.stdout
+    assert "INFO | (relay.checks.good) | good check ran" in good.stdout
+    failing = check("failing")
+    assert failing.returncode == 1 and "Error: db down" in failing.stdout
+    assert "in connect\n" in failing.stdout and "RuntimeError: db down" in failing.stdout
+    nan = check("nan")
+    assert nan.returncode == 0 and "Warning: 1 NaN or Inf value(s) dropped" in nan.stdout and "[WARNING]" in nan.stdout
+    negative = check("negative")
+    assert negative.returncode == 1
+    assert negative.stderr.strip().endswith(CONFIG_ERRORS["negative"]) and len(negative.stderr.splitlines()) == 1
+    init = check("init_raises")
+    assert init.returncode == 1 and "ValueError: needs a host" in init.stderr
+    started = time.monotonic()
+    hangs = check("hangs", "--timeout", "1")
+    assert hangs.returncode == 1 and "still running after 1 s (--timeout)" in hangs.stderr
+    assert time.monotonic() - started < 30
 
 
 def test_check_command_runs_a_check_once_and_prints_it(tmp_path):
@@ -223,3 +328,88 @@ def test_io_sources_psutil_lacks_are_read_from_proc():
     pages = pages_in_out()
     assert pages is not None and all(value >= 0 and value % 4096 == 0 for value in pages)
     assert all(isinstance(ms, int) and ms >= 0 for ms in weighted_io_ms().values())
+
+
+EVERYTHING_CHECK = """
+from datadog_checks.base import AgentCheck, ConfigurationError, ensure_unicode, is_affirmative, to_native_string
+
+
+class Everything(AgentCheck):
+    __NAMESPACE__ = "every"
+
+    def check(self, instance):
+        if not is_affirmative(instance.get("enabled", "yes")):
+            raise ConfigurationError("disabled")
+        tags = ["unit:" + to_native_string(b"ms"), ensure_unicode("base:any")]
+        self.gauge("gauge", 1.5, tags=tags)
+        self.gauge("skipped.by_pattern", 1)
+        self.gauge("raw.gauge", 2, raw=True, hostname="elsewhere")
+        self.count("count", 2, tags=tags, device_name="sda")
+        self.count("count", 3, tags=tags, device_name="sda")
+        self.monotonic_count("mono", 10, flush_first_value=True)
+        self.rate("rate", 100)
+        self.increment("incr")
+        self.histogram("hist", 1)
+        self.histogram("hist", 3)
+        self.gauge("none", None)
+        self.gauge("not_a_number", "abc")
+        self.gauge("nan", float("nan"))
+        self.service_check("can_connect", AgentCheck.WARNING, tags=tags, message="slow")
+        self.event({"msg_title": "hello", "msg_text": "world", "alert_type": "warning", "tags": tags})
+        self.warning("watch %s", "out")
+"""
+
+
+def test_one_check_gives_the_same_output_on_the_real_and_the_built_in_base(tmp_path):
+    """The same check, run by `check NAME` on datadog_checks_base and on the relay's own base: the same series,
+    service checks, events, warnings and status."""
+    confd = agent_layout(tmp_path, {"everything": EVERYTHING_CHECK}, {
+        "everything.yaml": "init_config:\n  service: shop\ninstances:\n  - tags: ['team:relay']\n"
+        "    metric_patterns: {exclude: ['skipped']}\n",
+    })  # fmt: skip
+    outputs = {}
+    for base in ("auto", "builtin"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DD_")}
+        env.update(DD_CONFD_PATH=str(confd), DD_RELAY_CHECKS_BASE=base, DD_HOSTNAME="h")
+        command = [sys.executable, "-m", "relay", "check", "everything", "--json", "--times", "2"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        output = json.loads(result.stdout)
+        instance = output["instances"][0]
+        outputs[base] = {
+            "series": sorted(
+                (s["context"][0], s["type"], s["context"][1], tuple(s["context"][2]), [v for _, v in s["points"]])
+                for s in output["series"]
+            ),
+            "service_checks": [
+                (c["name"], c["status"], c["message"], c["tags"], c["host"]) for c in output["service_checks"]
+            ],
+            "events": [(e["title"], e["text"], e["alert_type"], e["tags"], e["host"]) for e in output["events"]],
+            "instance": {key: instance[key] for key in ("state", "runs", "errors", "warnings", "nonfinite_dropped")},
+        }
+    assert outputs["auto"] == outputs["builtin"]
+    names = {row[0] for row in outputs["builtin"]["series"]}
+    assert "every.skipped.by_pattern" not in names and {"every.gauge", "raw.gauge", "every.hist.max"} <= names
+    assert outputs["builtin"]["instance"]["state"] == "WARNING"
+
+
+def test_empty_default_hostname_and_the_interval_fallback_of_init_config(tmp_path):
+    from relay.aggregate import Aggregator
+    from relay.checks.runner import CheckRunner
+    from relay.telemetry import Stats
+    from tests.conftest import config
+
+    confd = agent_layout(tmp_path, {"good": GOOD_CHECK}, {
+        "good.yaml": "init_config: {min_collection_interval: 30}\n"
+        "instances: [{empty_default_hostname: true}, {min_collection_interval: 5, empty_default_hostname: 'no'}]",
+    })  # fmt: skip
+    cfg = config(hostname="h", confd_path=str(confd), relay__host_collectors="")
+    stats = Stats()
+    aggregator = Aggregator(cfg, stats)
+    runner = CheckRunner(cfg, aggregator, stats)
+    runner.load()
+    for instance in runner.instances:
+        runner.run_once(instance)
+        runner.commit(instance)
+    hosts = sorted(s.context.host for s in aggregator.flush(time.time(), force=True).series)
+    assert hosts == ["", "h"] and [i.interval for i in runner.instances] == [30.0, 5.0]

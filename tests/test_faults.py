@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -164,7 +165,7 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
     relay.serializer.protobuf.series_item = serialize_bug  # type: ignore[method-assign]
     relay.sink._post = forward_bug  # type: ignore[attr-defined]
     instance.sampler.commit = check_bug  # type: ignore[method-assign]
-    instance.interval = 0.3
+    instance.config = dataclasses.replace(instance.config, interval=0.3)
     try:
         with caplog.at_level(logging.ERROR, logger="relay.internal"):
             task = asyncio.create_task(relay.run())

@@ -7,6 +7,7 @@ as `datadog_checks.base`, `datadog_checks.checks` and `checks` so that every imp
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import logging
 import sys
@@ -26,7 +27,7 @@ def install(
 ) -> bool:
     """Install the modules; returns True when the real datadog_checks.base is used (installed, and not
     `builtin`, which is relay.checks_base: builtin)."""
-    aggregator = types.ModuleType("aggregator")
+    aggregator = _module("aggregator")
     for name in ("GAUGE", "RATE", "COUNT", "MONOTONIC_COUNT", "COUNTER", "HISTOGRAM", "HISTORATE"):
         setattr(aggregator, name, getattr(base, name))  # rtloader's metric_type_t, as the base submits them
 
@@ -50,7 +51,7 @@ def install(
     aggregator.submit_histogram_bucket = ignored  # type: ignore[attr-defined]
     aggregator.submit_event_platform_event = ignored  # type: ignore[attr-defined]
 
-    agent = types.ModuleType("datadog_agent")
+    agent = _module("datadog_agent")
     cache: dict[str, str] = {}
     functions: dict[str, Callable[..., Any]] = {
         "get_config": config_value,
@@ -82,10 +83,47 @@ def install(
         return True
     package = types.ModuleType("datadog_checks")
     package.__path__ = []
+    surface = {
+        "AgentCheck": base.AgentCheck, "ConfigurationError": base.ConfigurationError,
+        "is_affirmative": base.is_affirmative, "ensure_bytes": base.ensure_bytes, "ensure_unicode": base.ensure_unicode,
+        "to_native_string": base.to_native_string, "to_string": base.to_string, "datadog_agent": agent,
+        "__getattr__": _not_in_builtin_base,
+    }  # fmt: skip
     for name in ("datadog_checks.base", "datadog_checks.checks", "checks"):
         module = types.ModuleType(name)
-        module.AgentCheck = base.AgentCheck  # type: ignore[attr-defined]
+        module.__dict__.update(surface)
         sys.modules[name] = module
     package.base, package.checks = sys.modules["datadog_checks.base"], sys.modules["datadog_checks.checks"]  # type: ignore[attr-defined]
     sys.modules["datadog_checks"] = package
+    if not any(isinstance(finder, _BuiltinBaseFinder) for finder in sys.meta_path):
+        sys.meta_path.append(_BuiltinBaseFinder())
     return False
+
+
+def _module(name: str) -> types.ModuleType:
+    """The module installed before, when there is one: a base imported then holds it, so a second install (a
+    second runner in one process) must change that module, not replace it."""
+    existing = sys.modules.get(name)
+    if isinstance(existing, types.ModuleType) and getattr(existing, "__relay__", False):
+        return existing
+    module = types.ModuleType(name)
+    module.__relay__ = True  # type: ignore[attr-defined]
+    return module
+
+
+def _not_in_builtin_base(name: str) -> Any:
+    """`from datadog_checks.base import X` for an X only the real package has: say how to get it."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise ImportError(f"datadog_checks.base.{name} is not in the relay's built-in base: {base.INSTALL_HINT}")
+
+
+class _BuiltinBaseFinder(importlib.abc.MetaPathFinder):
+    """`import datadog_checks.base.utils...` (or any other datadog_checks module) with the built-in base: the
+    same message instead of "No module named ..."."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        ours = getattr(sys.modules.get("datadog_checks"), "__path__", None) == []
+        if ours and fullname.startswith("datadog_checks."):
+            raise ModuleNotFoundError(f"{fullname} is not in the relay's built-in base: {base.INSTALL_HINT}")
+        return None

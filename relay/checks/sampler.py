@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections import Counter
 from typing import Any
 
 from relay.accumulators import HistogramSpec, histogram_points
@@ -23,9 +24,13 @@ Key = tuple[int, str, str, tuple[str, ...]]  # (metric type, name, host, tags)
 
 
 class CheckSampler:
-    def __init__(self, hostname: str, histogram_spec: HistogramSpec, extra_tags: tuple[str, ...] = ()) -> None:
-        self.hostname = hostname
-        self.extra_tags = extra_tags  # the host tags, with relay.host_tags_on_metrics
+    def __init__(
+        self, hostname: str, histogram_spec: HistogramSpec, host_tags: tuple[str, ...] = (),
+        instance_tags: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
+        self.hostname = hostname  # "" with the instance's empty_default_hostname
+        self.metric_tags = (*host_tags, *instance_tags)  # host tags only with relay.host_tags_on_metrics
+        self.instance_tags = instance_tags  # the instance's `tags` and `service`, on everything it submits
         self.histogram_spec = histogram_spec
         self.values: dict[Key, list[float]] = {}
         self.flush_first: set[Key] = set()
@@ -33,12 +38,14 @@ class CheckSampler:
         self.submitted_at: dict[Key, list[float]] = {}  # historate: when each value came, within the run
         self.service_checks: list[ServiceCheck] = []
         self.events: list[Event] = []
+        self.nonfinite: Counter[str] = Counter()  # NaN and Inf dropped, by metric name, since the last take
         self.samples = 0
 
     def submit_metric(self, mtype: int, name: str, value: float, tags: Any, hostname: str, first: bool) -> None:
         if not math.isfinite(value):
+            self.nonfinite[name] += 1
             return
-        key = (mtype, name, hostname or self.hostname, tuple(sorted({*(tags or ()), *self.extra_tags})))
+        key = (mtype, name, hostname or self.hostname, tuple(sorted({*(tags or ()), *self.metric_tags})))
         self.values.setdefault(key, []).append(value)
         if mtype == HISTORATE:
             self.submitted_at.setdefault(key, []).append(time.monotonic())
@@ -46,9 +53,13 @@ class CheckSampler:
             self.flush_first.add(key)
         self.samples += 1
 
+    def take_nonfinite(self) -> Counter[str]:
+        taken, self.nonfinite = self.nonfinite, Counter()
+        return taken
+
     def submit_service_check(self, name: str, status: int, tags: Any, hostname: str, message: str) -> None:
-        check = ServiceCheck(name, status, 0, hostname or self.hostname, message, tuple(sorted(set(tags or ()))))
-        self.service_checks.append(check)
+        tags = tuple(sorted({*(tags or ()), *self.instance_tags}))
+        self.service_checks.append(ServiceCheck(name, status, 0, hostname or self.hostname, message, tags))
 
     def submit_event(self, event: dict[str, Any]) -> None:
         self.events.append(
@@ -61,7 +72,7 @@ class CheckSampler:
                 priority=str(event.get("priority") or "normal"),
                 source_type_name=str(event.get("source_type_name") or ""),
                 alert_type=str(event.get("alert_type") or "info"),
-                tags=tuple(sorted(set(event.get("tags") or ()))),
+                tags=tuple(sorted({*(event.get("tags") or ()), *self.instance_tags})),
             )
         )
 
