@@ -293,7 +293,8 @@ class Listeners:
 
     def _new_unix(self, kind: int, path: str) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, kind)
-        self._bind_unix(sock, Path(path))
+        key = "dogstatsd_socket" if kind == socket.SOCK_DGRAM else "dogstatsd_stream_socket"
+        self._bind_unix(sock, Path(path), key)
         return sock
 
     def _udp_socket(self, host: str, port: int) -> socket.socket:
@@ -306,19 +307,24 @@ class Listeners:
             raise ListenError(f"dogstatsd_port: cannot listen on UDP {host}:{port}: {error.strerror}") from None
         return sock
 
-    def _bind_unix(self, sock: socket.socket, path: Path) -> None:
-        """Replace a stale socket file, but never a file that is not a socket."""
+    def _bind_unix(self, sock: socket.socket, path: Path, key: str) -> None:
+        """Replace a stale socket file (nobody listening), but never a live socket or a file that is not one."""
         if path.exists() or path.is_symlink():
+            problem = None
             if not stat.S_ISSOCK(path.lstat().st_mode):
+                problem = f"{path} exists and is not a socket; refusing to replace it"
+            elif user := _listener_on(path, sock.type):
+                problem = f"{path} is {user}; refusing to take it over (stop it, or choose another path)"
+            if problem:
                 sock.close()
-                raise ListenError(f"{path}: exists and is not a socket; refusing to replace it")
+                raise ListenError(f"{key}: {problem}")
             path.unlink()
         try:
             sock.bind(str(path))
             os.chmod(path, int(self.config.relay_socket_mode, 8))  # relay.socket_mode: who may write metrics
         except OSError as error:
             sock.close()
-            raise ListenError(f"{path}: cannot bind: {error.strerror}") from None
+            raise ListenError(f"{key}: {path}: cannot bind: {error.strerror}") from None
         self._paths.append(path)
 
     async def _serve_datagrams(self, sock: socket.socket, name: str) -> None:
@@ -510,6 +516,22 @@ def _inheritable(sock: socket.socket) -> int:
     fd = os.dup(sock.fileno())
     os.set_inheritable(fd, True)
     return fd
+
+
+def _listener_on(path: Path, kind: int) -> str:
+    """Whether a process listens on the socket file: '' when it is stale (connecting is refused), else why it
+    must not be replaced."""
+    with socket.socket(socket.AF_UNIX, kind) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return ""
+        except TimeoutError:
+            return "served by a running process (its queue is full)"
+        except OSError as error:
+            return f"not ours to check ({error.strerror})"
+    return "served by a running process (a relay or an Agent)"
 
 
 def _forget_socket(sock: socket.socket) -> None:

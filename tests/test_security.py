@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import stat
+import struct
 import subprocess
 import sys
 
+import pytest
 from aiohttp import ClientSession, web
 
 from tests.conftest import API_KEY, run_relay, wait_for
@@ -49,6 +53,37 @@ async def test_a_path_that_is_not_a_socket_is_never_replaced(short_tmp):
     result = subprocess.run([sys.executable, "-m", "relay", "run"], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 3 and "exists and is not a socket" in result.stderr
     assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("key", ["DD_DOGSTATSD_SOCKET", "DD_DOGSTATSD_STREAM_SOCKET"])
+async def test_a_live_relays_socket_is_never_taken_over_but_a_stale_one_is_replaced(intake, short_tmp, key):
+    """A second relay pointed at the socket of a running one fails with one line naming the key; the first keeps
+    its socket and keeps receiving. A socket file nobody listens on (a relay killed with SIGKILL) is replaced."""
+    stand_in, url = intake
+    path = short_tmp / "dsd.socket"
+    name = key.removeprefix("DD_").lower()
+    kind = socket.SOCK_DGRAM if name == "dogstatsd_socket" else socket.SOCK_STREAM
+    async with run_relay(short_tmp, url, **{key: str(path)}) as first:
+        env = {k: v for k, v in first.env.items()}
+        env.update(DD_DOGSTATSD_PORT="0", DD_RELAY_HEALTH_PORT="0")
+        second = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "relay", "run"], env=env, capture_output=True, text=True, timeout=30
+        )
+        with socket.socket(socket.AF_UNIX, kind) as client:
+            client.connect(str(path))
+            line = b"first.keeps.receiving:1|c"
+            client.sendall(line if kind == socket.SOCK_DGRAM else struct.pack("<I", len(line)) + line)
+        await wait_for(lambda: any(s["metric"] == "first.keeps.receiving" for s in stand_in.series))
+        first.process.kill()  # no cleanup: the file stays, stale
+        await asyncio.to_thread(first.process.communicate)
+    assert second.returncode == 3
+    errors = [line for line in second.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"{name}: {path} is served by a running process" in errors[0], second.stderr
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    async with run_relay(short_tmp, url, **{key: str(path)}) as third:
+        assert third.status()["info"]["listeners"]
+        code, _, err = await third.stop()
+    assert code == 0, err
 
 
 async def test_payloads_go_through_the_configured_proxy(intake, tmp_path):
