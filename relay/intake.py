@@ -164,6 +164,7 @@ class Intake:
             app.router.add_post(f"/api/v1/{kind}", self._save_object)
             app.router.add_put(f"/api/v1/{kind}/{{id}}", self._save_object)
         app.router.add_get("/_received", self._received)
+        app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/", self._page)
         return app
 
@@ -178,6 +179,10 @@ class Intake:
 
     def _key_ok(self, request: web.Request) -> bool:
         return not self.api_key or request.headers.get("DD-API-KEY") == self.api_key
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        """For a container's health check (the compose stack's): the stand-in answers."""
+        return web.Response(text="ok\n")
 
     async def _validate(self, request: web.Request) -> web.Response:
         if self._key_ok(request):
