@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from relay import __version__
-from relay.config import Config, ConfigError
+from relay.config import Config, ConfigError, find_config, redact
 
 EXIT_CONFIG = 2
 EXIT_START = 3
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         ("capture", "record the raw datagrams a running relay receives, with their timing, to a file"),
         ("replay", "play a capture back to a DogStatsD server (by default this relay's UDP port)"),
         ("reload", "re-read the configuration of the running relay without a gap (same as SIGHUP)"),
+        ("init", "set up the site and API key, checked against Datadog, in a 0600 configuration file"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the raw status JSON")
+        if name == "init":
+            command.add_argument("--site", help="the Datadog site, e.g. datadoghq.eu (asked when not given)")
+            command.add_argument("--api-key-file", type=Path, help="a file holding the API key (no questions asked)")
         if name == "check":
             command.add_argument("name", help="the check's name: conf.d/<name>.yaml")
             command.add_argument("--times", type=int, default=1, help="runs, 1 s apart (rates need two)")
@@ -85,21 +89,30 @@ def _parser() -> argparse.ArgumentParser:
     intake.add_argument("--host", default="127.0.0.1")
     intake.add_argument("--port", type=int, default=8080)
     intake.add_argument("--keep", type=int, default=100_000, help="decoded items kept per kind (default 100000)")
+    intake.add_argument(
+        "--api-key", default=os.environ.get("DD_API_KEY", ""),
+        help="answer 403 to any other key, as Datadog does (default: $DD_API_KEY; empty: accept any key)",
+    )  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "intake":
-        return _intake(args.host, args.port, args.keep)
+        return _intake(args.host, args.port, args.keep, args.api_key)
     try:
         overrides = dict(item.split("=", 1) for item in args.set if "=" in item)
         if len(overrides) != len(args.set):
             raise ConfigError("--set: expected KEY=VALUE")
-        config = Config.load(args.config, os.environ, overrides, warn=lambda message: print(message, file=sys.stderr))
+        path = find_config(args.config, os.environ)
+        config = Config.load(path, os.environ, overrides, warn=lambda message: print(message, file=sys.stderr))
     except ConfigError as error:
         print(f"config: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "init":
+        from relay.guided_init import run_init
+
+        return run_init(args.config, args.site, args.api_key_file, config.dd_url, os.environ)
     if args.command == "config":
         print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
         return 0
@@ -380,12 +393,19 @@ def _provision(config: Config, dry_run: bool, with_downtimes: bool) -> int:
         return EXIT_CONFIG
 
 
-def _intake(host: str, port: int, keep: int) -> int:
-    from relay.intake import Intake
+def _intake(host: str, port: int, keep: int, api_key: str) -> int:
+    try:
+        import google.protobuf  # noqa: F401  (the stand-in decodes payloads with Google's runtime)
+
+        from relay.intake import Intake
+    except ImportError as error:
+        print(f"intake: needs {error.name or 'protobuf'}: pip install 'dogstatsd-relay[intake]'", file=sys.stderr)
+        return EXIT_CONFIG
 
     async def serve() -> None:
-        await Intake(keep=keep).start(host, port)
-        print(f"intake stand-in on http://{host}:{port} (decoded payloads at /_received)", file=sys.stderr)
+        await Intake(keep=keep, api_key=api_key).start(host, port)
+        checked = f", accepting only the API key {redact(api_key)}" if api_key else ", accepting any API key"
+        print(f"intake stand-in on http://{host}:{port} (decoded payloads at /_received){checked}", file=sys.stderr)
         await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -124,8 +124,8 @@ def _mapper_profiles(profiles: tuple[Any, ...]) -> str | None:
 class Config:
     """The relay's whole configuration; built once by `load`, never mutated."""
 
-    api_key: str = field(default="", repr=False, metadata={"key": "", "check": None})
-    app_key: str = field(default="", repr=False, metadata={"key": "", "check": None})  # provision only
+    api_key: str = field(default="", repr=False, metadata={"key": "", "check": lambda v: _not_redacted(v)})
+    app_key: str = field(default="", repr=False, metadata={"key": "", "check": lambda v: _not_redacted(v)})
     site: str = _key("datadoghq.com", check=lambda v: None if v else "must not be empty")
     dd_url: str = _key("", check=_url)
     hostname: str = _key("")
@@ -238,12 +238,14 @@ class Config:
         return (os.cpu_count() or 1) if self.relay_workers == "auto" else int(self.relay_workers)
 
     @property
+    def run_directory(self) -> Path:
+        """run_path, or the user's state directory."""
+        return Path(self.run_path) if self.run_path else Path.home() / ".local" / "state" / "dogstatsd-relay"
+
+    @property
     def spool_path(self) -> Path:
         """relay.spool_dir, or `transactions_to_retry` (the Agent's name) under run_path."""
-        if self.relay_spool_dir:
-            return Path(self.relay_spool_dir)
-        run = Path(self.run_path) if self.run_path else Path.home() / ".local" / "state" / "dogstatsd-relay"
-        return run / "transactions_to_retry"
+        return Path(self.relay_spool_dir) if self.relay_spool_dir else self.run_directory / "transactions_to_retry"
 
     @classmethod
     def load(
@@ -278,6 +280,8 @@ class Config:
         for f in fields(self):
             check = f.metadata["check"]
             problem = check(getattr(self, f.name)) if check else None
+            if problem and f.name in SECRET_FIELDS:
+                raise ConfigError(f"{key_of(f.name)}: {problem}")  # the value is never shown
             if problem:
                 raise ConfigError(f"{key_of(f.name)}: {problem}, got {_show(getattr(self, f.name), f.name)}")
 
@@ -312,6 +316,7 @@ class Config:
     def redacted(self) -> dict[str, Any]:
         """Every key with its effective value; the API key shown as the Agent does."""
         values = {key_of(name): value for name, value in asdict(self).items()}
+        values["run_path"], values["relay.spool_dir"] = str(self.run_directory), str(self.spool_path)  # effective
         values["api_key"] = redact(self.api_key)
         values["app_key"] = redact(self.app_key)
         values["additional_endpoints"] = {url: [redact(k) for u, k in self.additional_endpoints if u == url]
@@ -319,9 +324,38 @@ class Config:
         return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}
 
 
+def _not_redacted(key: str) -> str | None:
+    """A key as `config` prints it (`***` and its end), fed back as configuration, would be sent as the key."""
+    if key.startswith("***"):
+        return "is a redacted key, as `dogstatsd-relay config` prints it: put the whole key there"
+    return None
+
+
 def redact(api_key: str) -> str:
     """`***` plus the last five characters, like the Agent's status page."""
     return "***" + api_key[-5:] if api_key else ""
+
+
+# Datadog's sites, as `dogstatsd-relay init` offers them: the `site` value and the name Datadog gives it.
+SITES = {
+    "datadoghq.com": "US1", "us3.datadoghq.com": "US3", "us5.datadoghq.com": "US5", "datadoghq.eu": "EU1",
+    "ap1.datadoghq.com": "AP1", "ap2.datadoghq.com": "AP2", "ddog-gov.com": "US1-FED",
+}  # fmt: skip
+SYSTEM_CONFIG = Path("/etc/dogstatsd-relay/datadog.yaml")
+
+
+def user_config(environ: Mapping[str, str]) -> Path:
+    """The user's configuration file: $XDG_CONFIG_HOME/dogstatsd-relay/datadog.yaml (~/.config by default)."""
+    base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".config")
+    return Path(base) / "dogstatsd-relay" / "datadog.yaml"
+
+
+def find_config(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The file every command reads: --config, else the user's file, else /etc/dogstatsd-relay/datadog.yaml, else
+    none (environment variables and defaults only)."""
+    if explicit is not None:
+        return explicit
+    return next((path for path in (user_config(environ), SYSTEM_CONFIG) if path.is_file()), None)
 
 
 def key_of(field_name: str) -> str:

@@ -95,6 +95,7 @@ async def run_relay(
         "DD_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
         "DD_RELAY_HOST_COLLECTORS": "",  # host metrics only where a test asks for them: exact counts elsewhere
         "DD_ENABLE_METADATA_COLLECTION": "false",  # likewise the host metadata payload
+        "XDG_CONFIG_HOME": str(tmp_path / "no-user-config"),  # never the developer's own `init` file
     }
     if intake_url:
         full_env.update(DD_API_KEY=API_KEY, DD_DD_URL=intake_url)
