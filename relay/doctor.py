@@ -27,7 +27,7 @@ def diagnose(
         _running(status),
         *_traffic(config, status),
         _workers(config, status, os.cpu_count() or 1, local_udp_clients(config.dogstatsd_port)),
-        _api_key(config, probe),
+        _api_key(config, status, probe),
         _spool_disk(config),
     ]
 
@@ -112,9 +112,22 @@ def _workers(config: Config, status: dict[str, Any] | None, cores: int, clients:
     return ("OK", "workers", seen)
 
 
-def _api_key(config: Config, probe: Callable[[str, dict[str, str]], int]) -> Finding:
+def _api_key(config: Config, status: dict[str, Any] | None, probe: Callable[[str, dict[str, str]], int]) -> Finding:
+    """The running relay's key when one answers (its state, as it found it); else this configuration's key."""
+    if status is not None:
+        info = status["info"]
+        key, valid, endpoint = info.get("api_key") or "", info.get("api_key_valid"), info.get("endpoint", "")
+        if not key:
+            return ("WARN", "API key", "the running relay has no API key: it runs dry and sends nothing "
+                    "(dogstatsd-relay init, or DD_API_KEY, then restart it)")  # fmt: skip
+        if valid is False:
+            return ("FAIL", "API key", f"the running relay's key {key} is rejected by {endpoint}: every payload is "
+                    "dropped. Fix: dogstatsd-relay init (or DD_API_KEY), then dogstatsd-relay reload")  # fmt: skip
+        if valid is None:
+            return ("WARN", "API key", f"the running relay's key {key} has not been checked yet ({endpoint})")
+        return ("OK", "API key", f"the running relay's key {key} is valid at {endpoint}")
     if not config.api_key:
-        return ("WARN", "API key", "no API key: the relay runs dry and sends nothing (set DD_API_KEY)")
+        return ("WARN", "API key", "no API key: the relay runs dry and sends nothing (dogstatsd-relay init)")
     code = probe(config.api_url + "/api/v1/validate", {"DD-API-KEY": config.api_key})
     if code == 200:
         return ("OK", "API key", f"{redact(config.api_key)} is valid at {config.api_url}")

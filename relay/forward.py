@@ -211,6 +211,10 @@ class HttpSink:
         status, retry_after = await self._post(payload)
         result = outcome(status)
         self.stats.payloads[endpoint.value, result] += 1
+        if result != "retried":  # readiness watches the rejections in a row (relay/health.py)
+            rejected = result == "dropped"
+            self.stats.info["rejected_streak"] = self.stats.info.get("rejected_streak", 0) + 1 if rejected else 0
+            self.stats.info["last_rejection"] = status if rejected else self.stats.info.get("last_rejection")
         if result == "retried":
             state.errors += 1
             delay = backoff_seconds(

@@ -2,7 +2,8 @@
 
 /metrics      Prometheus text of the relay's own counters
 /healthz      liveness: the process answers
-/ready        readiness: 503 with the reasons when probe loss, the retry backlog or the flush lag is over its limit
+/ready        readiness: 503 with the reasons when probe loss, the retry backlog or the flush lag is over its limit,
+              or the intake rejects the API key or the payloads
 /status       the JSON behind `dogstatsd-relay status`
 /debug/cardinality   contexts per metric, tag values per key, a custom-metric estimate; `?sample=S` adds lines/s
 /debug/capture?seconds=S   raw datagrams with their timing, in the capture format of relay/capture.py
@@ -37,6 +38,9 @@ MAX_SAMPLE_SECONDS = 10
 MAX_OPEN_TAPS = 8  # captures and samplings at once (and the tee): each holds memory and costs every datagram
 
 
+REJECTED_IN_A_ROW = 3  # payloads answered 400, 403 or 413 one after the other: the relay is not doing its job
+
+
 def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
     """Ready unless a limit is crossed; each crossed limit gives one reason naming its key."""
     reasons = []
@@ -53,6 +57,12 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
     backlog, limit_bytes = stats.gauge("retry_queue_bytes"), config.relay_ready_max_retry_queue_bytes
     if backlog > limit_bytes:
         reasons.append(f"retry queue {backlog:.0f} bytes > relay.ready_max_retry_queue_bytes {limit_bytes}")
+    if stats.info.get("api_key_valid") is False:
+        reasons.append(f"the intake rejects the API key {stats.info.get('api_key', '')}: every payload is dropped; "
+                       "fix it (dogstatsd-relay init, or DD_API_KEY) and reload")  # fmt: skip
+    elif (streak := stats.info.get("rejected_streak", 0)) >= REJECTED_IN_A_ROW:
+        reasons.append(f"the intake rejected the last {streak} payloads (HTTP {stats.info.get('last_rejection')}): "
+                       "they are dropped")  # fmt: skip
     lag, limit_lag = now - max(stats.last_flush_at, stats.started), config.relay_ready_max_flush_lag
     if lag > limit_lag:
         reasons.append(f"no flush for {lag:.0f} s > relay.ready_max_flush_lag {limit_lag:g} s")
