@@ -125,13 +125,18 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minute}m {second}s"
 
 
+HOST_METRICS_PREFIX = "system."  # the host collectors' metrics, the Agent's names: one line in a dry run
+
+
 def render_flush(flushed: Flushed, payloads: list[Payload]) -> str:
     """What one flush would have sent, as a table; printed instead of sending when there is no API key."""
     stamp = time.strftime("%H:%M:%S")
     lines = [f"--- flush at {stamp}: nothing sent (dry run, no API key) ---"]
+    host_series = [s for s in flushed.series if s.context.name.startswith(HOST_METRICS_PREFIX)]
     rows = [
         (s.context.name, s.type.name.lower(), _points(s.points), s.context.host, ",".join(s.context.tags))
         for s in flushed.series
+        if not s.context.name.startswith(HOST_METRICS_PREFIX)
     ]
     rows += [
         (
@@ -145,6 +150,10 @@ def render_flush(flushed: Flushed, payloads: list[Payload]) -> str:
     ]
     if rows:
         lines += _table(("metric", "type", "points (ts=value)", "host", "tags"), sorted(rows))
+    if host_series:
+        families = sorted({".".join(s.context.name.split(".")[:2]) + ".*" for s in host_series})
+        lines.append(f"+ {len(host_series)} host series from the collectors ({', '.join(families)}); "
+                     "relay.host_collectors: [] turns them off")  # fmt: skip
     for event in flushed.events:
         lines.append(f"event [{event.alert_type}] {event.title!r} host={event.host} tags={','.join(event.tags)}")
     for check in flushed.service_checks:
@@ -161,12 +170,19 @@ def _points(points: list[tuple[int, float]]) -> str:
     return " ".join(f"{timestamp}={value:g}" for timestamp, value in points)
 
 
+CELL_WIDTH = 60  # a longer cell is cut, and ends with … to say so
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [min(60, max(len(str(row[i])) for row in [header, *rows])) for i in range(len(header))]
+    widths = [min(CELL_WIDTH, max(len(str(row[i])) for row in [header, *rows])) for i in range(len(header))]
     line = "  ".join(f"{{:<{width}}}" for width in widths)
     return [line.format(*header), line.format(*("-" * w for w in widths))] + [
-        line.format(*(str(cell)[:60] for cell in row)) for row in rows
+        line.format(*(_cut(str(cell)) for cell in row)) for row in rows
     ]
+
+
+def _cut(cell: str) -> str:
+    return cell if len(cell) <= CELL_WIDTH else cell[: CELL_WIDTH - 1] + "…"
 
 
 def render_check(result: dict[str, Any]) -> str:

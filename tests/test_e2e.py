@@ -213,13 +213,21 @@ async def test_100k_contexts_in_one_flush_are_split_under_the_intake_limits(inta
     assert all(r.status == 202 and r.compressed_size <= 512_000 and r.raw_size <= 5_242_880 for r in series_requests)
 
 
-async def test_dry_run_without_api_key_prints_what_would_be_sent(tmp_path):
-    async with run_relay(tmp_path, None) as relay:
-        relay.send_udp(b"dry.run:5|c|#a:b")
-        await wait_for(lambda: relay.status()["aggregator"]["flushed"].get("series", 0) >= 1)
+async def test_dry_run_without_api_key_prints_the_users_metrics_and_summarizes_the_host_ones(tmp_path):
+    """`make run` as a new user sees it: their metrics in the table, the collectors' system.* series in one line,
+    and a tag too long for its column marked as cut."""
+    long_tag = "team:" + "x" * 80
+    async with run_relay(tmp_path, None, DD_RELAY_HOST_COLLECTORS="cpu memory load") as relay:
+        relay.send_udp(f"dry.run:5|c|#a:b,{long_tag}".encode())
+        await wait_for(lambda: relay.status()["aggregator"]["flushed"].get("series", 0) >= 10)
         code, out, err = await relay.stop()
     assert code == 0, err
-    assert "dry run" in out and "dry.run" in out and "would POST /api/v2/series" in out
+    assert "dry run" in out and "would POST /api/v2/series" in out
+    table_rows = [line for line in out.splitlines() if line.startswith(("dry.run", "system."))]
+    assert table_rows and all(row.startswith("dry.run") for row in table_rows)
+    assert any(row.rstrip().endswith("…") and "team:xxx" in row for row in table_rows)
+    summary = next(line for line in out.splitlines() if line.startswith("+ "))
+    assert "host series from the collectors (" in summary and "system.mem.*" in summary
 
 
 async def test_status_command_prints_live_counters(intake, tmp_path):
