@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "provision":
             command.add_argument("--dry-run", action="store_true", help="print the JSON that would be sent")
             command.add_argument("--downtimes", action="store_true", help="also schedule nights and weekends off")
+            command.add_argument("--notify", action="append", default=[], metavar="@HANDLE",
+                                 help="who the monitor notifies, e.g. @you@example.com (repeatable)")  # fmt: skip
+            command.add_argument("--timezone", default="UTC", help="the downtimes' time zone, e.g. Europe/Paris")
     health = commands.add_parser("health", help="exit 0 when the running relay answers /healthz (for probes)")
     health.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
     health.set_defaults(set=[])
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args.file, args.target or f"127.0.0.1:{config.dogstatsd_port}", args.speed)
     if args.command == "provision":
-        return _provision(config, args.dry_run, args.downtimes)
+        return _provision(config, args.dry_run, args.downtimes, tuple(args.notify), args.timezone)
     if args.command == "reload":
         return _reload(config)
     return _run(config)
@@ -380,17 +383,32 @@ class _CheckLogs(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def _provision(config: Config, dry_run: bool, with_downtimes: bool) -> int:
-    from relay.provision import provision
+def _provision(config: Config, dry_run: bool, with_downtimes: bool, notify: tuple[str, ...], timezone: str) -> int:
+    import zoneinfo
 
+    from relay.provision import ProvisionError, provision
+
+    if bad := [handle for handle in notify if not handle.startswith("@")]:
+        print(f"provision: --notify: a handle starts with @ (as in @you@example.com), got {bad[0]!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        problem = f"unknown time zone {timezone!r} (an IANA name, e.g. Europe/Paris)"
+        print(f"provision: --timezone: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     if not dry_run and not (config.api_key and config.app_key):
         print("provision: needs DD_API_KEY and DD_APP_KEY (or --dry-run)", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return provision(config, config.app_key, with_downtimes=with_downtimes, dry_run=dry_run, out=print)
+        return provision(config, config.app_key, with_downtimes=with_downtimes, dry_run=dry_run, out=print,
+                         notify=notify, timezone=timezone)  # fmt: skip
     except ImportError:
         print("provision: needs the datadog package: pip install 'dogstatsd-relay[provision]'", file=sys.stderr)
         return EXIT_CONFIG
+    except ProvisionError as error:
+        print(f"provision: {error}", file=sys.stderr)
+        return 1
 
 
 def _intake(host: str, port: int, keep: int, api_key: str) -> int:

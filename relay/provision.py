@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from relay.config import Config
 
@@ -17,7 +19,7 @@ MARKER = "[dogstatsd-relay]"
 HEALTH_TITLE = "dogstatsd-relay: relay health"
 DATA_TITLE = "dogstatsd-relay: my_metric and PostgreSQL"
 MONITOR_NAME = "dogstatsd-relay: my_metric is high"
-WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri"]
+WEEKNIGHTS = ["Mon", "Tue", "Wed", "Thu"]  # Friday night belongs to the weekend window
 
 
 def _timeseries(title: str, query: str) -> dict[str, Any]:
@@ -54,15 +56,18 @@ def dashboards() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def monitor() -> dict[str, Any]:
-    """The average of my_metric over the last 5 minutes: warning at 500, critical at 800, no data after 10 min."""
+def monitor(notify: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The average of my_metric over the last 5 minutes: warning at 500, critical at 800, no data after 10 min.
+    The message carries the value that triggered it and the host's IP, and notifies the given @handles."""
     message = "\n".join(
         [
-            "{{#is_alert}}my_metric is {{value}} on {{host.name}}: above 800 for 5 minutes.{{/is_alert}}",
-            "{{#is_warning}}my_metric is {{value}} on {{host.name}}: above 500 for 5 minutes.{{/is_warning}}",
-            "{{#is_no_data}}No my_metric from {{host.name}} for 10 minutes: is the app or its relay down?"
-            "{{/is_no_data}}",
-            "{{#is_recovery}}my_metric is back to {{value}} on {{host.name}}.{{/is_recovery}}",
+            "{{#is_alert}}my_metric is {{value}} on {{host.name}} ({{host.ip}}): above 800 for 5 minutes.{{/is_alert}}",
+            "{{#is_warning}}my_metric is {{value}} on {{host.name}} ({{host.ip}}): above 500 for 5 minutes."
+            "{{/is_warning}}",
+            "{{#is_no_data}}No my_metric from {{host.name}} ({{host.ip}}) for 10 minutes: is the app or its relay "
+            "down?{{/is_no_data}}",
+            "{{#is_recovery}}my_metric is back to {{value}} on {{host.name}} ({{host.ip}}).{{/is_recovery}}",
+            *([f"Notify: {' '.join(notify)}"] if notify else []),
             MARKER,
         ]
     )
@@ -82,17 +87,36 @@ def monitor() -> dict[str, Any]:
 
 
 def downtimes(monitor_id: int | None, now: float, timezone: str = "UTC") -> list[dict[str, Any]]:
-    """Weeknights 19:00-09:00 and whole weekends, as weekly recurrences."""
-    day = int(now) - int(now) % 86400
-    days_to_saturday = (5 - time.gmtime(day).tm_wday) % 7
-    saturday = day + days_to_saturday * 86400
+    """Weeknights (Monday to Thursday, 19:00 to 09:00) and the whole weekend (Friday 19:00 to Monday 09:00), as
+    weekly recurrences in `timezone`: together every hour outside 09:00-19:00 on weekdays, with no gap."""
+    zone = ZoneInfo(timezone)
+    local = datetime.fromtimestamp(now, zone)
+    monday = (local - timedelta(days=local.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def at(days: int, hour: int) -> int:  # wall-clock time in the zone, daylight saving included
+        return int((monday + timedelta(days=days)).replace(hour=hour).timestamp())
+
+    night = next(day for day in (*range(4), 7) if at(day + 1, 9) > now)  # this week's next weeknight, or Monday's
     common = {"scope": ["*"], "monitor_id": monitor_id, "timezone": timezone}
     return [
-        {**common, "message": f"{MARKER} weeknights 19:00-09:00", "start": day + 19 * 3600, "end": day + 33 * 3600,
-         "recurrence": {"type": "weeks", "period": 1, "week_days": WEEKDAYS}},
-        {**common, "message": f"{MARKER} weekends", "start": saturday, "end": saturday + 2 * 86400,
-         "recurrence": {"type": "weeks", "period": 1, "week_days": ["Sat"]}},
+        {**common, "message": f"{MARKER} weeknights 19:00-09:00", "start": at(night, 19),
+         "end": at(night + 1, 9), "recurrence": {"type": "weeks", "period": 1, "week_days": WEEKNIGHTS}},
+        {**common, "message": f"{MARKER} weekends, Friday 19:00 to Monday 09:00", "start": at(4, 19),
+         "end": at(7, 9), "recurrence": {"type": "weeks", "period": 1, "week_days": ["Fri"]}},
     ]  # fmt: skip
+
+
+class ProvisionError(Exception):
+    """Datadog refused a call: one line says which and why."""
+
+
+def _checked(response: Any, call: str) -> Any:
+    """The datadog package returns Datadog's errors as {'errors': [...]} rather than raising."""
+    if isinstance(response, dict) and response.get("errors"):
+        errors = "; ".join(map(str, response["errors"]))
+        hint = " (check DD_API_KEY, DD_APP_KEY and site)" if "Forbidden" in errors or "403" in errors else ""
+        raise ProvisionError(f"{call}: Datadog answered: {errors}{hint}")
+    return response
 
 
 def _upsert(
@@ -100,33 +124,50 @@ def _upsert(
 ) -> Any:
     """Update the object already there under `key`, or create it: provisioning twice changes nothing."""
     if key in existing:
-        resource.update(existing[key], **body)
+        _checked(resource.update(existing[key], **body), f"update {kind} {key!r}")
         out(f"{kind} updated: {key}")
         return existing[key]
-    created = resource.create(**body)
+    created = _checked(resource.create(**body), f"create {kind} {key!r}")
     out(f"{kind} created: {key}")
     return created["id"]
 
 
-def provision(config: Config, app_key: str, *, with_downtimes: bool, dry_run: bool, out: Callable[[str], None]) -> int:
-    """Create or update every object; in a dry run, print the JSON that would be sent instead."""
+def provision(
+    config: Config, app_key: str, *, with_downtimes: bool, dry_run: bool, out: Callable[[str], None],
+    notify: tuple[str, ...] = (), timezone: str = "UTC",
+) -> int:  # fmt: skip
+    """Create or update every object; in a dry run, print the JSON that would be sent instead. Raises
+    ProvisionError when Datadog refuses a call."""
     if dry_run:
-        plan = {"dashboards": dashboards(), "monitor": monitor()}
+        plan = {"dashboards": dashboards(), "monitor": monitor(notify)}
         if with_downtimes:
-            plan["downtimes"] = downtimes(None, time.time())
+            plan["downtimes"] = downtimes(None, time.time(), timezone)
         out(json.dumps(plan, indent=2))
         return 0
     from datadog import api, initialize  # optional dependency: pip install 'dogstatsd-relay[provision]'
+    from datadog.api.exceptions import DatadogException
 
     initialize(api_key=config.api_key, app_key=app_key, api_host=config.api_url)
-    dashboards_by_title = {d["title"]: d["id"] for d in api.Dashboard.get_all().get("dashboards", [])}
+    try:
+        _provision(api, notify, timezone, with_downtimes, out)
+    except DatadogException as error:  # timeouts, connection errors, 5xx: the package's own one-line message
+        raise ProvisionError(f"{config.api_url}: {error}") from None
+    return 0
+
+
+def _provision(
+    api: Any, notify: tuple[str, ...], timezone: str, with_downtimes: bool, out: Callable[[str], None]
+) -> None:
+    listed = _checked(api.Dashboard.get_all(), "list dashboards")
+    dashboards_by_title = {d["title"]: d["id"] for d in listed.get("dashboards", [])}
     for body in dashboards():
         _upsert(api.Dashboard, dashboards_by_title, body["title"], body, "dashboard", out)
-    body = monitor()
-    monitors = {m["name"]: m["id"] for m in api.Monitor.get_all(name=body["name"]) if m.get("name") == body["name"]}
+    body = monitor(notify)
+    found = _checked(api.Monitor.get_all(name=body["name"]), "list monitors")
+    monitors = {m["name"]: m["id"] for m in found if m.get("name") == body["name"]}
     monitor_id = _upsert(api.Monitor, monitors, body["name"], body, "monitor", out)
     if with_downtimes:
-        ours = {d.get("message"): d["id"] for d in api.Downtime.get_all() if MARKER in (d.get("message") or "")}
-        for downtime in downtimes(monitor_id, time.time()):
+        existing = _checked(api.Downtime.get_all(), "list downtimes")
+        ours = {d.get("message"): d["id"] for d in existing if MARKER in (d.get("message") or "")}
+        for downtime in downtimes(monitor_id, time.time(), timezone):
             _upsert(api.Downtime, ours, downtime["message"], downtime, "downtime", out)
-    return 0

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from relay.provision import DATA_TITLE, HEALTH_TITLE, MONITOR_NAME
 from tests.conftest import API_KEY
@@ -32,23 +34,58 @@ async def test_provision_creates_then_updates_without_duplicates(intake):
     assert monitor["options"]["notify_no_data"] is True and monitor["options"]["no_data_timeframe"] == 10
     for section in ("is_alert", "is_warning", "is_no_data"):
         assert "{{#" + section + "}}" in monitor["message"]
-    assert "{{value}}" in monitor["message"] and "{{host.name}}" in monitor["message"]
+    assert "{{value}}" in monitor["message"] and "{{host.ip}}" in monitor["message"]
     downtimes = list(stand_in.objects["downtime"].values())
     assert len(downtimes) == 2 and all(d["monitor_id"] == monitor["id"] for d in downtimes)
     weeknights = next(d for d in downtimes if "weeknights" in d["message"])
     assert weeknights["end"] - weeknights["start"] == 14 * 3600
-    assert weeknights["recurrence"]["week_days"] == ["Mon", "Tue", "Wed", "Thu", "Fri"]
+    assert weeknights["recurrence"]["week_days"] == ["Mon", "Tue", "Wed", "Thu"]
     assert ("PUT", "/api/v1/monitor/1") in stand_in.api_calls
     queries = json.dumps([d["widgets"] for d in dashboards.values()])
     assert "anomalies(avg:postgresql." in queries and ".rollup(sum, 3600)" in queries
 
 
-def test_dry_run_prints_the_json_and_calls_nothing():
-    result = provision("http://127.0.0.1:9", "--dry-run", "--downtimes")
+def test_dry_run_shows_value_host_ip_the_handle_and_downtimes_with_no_gap_in_the_time_zone():
+    """The exercise: the alert names the value and the host's IP and notifies a handle; the downtimes, in the
+    user's time zone, silence every hour from 19:00 to 09:00 on weekdays and the whole weekend, and nothing else."""
+    result = provision("http://127.0.0.1:9", "--dry-run", "--downtimes", "--notify", "@you@example.com",
+                       "--timezone", "Europe/Paris")  # fmt: skip
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert [d["title"] for d in plan["dashboards"]] == [HEALTH_TITLE, DATA_TITLE]
-    assert plan["monitor"]["name"] == MONITOR_NAME and len(plan["downtimes"]) == 2
+    message = plan["monitor"]["message"]
+    assert plan["monitor"]["name"] == MONITOR_NAME and "Notify: @you@example.com" in message
+    alert = message.split("{{#is_alert}}")[1].split("{{/is_alert}}")[0]
+    assert "{{value}}" in alert and "{{host.ip}}" in alert
+    zone = ZoneInfo("Europe/Paris")
+    windows = []  # every occurrence over three weeks, as (start, end) instants
+    for downtime in plan["downtimes"]:
+        assert downtime["timezone"] == "Europe/Paris"
+        first = datetime.fromtimestamp(downtime["start"], zone)
+        length = datetime.fromtimestamp(downtime["end"], zone) - first
+        for day in range(21):
+            start = first + timedelta(days=day)
+            if start.strftime("%a") in downtime["recurrence"]["week_days"]:
+                windows.append((start.timestamp(), (start + length).timestamp()))
+    monday = datetime.fromtimestamp(max(d["start"] for d in plan["downtimes"]), zone)
+    monday = (monday + timedelta(days=7 - monday.weekday())).replace(hour=0, minute=0)  # a whole week after both
+    for minute in range(0, 7 * 24 * 60, 30):
+        local = monday + timedelta(minutes=minute)
+        working = local.weekday() < 5 and 9 <= local.hour < 19
+        silenced = any(start <= local.timestamp() < end for start, end in windows)
+        assert silenced != working, f"{local:%a %H:%M}: silenced={silenced}"
+
+
+async def test_datadog_refusing_the_keys_is_one_clear_line(intake):
+    _, url = intake
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DD_")}
+    env.update(DD_API_KEY="0" * 32, DD_APP_KEY="app-key-0123456789", DD_DD_URL=url)
+    command = [sys.executable, "-m", "relay", "provision"]
+    result = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("provision: list dashboards: Datadog answered: Forbidden (check DD_API_KEY")
+    bad_zone = await asyncio.to_thread(provision, url, "--dry-run", "--downtimes", "--timezone", "Mars/Olympus")
+    assert bad_zone.returncode == 2 and "--timezone: unknown time zone 'Mars/Olympus'" in bad_zone.stderr
 
 
 def test_provision_needs_both_keys():
