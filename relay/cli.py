@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--timezone", default="UTC", help="the downtimes' time zone, e.g. Europe/Paris")
     health = commands.add_parser("health", help="exit 0 when the running relay answers /healthz (for probes)")
     health.add_argument("-c", "--config", type=Path, help="a datadog.yaml-style file")
-    health.set_defaults(set=[])
+    health.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one datadog.yaml key")
     intake = commands.add_parser("intake", help="run a local stand-in for Datadog's intake that shows what arrives")
     intake.add_argument("--host", default="127.0.0.1")
     intake.add_argument("--port", type=int, default=8080)
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "explain":
         import time
 
-        from relay.explain import explain, render
+        from relay.explain import explain, rejected, render
 
         data = args.datagram.encode().replace(b"\\n", b"\n")
         result = explain(replace(config, relay_host_collectors=()), data, time.time())
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dumps(result, indent=2, default=str) if as_json(args) else render(result),
             end="\n" if as_json(args) else "",
         )
-        return 0
+        return 1 if rejected(result) else 0
     if args.command == "doctor":
         from relay.doctor import diagnose, http_probe, status_of
         from relay.doctor import render as render_findings
@@ -416,8 +416,11 @@ def _intake(host: str, port: int, keep: int, api_key: str) -> int:
         import google.protobuf  # noqa: F401  (the stand-in decodes payloads with Google's runtime)
 
         from relay.intake import Intake
-    except ImportError as error:
-        print(f"intake: needs {error.name or 'protobuf'}: pip install 'dogstatsd-relay[intake]'", file=sys.stderr)
+    except ImportError:
+        print(
+            "intake: the stand-in decodes payloads with protobuf: pip install 'dogstatsd-relay[intake]'",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
 
     async def serve() -> None:

@@ -8,6 +8,7 @@ datagram alone would send and the payloads it would make.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import Any
 
 from relay.aggregate import Aggregator
@@ -32,8 +33,9 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
                 entry["outcome"] = "dropped: the name is in statsd_metric_blocklist"
             else:
                 entry["context"] = context._asdict()
+                before = Counter(stats.dropped)
                 aggregator.add(context, item.type, item.values, item.set_value, item.rate, item.timestamp, now)
-                entry["outcome"] = "timestamped: sent as it is" if item.timestamp else "aggregated"
+                entry["outcome"] = _outcome(item, Counter(stats.dropped) - before)
         elif type(item) is Event:
             entry = {"kind": "event", "parsed": dataclasses.asdict(enricher.event(item)), "outcome": "sent"}
             aggregator.add_event(item, now)
@@ -66,6 +68,20 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
         ],
         "dropped": dict(stats.dropped),
     }
+
+
+def _outcome(item: MetricSample, dropped: Counter[str]) -> str:
+    """What the aggregator did with the line's values: kept, or dropped and why (NaN, a type conflict, ...)."""
+    kept = "timestamped: sent as it is" if item.timestamp else "aggregated"
+    if not dropped:
+        return kept
+    reasons = ", ".join(f"{count} value(s) as {reason}" for reason, count in sorted(dropped.items()))
+    return f"dropped: {reasons}" if sum(dropped.values()) >= max(1, len(item.values)) else f"{kept}; dropped {reasons}"
+
+
+def rejected(result: dict[str, Any]) -> int:
+    """Lines rejected by the parser or dropped whole: `explain` exits 1 when there is any."""
+    return sum(line["outcome"].startswith(("rejected", "dropped")) for line in result["lines"])
 
 
 def _flushed(flushed: Flushed) -> dict[str, Any]:

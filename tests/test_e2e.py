@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from datadog.dogstatsd import DogStatsd
 
-from tests.conftest import API_KEY, run_relay, wait_for
+from tests.conftest import API_KEY, free_port, run_relay, wait_for
 
 
 def client(**kwargs: Any) -> DogStatsd:
@@ -427,3 +427,31 @@ async def test_host_tags_go_with_the_host_metadata_and_optionally_on_every_serie
         await relay.stop()
     tagged = next(s for s in stand_in.series if s["metric"] == "tagged")
     assert sorted(tagged["tags"]) == ["a:b", "env:prod", "role:web", "team:core"]
+
+
+async def test_a_port_clash_names_its_key_and_health_takes_set(intake, tmp_path):
+    _, url = intake
+
+    def relay_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "relay", *args], env={**first.env, **env}, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    async with run_relay(tmp_path, url) as first:
+        udp = await asyncio.to_thread(relay_command, "run", DD_RELAY_HEALTH_PORT=str(free_port(socket.SOCK_STREAM)))
+        health = await asyncio.to_thread(relay_command, "run", DD_DOGSTATSD_PORT=str(free_port()))
+        port = first.env["DD_RELAY_HEALTH_PORT"]
+        probe = await asyncio.to_thread(relay_command, "health", "--set", f"relay.health_port={port}",
+                                        DD_RELAY_HEALTH_PORT="1")  # fmt: skip
+        await first.stop()
+    assert udp.returncode == 3 and f"dogstatsd_port: cannot listen on UDP 127.0.0.1:{first.udp_port}" in udp.stderr
+    assert health.returncode == 3 and f"relay.health_port: cannot listen on 127.0.0.1:{port}" in health.stderr
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_intake_without_protobuf_says_what_to_install():
+    hide = "import sys; sys.modules['google'] = None; from relay.cli import main; sys.exit(main(['intake']))"
+    result = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert (
+        result.stderr == "intake: the stand-in decodes payloads with protobuf: pip install 'dogstatsd-relay[intake]'\n"
+    )

@@ -40,10 +40,17 @@ def test_the_command_line():
     text = subprocess.run(
         [sys.executable, "-m", "relay", "explain", "a:1|c\\nnope"], env=env, capture_output=True, text=True
     )
-    assert (
-        text.returncode == 0 and "line 2 (metric): rejected" in text.stdout and "payload /api/v2/series" in text.stdout
-    )
+    assert text.returncode == 1  # a line was rejected
+    assert "line 2 (metric): rejected" in text.stdout and "payload /api/v2/series" in text.stdout
     as_json = subprocess.run(
         [sys.executable, "-m", "relay", "explain", "a:1|c", "--json"], env=env, capture_output=True, text=True
     )
-    assert json.loads(as_json.stdout)["lines"][0]["outcome"] == "aggregated"
+    assert json.loads(as_json.stdout)["lines"][0]["outcome"] == "aggregated" and as_json.returncode == 0
+
+
+def test_nan_is_dropped_not_aggregated():
+    result = explain(config(hostname="h"), b"a:nan|g\nb:1:nan:2|h", 2000.0)
+    assert [line["outcome"] for line in result["lines"]] == [
+        "dropped: 1 value(s) as nan_or_inf", "aggregated; dropped 1 value(s) as nan_or_inf",
+    ]  # fmt: skip
+    assert "a" not in {s["metric"] for s in result["would_send"]["series"]}
