@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import html
 import json
+import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import zstandard
 from aiohttp import web
 
+from relay.intake_page import metric_detail, metric_index, request_log
+
+PAGE = resources.files("relay").joinpath("intake_page.html").read_text()
 _LIMITS = {  # compressed, raw: what the public API documents
     "/api/v2/series": (512000, 5242880),
     "/api/v1/series": (3200000, 62914560),
@@ -126,6 +129,9 @@ class Request:
     headers: dict[str, str]
     compressed_size: int
     raw_size: int
+    at: float = 0.0
+    api_key: str = ""  # as sent: shown redacted only (intake_page.request_log)
+    items: int = 0  # decoded items: series, sketches, service checks or events
 
 
 @dataclass
@@ -166,6 +172,10 @@ class Intake:
         app.router.add_get("/_received", self._received)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/", self._page)
+        app.router.add_get("/_api/metrics", self._api_metrics)
+        app.router.add_get("/_api/metric", self._api_metric)
+        app.router.add_get("/_api/requests", self._api_requests)
+        app.router.add_get("/_api/recent", self._api_recent)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
@@ -201,11 +211,13 @@ class Intake:
         body = await request.read()
         status, raw = self._status_for(request, body)
         headers = {k: v for k, v in request.headers.items() if k.lower() != "dd-api-key"}
-        self.requests.append(Request(request.method, request.path, status, headers, len(body), len(raw)))
+        received = Request(request.method, request.path, status, headers, len(body), len(raw), time.time(),
+                           request.headers.get("DD-API-KEY", ""))  # fmt: skip
+        self.requests.append(received)
         if status != 202:
             headers = {"Retry-After": self.retry_after} if self.retry_after and status in (429, 503) else {}
             return web.json_response({"errors": [f"status {status}"]}, status=status, headers=headers)
-        self._decode(request.path, raw)
+        received.items = self._decode(request.path, raw)
         if self.behaviour == "garbage":
             return web.Response(body=b"\x00\xffnot json at all", status=202)
         return web.json_response({"errors": []}, status=202)
@@ -226,26 +238,30 @@ class Intake:
             return 413, raw
         return 202, raw
 
-    def _decode(self, path: str, raw: bytes) -> None:
+    def _decode(self, path: str, raw: bytes) -> int:
+        """Keep what the payload holds; returns how many items that was."""
         if path == "/api/v2/series":
-            message = self._metric_payload.FromString(raw)
-            self.series.extend(_series_v2(s) for s in message.series)
+            decoded: list[dict[str, Any]] = [_series_v2(s) for s in self._metric_payload.FromString(raw).series]
+            self.series.extend(decoded)
         elif path == "/api/beta/sketches":
-            message = self._sketch_payload.FromString(raw)
-            self.sketches.extend(_sketch(s) for s in message.sketches)
+            decoded = [_sketch(s) for s in self._sketch_payload.FromString(raw).sketches]
+            self.sketches.extend(decoded)
         elif path == "/api/v1/series":
-            self.series.extend(_series_v1(s) for s in json.loads(raw)["series"])
+            decoded = [_series_v1(s) for s in json.loads(raw)["series"]]
+            self.series.extend(decoded)
         elif path == "/api/v1/check_run":
-            self.service_checks.extend(json.loads(raw))
+            decoded = json.loads(raw)
+            self.service_checks.extend(decoded)
         else:
             document = json.loads(raw)
             if "host-tags" in document:  # host metadata shares /intake/ with events
                 self.host_metadata.append(document)
-                return
-            for source, events in document["events"].items():
-                self.events.extend({**e, "_source_group": source} for e in events)
+                return 1
+            decoded = [{**e, "_source_group": source} for source, events in document["events"].items() for e in events]
+            self.events.extend(decoded)
         for items in (self.series, self.sketches, self.service_checks, self.events, self.requests):
             del items[: max(0, len(items) - self.keep)]
+        return len(decoded)
 
     async def _list_objects(self, request: web.Request) -> web.Response:
         kind = request.path.rsplit("/", 1)[1]
@@ -282,59 +298,24 @@ class Intake:
         )
 
     async def _page(self, request: web.Request) -> web.Response:
-        """What arrived, for a person: latest value per series, sketches, events, service checks."""
-        latest: dict[tuple[str, str, tuple[str, ...]], dict[str, Any]] = {}
-        for series in self.series:
-            latest[series["metric"], series["host"] or "", tuple(series["tags"])] = series
-        rows = [
-            (name, s["type"], f"{s['points'][-1][1]:g}" if s["points"] else "", host, ", ".join(tags))
-            for (name, host, tags), s in sorted(latest.items())
-        ]
-        sketches = {}
-        for sketch in self.sketches:
-            last = sketch["points"][-1]
-            sketches[sketch["metric"], sketch["host"], tuple(sketch["tags"])] = (last["cnt"], last["avg"])
-        sketch_rows = [
-            (name, str(count), f"{avg:g}", host, ", ".join(tags))
-            for (name, host, tags), (count, avg) in sorted(sketches.items())
-        ]
-        body = [
-            "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=10>",
-            "<title>intake stand-in</title><style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style>",
-            f"<h1>What reached the intake</h1><p>{len(self.requests)} requests kept; JSON at /_received.</p>",
-            _html_table("Series (latest point)", ("metric", "type", "value", "host", "tags"), rows),
-            _html_table("Distributions (last sketch)", ("metric", "count", "avg", "host", "tags"), sketch_rows),
-            _html_table(
-                "Events",
-                ("title", "text", "alert type", "host", "tags"),
-                [
-                    (
-                        e["msg_title"],
-                        e["msg_text"],
-                        e.get("alert_type", ""),
-                        e.get("host", ""),
-                        ", ".join(e.get("tags", [])),
-                    )
-                    for e in reversed(self.events[-50:])
-                ],
-            ),
-            _html_table(
-                "Service checks",
-                ("check", "status", "message", "host", "tags"),
-                [
-                    (c["check"], str(c["status"]), c["message"], c["host_name"], ", ".join(c["tags"] or []))
-                    for c in reversed(self.service_checks[-50:])
-                ],
-            ),
-        ]
-        return web.Response(text="".join(body), content_type="text/html")
+        """What arrived, for a person: search, a plot per metric, the request log (relay/intake_page.html)."""
+        return web.Response(text=PAGE, content_type="text/html")
 
+    async def _api_metrics(self, request: web.Request) -> web.Response:
+        return web.json_response(metric_index(self.series, self.sketches, request.query.get("q", "")))
 
-def _html_table(title: str, header: tuple[str, ...], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<h2>{html.escape(title)} ({len(rows)})</h2><table><tr>{head}</tr>{body}</table>"
+    async def _api_metric(self, request: web.Request) -> web.Response:
+        return web.json_response(metric_detail(self.series, self.sketches, request.query.get("name", "")))
+
+    async def _api_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(request_log(self.requests))
+
+    async def _api_recent(self, request: web.Request) -> web.Response:
+        totals = {"requests": len(self.requests), "series": sum(len(s["points"]) for s in self.series),
+                  "sketches": len(self.sketches), "events": len(self.events),
+                  "service_checks": len(self.service_checks)}  # fmt: skip
+        recent = {"events": self.events[-20:][::-1], "service_checks": self.service_checks[-20:][::-1]}
+        return web.json_response({"totals": totals, **recent})
 
 
 _TYPE_NAMES = {0: "unspecified", 1: "count", 2: "rate", 3: "gauge"}

@@ -43,6 +43,28 @@ def key(value: float) -> int:
     return max(k, 1)
 
 
+def value_of(k: int) -> float:
+    """The value a key stands for (its bin's lower bound, as the Agent's sketch reports it)."""
+    if k == 0:
+        return 0.0
+    if abs(k) >= INF_KEY:
+        return math.copysign(math.inf, k)
+    return math.copysign(GAMMA ** (abs(k) - BIAS), k)
+
+
+def quantile(keys: list[int], counts: list[int], q: float, low: float, high: float) -> float:
+    """The q-quantile of a sketch's bins, as the Agent computes it (rank q·(n-1)), clamped to [low, high]."""
+    total = sum(counts)
+    if not total:
+        return math.nan
+    rank, seen = q * (total - 1), 0
+    for k, count in sorted(zip(keys, counts, strict=True)):
+        seen += count
+        if seen > rank:
+            return min(max(value_of(k), low), high)
+    return high
+
+
 class Sketch:
     """Counts per key plus exact count, min, max and sum."""
 

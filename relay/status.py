@@ -151,7 +151,7 @@ def render_flush(flushed: Flushed, payloads: list[Payload]) -> str:
     if rows:
         lines += _table(("metric", "type", "points (ts=value)", "host", "tags"), sorted(rows))
     if host_series:
-        families = sorted({".".join(s.context.name.split(".")[:2]) + ".*" for s in host_series})
+        families = sorted({_family(s.context.name) for s in host_series})
         lines.append(f"+ {len(host_series)} host series from the collectors ({', '.join(families)}); "
                      "relay.host_collectors: [] turns them off")  # fmt: skip
     for event in flushed.events:
@@ -164,6 +164,12 @@ def render_flush(flushed: Flushed, payloads: list[Payload]) -> str:
             f"{payload.encoding or 'uncompressed'} ({payload.raw_size:,} raw)"
         )
     return "\n".join(lines) + "\n"
+
+
+def _family(name: str) -> str:
+    """system.cpu.user → system.cpu.*; system.uptime stays itself."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) + ".*" if len(parts) > 2 else name
 
 
 def _points(points: list[tuple[int, float]]) -> str:
