@@ -193,7 +193,7 @@ def _reload(config: Config, timeout: float = 60.0) -> int:
     before, pid = (info.get("reloads", 0), info.get("last_reload")), info.get("pid")
     if not pid:
         print(
-            "reload: the running relay does not tell its PID (relay.workers > 1?); restart it instead", file=sys.stderr
+            "reload: the running relay does not tell its PID (an older version?); restart it instead", file=sys.stderr
         )
         return 1
     os.kill(pid, signal.SIGHUP)

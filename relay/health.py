@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -170,8 +171,12 @@ async def serve_health(
 HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def _reload_unsupported() -> None:
-    logger.error("SIGHUP: reload is not supported with relay.workers > 1; restart the relay to apply a change")
+def _reload_unsupported(stats: Stats) -> None:
+    """A sharded relay cannot hand its workers over: the SIGHUP is refused, in the log and in status (where
+    `dogstatsd-relay reload` reads it), never a silent exit."""
+    problem = "reload is not supported with relay.workers > 1; restart the relay to apply a change"
+    logger.error("SIGHUP: %s", problem)
+    stats.info["last_reload"] = {"at": time.time(), "result": f"refused: {problem}"}
 
 
 async def start_front(
@@ -193,7 +198,7 @@ async def start_front(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, should_exit.set)
-    loop.add_signal_handler(signal.SIGHUP, reload or _reload_unsupported)
+    loop.add_signal_handler(signal.SIGHUP, reload or functools.partial(_reload_unsupported, stats))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # held since a reload's exec: delivered now
     logger.info(
         "dogstatsd-relay %s listening on %s; health on http://%s; %s",

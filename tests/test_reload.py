@@ -211,3 +211,20 @@ async def test_stream_clients_and_the_health_port_stay_connected_across_a_reload
     assert totals == expected and failures == []
     assert churned["lines"] == churned["healthz 200"] > 3
     assert info["pid"] == relay.process.pid and code == 0, err
+
+
+async def test_a_sharded_relay_refuses_a_reload_in_status_and_keeps_serving(intake, short_tmp):
+    """relay.workers > 1 cannot hand its workers over: SIGHUP is refused (never an exit), and the CLI says so."""
+    stand_in, url = intake
+    config_path = short_tmp / "datadog.yaml"
+    config_path.write_text("relay.workers: 2\n")
+    async with run_relay(short_tmp, url, args=("-c", str(config_path))) as relay:
+        reloaded = await asyncio.to_thread(_reload_command, relay, config_path)
+        relay.send_udp(b"sharded.after:1|c")
+        await wait_for(lambda: _total(stand_in, "sharded.after") == 1, 20)
+        code, _, err = await relay.stop()
+    assert reloaded.returncode == 3, reloaded.stdout + reloaded.stderr
+    assert reloaded.stderr.strip() == (
+        "reload: refused: reload is not supported with relay.workers > 1; restart the relay to apply a change"
+    )
+    assert code == 0, err
