@@ -101,7 +101,10 @@ def test_the_base_image_names_its_release_and_the_apt_pins_resolve_on_it():
     for package, pattern in pins:
         madison = subprocess.run(["apt-cache", "madison", package], capture_output=True, text=True).stdout
         versions = [line.split("|")[1].strip() for line in madison.splitlines() if "|" in line]
-        assert versions, f"apt knows no {package}: run apt-get update"
+        if not versions:
+            if os.environ.get("CI"):
+                pytest.fail(f"apt knows no {package}: .ci/run runs apt-get update first")
+            pytest.skip(f"apt knows no {package} here: run apt-get update (as .ci/run does) to check the pins")
         assert any(fnmatch.fnmatchcase(v, pattern) for v in versions), f"{package}={pattern} is not in {versions}"
 
 
