@@ -98,8 +98,9 @@ def main() -> int:
     run.add_argument("--capture", type=Path, help="or real traffic: a file from `dogstatsd-relay capture`")
     run.add_argument("--seconds", type=float, default=10.0, help="length of each measured window")
     run.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
-    run.add_argument("--baseline", metavar="REV", help="the 'before' relay of the reader-* and client-uds scenarios: "
-                     "this git revision at its defaults (default: this relay without its reader thread)")  # fmt: skip
+    run.add_argument("--baseline", metavar="REV", help="the 'before' relay of the reader-* and client-uds scenarios "
+                     "(default: this relay without its reader thread), and a third relay of the workers-* ones: this "
+                     "git revision at its defaults")  # fmt: skip
     commands.add_parser("list", help="list the scenarios")
     args = parser.parse_args()
     if args.command == "list":

@@ -147,6 +147,10 @@ class Server:
         """Datagrams the server itself dropped after the kernel handed them over (the relay's reader queue)."""
         return 0
 
+    def dropped_lines(self) -> int:
+        """Lines the server itself dropped after reading them (a sharded relay's full worker queue)."""
+        return 0
+
     def backlog(self) -> int:
         """Bytes read from the socket and not yet processed, where the server says so."""
         return 0
@@ -213,9 +217,14 @@ class Relay(Server):
         listeners = (self.status() or {}).get("listeners", {})
         return sum(listener.get("queue_drops", 0) for listener in listeners.values())
 
+    def dropped_lines(self) -> int:
+        return int((self.status() or {}).get("dropped", {}).get("worker_queue_full", 0))
+
     def backlog(self) -> int:
-        listeners = (self.status() or {}).get("listeners", {})
-        return sum(listener.get("queued_bytes", 0) for listener in listeners.values())
+        status = self.status() or {}
+        listeners = status.get("listeners", {})
+        waiting = sum(listener.get("queued_bytes", 0) for listener in listeners.values())
+        return waiting + sum(status.get("worker_queue_bytes", {}).values())
 
 
 class CReader(Server):
@@ -301,19 +310,20 @@ class Window:
     seconds: float
     kernel_drops: int
     queue_drops: int  # dropped by the server after the kernel (the relay's reader queue)
+    dropped_lines: int  # lines dropped by the server after reading them (a sharded relay's worker queues)
     server_counted_lines: int | None
     cpu_percent: float
     rss_bytes: int
 
     @property
     def loss(self) -> float:
-        lost = self.kernel_drops + self.queue_drops
+        lost = self.kernel_drops + self.queue_drops + self.dropped_lines / max(self.lines_per_datagram, 1)
         return lost / self.sent_datagrams if self.sent_datagrams else 0.0
 
     @property
     def accepted_lines_per_s(self) -> float:
         lost = self.kernel_drops + self.queue_drops
-        return (self.sent_datagrams - lost) * self.lines_per_datagram / self.seconds
+        return ((self.sent_datagrams - lost) * self.lines_per_datagram - self.dropped_lines) / self.seconds
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "loss": self.loss, "accepted_lines_per_s": self.accepted_lines_per_s}
@@ -324,7 +334,7 @@ def measure(
 ) -> Window:
     """Send for `seconds`, wait for the server's queue to drain, and read the counters."""
     _, drops_before = udp_socket_stats(server.port)
-    own_before = server.own_drops()
+    own_before, dropped_before = server.own_drops(), server.dropped_lines()
     lines_before = server.accepted_lines()
     cpu_before, _ = process_usage(server.process.pid)
     result = send(f"udp:{server.port}", datagrams_file, rate, seconds, clients)
@@ -343,6 +353,7 @@ def measure(
         seconds=result["seconds"],
         kernel_drops=drops_after - drops_before,
         queue_drops=server.own_drops() - own_before,
+        dropped_lines=server.dropped_lines() - dropped_before,
         server_counted_lines=counted,
         cpu_percent=100 * (cpu_after - cpu_before) / result["seconds"],
         rss_bytes=rss,

@@ -278,9 +278,11 @@ def flush_encoder(seconds: float, count: int = 1_000_000) -> Result:
 
 
 def compare(
-    name: str, seconds: float, mix: bool, variants: dict[str, tuple[set[int], dict[str, str]]], clients: int = 1
-) -> Result:
-    """One 20-line load swept against relays that differ only by their cores and environment, in turn."""
+    name: str, seconds: float, mix: bool, variants: dict[str, tuple[set[int], dict[str, str]]], clients: int = 1,
+    trees: dict[str, Path] | None = None,
+) -> Result:  # fmt: skip
+    """One 20-line load swept against relays that differ only by their cores and environment, in turn; `trees`
+    runs a variant from another checkout (baseline_tree)."""
     file = write_datagrams(datagrams(20, 1000, mix, 5000))
     intake = Intake()
     summary: dict[str, Any] = {"lines_per_datagram": 20, "type_mix": mix, "client_sockets": clients}
@@ -288,7 +290,8 @@ def compare(
     try:
         for label, (cpus, env) in variants.items():
             options: dict[str, Any] = env
-            relay = Relay(intake.url, cpus=cpus, **options)
+            relay = Relay(intake.url, cpus=cpus, tree=(trees or {}).get(label), **options)
+            relay.name = f"dogstatsd-relay ({label.replace('_', ' ')})"
             try:
                 best, measured = sweep(relay, file, 20, seconds, clients=clients)
             finally:
@@ -305,7 +308,11 @@ def workers(seconds: float, clients: int) -> Result:
     """relay.workers 2 against 1, with one client socket (a sidecar's app) or several (SO_REUSEPORT territory).
     With workers, the relay is not pinned: on a 2-core machine it shares the generator's core."""
     variants = {"workers_1": ({0}, {"DD_RELAY_WORKERS": "1"}), "workers_2": ({0, 1}, {"DD_RELAY_WORKERS": "2"})}
-    return compare(f"workers-{clients}-clients", seconds, True, variants, clients)
+    trees = {}
+    if BASELINE["tree"] is not None:  # --baseline REV: that revision's workers too, in the same run
+        variants["workers_2_baseline"] = ({0, 1}, {"DD_RELAY_WORKERS": "2"})
+        trees["workers_2_baseline"] = BASELINE["tree"]
+    return compare(f"workers-{clients}-clients", seconds, True, variants, clients, trees)
 
 
 def probe_overhead(seconds: float) -> Result:

@@ -119,6 +119,7 @@ class Stats:
                 }
                 for transport in sorted(set(self.info.get("listeners", {})) | set(self.packets))
             },
+            "worker_queue_bytes": self.per_listener("worker_queue_bytes"),  # relay.workers > 1: lines not yet handed
             "probe": {
                 listener: {"sent": self.probes[listener], "lost": self.probes_lost[listener], "loss_ratio": ratio}
                 for listener, ratio in self.probe_loss().items()
