@@ -20,6 +20,7 @@ import yaml
 
 from relay import __version__
 from relay.config import SITES, SYSTEM_CONFIG, redact, user_config
+from relay.files import write_atomically
 
 Ask = Callable[[str], str]
 
@@ -57,12 +58,8 @@ def write_config(path: Path, site: str, api_key: str, dd_url: str) -> None:
     if dd_url:
         document["dd_url"] = dd_url
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-        out.write("# Written by `dogstatsd-relay init`: datadog.yaml keys (see the README's Configuration table).\n")
-        yaml.safe_dump(document, out, sort_keys=False)
-    os.chmod(temporary, 0o600)
-    temporary.replace(path)
+    header = "# Written by `dogstatsd-relay init`: datadog.yaml keys (see the README's Configuration table).\n"
+    write_atomically(path, (header + yaml.safe_dump(document, sort_keys=False)).encode(), 0o600)
 
 
 def run_init(

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relay.files import atomic_file
 from relay.probe import MARK
 
 logger = logging.getLogger(__name__)
@@ -195,10 +196,8 @@ def _close_all_but(keep: set[int]) -> None:
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
-    temporary = path.with_suffix(".tmp")
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+    with atomic_file(path, 0o600) as out:
         pickle.dump(state, out, protocol=pickle.HIGHEST_PROTOCOL)
-    temporary.replace(path)
 
 
 def load_state(path: Path) -> dict[str, Any] | None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
 import zlib
 from pathlib import Path
 
+from relay.files import write_atomically
 from relay.model import Endpoint, Payload
 from relay.telemetry import Stats
 
@@ -75,7 +75,7 @@ class Spool:
             path = self.directory / f"{time.time_ns():020d}-{self._sequence:08d}-{_slug(payload.endpoint)}{SUFFIX}"
             self.bytes += len(data)  # reserved while it is written
         try:
-            _write_atomically(path, data)
+            write_atomically(path, data)
         except OSError as error:
             logger.error("spool: cannot write %s: %s", path, error)
             with self._lock:
@@ -170,17 +170,3 @@ def _slug(endpoint: Endpoint) -> str:
 def _endpoint_of(path: Path) -> Endpoint | None:
     slug = path.name.removesuffix(SUFFIX).rsplit("-", 1)[-1]
     return next((endpoint for endpoint in Endpoint if _slug(endpoint) == slug), None)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    temporary.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -71,14 +71,14 @@ async def test_the_sink_writes_the_spool_in_a_thread_never_on_the_event_loop(tmp
     from relay.forward import HttpSink
     from tests.conftest import config
 
-    write, writers = spool_module._write_atomically, []
+    write, writers = spool_module.write_atomically, []
 
     def slow_write(path, data):
         writers.append(threading.current_thread())
         time.sleep(0.05)  # a slow disk
         write(path, data)
 
-    monkeypatch.setattr(spool_module, "_write_atomically", slow_write)
+    monkeypatch.setattr(spool_module, "write_atomically", slow_write)
     stats = Stats()
     spool = Spool(tmp_path, 1 << 20, 1.0, stats)
     settings = config(api_key="k" * 32, dd_url="http://127.0.0.1:9", forwarder_retry_queue_payloads_max_size=1)
