@@ -171,11 +171,13 @@ async def serve_health(
 HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def _reload_unsupported(stats: Stats) -> None:
-    """A sharded relay cannot hand its workers over: the SIGHUP is refused, in the log and in status (where
-    `dogstatsd-relay reload` reads it), never a silent exit."""
-    problem = "reload is not supported with relay.workers > 1; restart the relay to apply a change"
-    logger.error("SIGHUP: %s", problem)
+RELOAD_UNSUPPORTED = "reload is not supported with relay.workers > 1; restart the relay to apply a change"
+
+
+def refuse_reload(stats: Stats, problem: str) -> None:
+    """A reload that will not happen: said in the log and in status (where `dogstatsd-relay reload` reads it);
+    the running pipeline goes on as it was."""
+    logger.error("reload refused: %s; the running configuration stays", problem)
     stats.info["last_reload"] = {"at": time.time(), "result": f"refused: {problem}"}
 
 
@@ -190,7 +192,7 @@ async def start_front(
     reload: Callable[[], None] | None = None,
 ) -> web.AppRunner:
     """What every relay opens first, in this order: the health endpoint, the listeners, the signal handlers.
-    SIGHUP reloads where the relay can (`reload`), and is otherwise logged and ignored: never a silent exit."""
+    SIGHUP reloads where the relay can (`reload`), and is otherwise refused (refuse_reload): never a silent exit."""
     stats.info["pid"] = os.getpid()
     health = await serve_health(config, stats, registry, cardinality, listeners.taps, listeners.health_socket())
     await listeners.start()
@@ -198,7 +200,7 @@ async def start_front(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, should_exit.set)
-    loop.add_signal_handler(signal.SIGHUP, reload or functools.partial(_reload_unsupported, stats))
+    loop.add_signal_handler(signal.SIGHUP, reload or functools.partial(refuse_reload, stats, RELOAD_UNSUPPORTED))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # held since a reload's exec: delivered now
     logger.info(
         "dogstatsd-relay %s listening on %s; health on http://%s; %s",

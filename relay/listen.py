@@ -503,9 +503,7 @@ class _StreamConnection(asyncio.Protocol):
     def hand_over(self) -> tuple[int, bytes]:
         """An inheritable copy of the connection and its unfinished frame; this side lets go of it."""
         self.transport.pause_reading()
-        sock = self.transport.get_extra_info("socket")
-        fd = os.dup(sock.fileno())
-        os.set_inheritable(fd, True)
+        fd = _inheritable(self.transport.get_extra_info("socket"))
         pending = bytes(self.buffer)
         self.handed_over = True
         self.transport.abort()

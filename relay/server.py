@@ -30,7 +30,7 @@ from relay.config import Config, redact
 from relay.enrich import Enricher
 from relay.forward import DryRunSink, FanOutSink, HttpSink, Sink
 from relay.handoff import ENVIRONMENT, Bridge, Handoff, check_configuration, command_line, load_state, save_state
-from relay.health import HANDLED_SIGNALS, start_front
+from relay.health import HANDLED_SIGNALS, refuse_reload, start_front
 from relay.ingest import Ingest
 from relay.listen import Listeners
 from relay.model import Flushed, Payload
@@ -281,8 +281,7 @@ class Relay:
             except OSError as error:
                 problem = f"cannot start the bridge: {error}"
         if problem is not None:
-            logger.error("reload refused: %s; the running configuration stays", problem)
-            self.stats.info["last_reload"] = {"at": time.time(), "result": f"refused: {problem}"}
+            refuse_reload(self.stats, problem)
             return
         self.should_exit.set()
 
