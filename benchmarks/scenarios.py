@@ -240,10 +240,10 @@ def flush_encoder(seconds: float, count: int = 1_000_000) -> Result:
     encoder, then with the Python one, the second flush of each (warm caches). `seconds` is not used."""
     import gc
 
-    from relay import serialize
-    from relay.aggregate import Aggregator
     from relay.config import Config
-    from relay.model import Context, MetricType
+    from relay.pipeline import serialize
+    from relay.pipeline.aggregate import Aggregator
+    from relay.pipeline.model import Context, MetricType
     from relay.telemetry import Stats
 
     config = Config.load(None, {"DD_HOSTNAME": "bench"})
@@ -331,7 +331,7 @@ def from_capture(seconds: float, path: Path) -> Result:
     """Real traffic: the datagrams of a `dogstatsd-relay capture` file (whatever their transport), replayed in a
     loop through the same max-rate-with-under-0.1 %-loss sweep. The recorded timing is not kept: the sweep finds
     how much faster than recorded this traffic can come."""
-    from relay.capture import read_records
+    from relay.runtime.capture import read_records
 
     grams = [record.datagram for record in read_records(path) if 0 < len(record.datagram) <= 65507]
     if not grams:
@@ -439,13 +439,13 @@ def reader_throughput(seconds: float, per_datagram: int) -> Result:
 
 FIRST_SIGHT = """
 import json, sys, time
-from relay.aggregate import Aggregator
+from relay.pipeline.aggregate import Aggregator
 from relay.config import Config
-from relay.enrich import Enricher
-from relay.ingest import Ingest
+from relay.pipeline.enrich import Enricher
+from relay.pipeline.ingest import Ingest
 from relay.telemetry import Stats
 try:  # the relay's own collector policy, where the version has one
-    from relay.server import LongLivedObjects
+    from relay.runtime.server import LongLivedObjects
     collector = LongLivedObjects()
 except ImportError:
     collector = None
@@ -496,11 +496,11 @@ def first_sight(seconds: float, count: int = 300_000, runs: int = 3) -> Result:
 
 HISTOGRAM_FLUSH = """
 import gc, json, random, resource, sys, time
-from relay import accumulators
-from relay.aggregate import Aggregator
+from relay.pipeline import buckets as accumulators
+from relay.pipeline.aggregate import Aggregator
 from relay.config import Config
-from relay.enrich import Enricher
-from relay.ingest import Ingest
+from relay.pipeline.enrich import Enricher
+from relay.pipeline.ingest import Ingest
 from relay.telemetry import Stats
 packed = sys.argv[1] == "packed"
 if not packed:  # as before: Python floats in lists until the flush, sorted there

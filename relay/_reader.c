@@ -1,5 +1,5 @@
 /* A datagram socket drained by a native thread, so that the kernel queue empties while Python is busy
- * (relay/listen.py). Optional and Linux-only: without it, the event loop reads the socket itself.
+ * (relay/runtime/listen.py). Optional and Linux-only: without it, the event loop reads the socket itself.
  *
  *   Reader(fd, max_size, queue_bytes)
  *
@@ -402,6 +402,6 @@ PyMODINIT_FUNC PyInit__reader(void) {
     return created;
 }
 
-#else  /* not Linux: no module, so relay/listen.py reads the sockets on the event loop */
+#else  /* not Linux: no module, so relay/runtime/listen.py reads the sockets on the event loop */
 #error "relay._reader needs recvmmsg and eventfd (Linux)"
 #endif

@@ -14,18 +14,18 @@
  *       -> (count, sum, min, max)
  *
  * Inserts distribution samples (floats, or (value, rate) tuples counted uint(1/rate) times) into a sketch's
- * bins, as relay/sketch.py's Sketch.insert does one at a time: the same libm log, the same round-half-even
+ * bins, as relay/pipeline/sketch.py's Sketch.insert does one at a time: the same libm log, the same round-half-even
  * (nearbyint), the same order of additions, so the result is identical.
  *
  *   histogram_pack(samples, values, rates) -> rates
  *   histogram_summary(values, rates, percentiles) -> (count, sum, min, max, median, ranks) | None
  *
  * Histogram samples packed into doubles twice a second, and their aggregates at flush, exactly as
- * relay/accumulators.py computes them from the samples (see each function).
+ * relay/pipeline/buckets.py computes them from the samples (see each function).
  *
  *   series_item(name, host, tags, points, type, interval) -> bytes | None
  *
- * One MetricPayload.series entry (field 1) holding a MetricSeries, byte for byte what relay/serialize.py's
+ * One MetricPayload.series entry (field 1) holding a MetricSeries, byte for byte what relay/pipeline/serialize.py's
  * ProtobufEncoder writes: resources=1 (host), metric=2, tags=3, points=4 (value=1 double, timestamp=2),
  * type=5, interval=8. None when a tag is `device:...` (Python moves it to a resource).
  */
@@ -35,7 +35,7 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { GAUGE, COUNTER, SET, HISTOGRAM, DISTRIBUTION, BLOCKED };  /* as in relay/ingest.py */
+enum { GAUGE, COUNTER, SET, HISTOGRAM, DISTRIBUTION, BLOCKED };  /* as in relay/pipeline/ingest.py */
 #define MAX_NUMBER 63
 
 /* The decimal subset of Go's ParseFloat that float() reads the same way: [+-] digits [. digits] [e [+-] digits]
@@ -136,7 +136,7 @@ static int add_member(PyObject *sets, PyObject *slot, const char *text, Py_ssize
 /* The first sight of a context, in C (Ingest._first_sight does the same in Python, and decides the rest).
  *
  * `learner` is (Context, hostname, extra_tags, blocklist, strings, strings_limit, slot, copy_slot, shape_limit):
- * the enricher's plain case (no namespace, mapper or prefix blocklist; relay/ingest.py builds it). A line is
+ * the enricher's plain case (no namespace, mapper or prefix blocklist; relay/pipeline/ingest.py builds it). A line is
  * learned here only when the reference parser and the enricher would plainly agree: `name:number|type`, then
  * any of `@rate` (a decimal) and `#tags` (valid UTF-8, none empty, none starting with `host:` or `dd.internal.`)
  * and fields the parser ignores; no `T` timestamp, no packed values. Returns the new shape (a borrowed
@@ -629,7 +629,7 @@ static PyObject *histogram_pack(PyObject *self, PyObject *args) {
 
 /* histogram_summary(values, rates, percentiles) -> (count, sum, min, max, median, (percentile values)) | None
  *
- * The arithmetic of relay/accumulators.py's histogram_points over packed samples, with its exact results: the
+ * The arithmetic of relay/pipeline/buckets.py's histogram_points over packed samples, with its exact results: the
  * same sums in the same order, the same stable sort (ties keep their order), the same weighted nearest rank.
  * None when a weight is too large for exact integers here (a rate under 1e-15): Python then decides. */
 typedef struct {
@@ -714,12 +714,12 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"histogram_pack", histogram_pack, METH_VARARGS, "Pack histogram samples into doubles (relay/accumulators.py)."},
-    {"histogram_summary", histogram_summary, METH_VARARGS, "A histogram's aggregates (relay/accumulators.py)."},
-    {"series_item", series_item, METH_VARARGS, "One MetricPayload series entry (relay/serialize.py)."},
-    {"sketch_insert", sketch_insert, METH_VARARGS, "Insert distribution samples into sketch bins (relay/sketch.py)."},
-    {"ingest", ingest, METH_VARARGS, "Apply the lines of a datagram whose shape is known (see relay/ingest.py)."},
-    {"shard", shard, METH_VARARGS, "Split a datagram's lines between workers by metric name (relay/workers.py)."},
+    {"histogram_pack", histogram_pack, METH_VARARGS, "Pack histogram samples into doubles (relay/pipeline/buckets.py)."},
+    {"histogram_summary", histogram_summary, METH_VARARGS, "A histogram's aggregates (relay/pipeline/buckets.py)."},
+    {"series_item", series_item, METH_VARARGS, "One MetricPayload series entry (relay/pipeline/serialize.py)."},
+    {"sketch_insert", sketch_insert, METH_VARARGS, "Insert distribution samples into sketch bins (relay/pipeline/sketch.py)."},
+    {"ingest", ingest, METH_VARARGS, "Apply the lines of a datagram whose shape is known (see relay/pipeline/ingest.py)."},
+    {"shard", shard, METH_VARARGS, "Split a datagram's lines between workers by metric name (relay/runtime/workers.py)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config: {error}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "init":
-        from relay.guided_init import run_init
+        from relay.tools.guided_init import run_init
 
         return run_init(args.config, args.site, args.api_key_file, config.dd_url, os.environ)
     if args.command == "config":
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "explain":
         import time
 
-        from relay.explain import explain, rejected, render
+        from relay.tools.explain import explain, rejected, render
 
         data = args.datagram.encode().replace(b"\\n", b"\n")
         result = explain(replace(config, relay_host_collectors=()), data, time.time())
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1 if rejected(result) else 0
     if args.command == "doctor":
-        from relay.doctor import diagnose, http_probe, status_of
-        from relay.doctor import render as render_findings
+        from relay.tools.doctor import diagnose, http_probe, status_of
+        from relay.tools.doctor import render as render_findings
 
         findings = diagnose(config, status_of(_health_url(config, "/status")), http_probe)
         print(render_findings(findings), end="")
@@ -158,14 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: Config) -> int:
-    from relay.listen import ListenError
     from relay.logs import setup_logging
-    from relay.server import Relay, run_loop
+    from relay.runtime.listen import ListenError
+    from relay.runtime.server import Relay, run_loop
 
     setup_logging(config.log_level, config.api_key)
     try:
         if config.worker_count > 1:
-            from relay.workers import ShardedRelay
+            from relay.runtime.workers import ShardedRelay
 
             run_loop(ShardedRelay(config, config.worker_count).run())
         else:
@@ -182,7 +182,7 @@ def _reload(config: Config, timeout: float = 60.0) -> int:
     import signal
     import time
 
-    from relay.doctor import status_of
+    from relay.tools.doctor import status_of
 
     url = _health_url(config, "/status")
     status = status_of(url)
@@ -213,7 +213,7 @@ def _reload(config: Config, timeout: float = 60.0) -> int:
 
 
 def _status(config: Config, as_json: bool) -> int:
-    from relay.status import render
+    from relay.tools.status import render
 
     url = _health_url(config, "/status")
     try:
@@ -243,7 +243,7 @@ def _unreachable(command: str, url: str, error: Exception) -> int:
 def _top(config: Config, top: int, interval: float, once: bool) -> int:
     from rich.console import Console
 
-    from relay.top import run
+    from relay.tools.top import run
 
     url = _health_url(config, "/debug/cardinality")
     try:
@@ -256,7 +256,7 @@ def _top(config: Config, top: int, interval: float, once: bool) -> int:
 
 
 def _capture(config: Config, seconds: float, output: Path) -> int:
-    from relay.capture import read_records
+    from relay.runtime.capture import read_records
 
     url = _health_url(config, f"/debug/capture?seconds={seconds:g}")
     print(f"capture: recording {seconds:g} s from {url.split('/debug')[0]} to {output}", file=sys.stderr)
@@ -271,7 +271,7 @@ def _capture(config: Config, seconds: float, output: Path) -> int:
     lines = sum(len(list(filter(None, record.datagram.split(b"\n")))) for record in records)
     by_transport = ", ".join(f"{t} {n:,}" for t, n in sorted(Counter(r.transport for r in records).items()))
     print(f"capture: {len(records):,} datagrams ({lines:,} lines; {by_transport or 'none'}) written to {output}")
-    from relay.doctor import status_of
+    from relay.tools.doctor import status_of
 
     info = (status_of(_health_url(config, "/status")) or {}).get("info", {})
     dropped = (info.get("last_capture") or {}).get("dropped")
@@ -282,7 +282,7 @@ def _capture(config: Config, seconds: float, output: Path) -> int:
 
 
 def _replay(path: Path, target: str, speed: float) -> int:
-    from relay.capture import read_records, replay
+    from relay.runtime.capture import read_records, replay
 
     try:
         result = replay(read_records(path), target, speed)
@@ -313,9 +313,9 @@ def _check(config: Config, name: str, times: int, as_json: bool, timeout: float 
     import threading
     import time
 
-    from relay.aggregate import Aggregator
     from relay.checks.runner import CheckRunner
     from relay.logs import RedactApiKey, level_of
+    from relay.pipeline.aggregate import Aggregator
     from relay.telemetry import Stats
 
     logs = _CheckLogs()
@@ -356,7 +356,7 @@ def _check(config: Config, name: str, times: int, as_json: bool, timeout: float 
     if as_json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        from relay.status import render_check
+        from relay.tools.status import render_check
 
         print(render_check(result), end="")
     for line in timed_out:
@@ -386,7 +386,7 @@ class _CheckLogs(logging.Handler):
 def _provision(config: Config, dry_run: bool, with_downtimes: bool, notify: tuple[str, ...], timezone: str) -> int:
     import zoneinfo
 
-    from relay.provision import ProvisionError, provision
+    from relay.tools.provision import ProvisionError, provision
 
     if bad := [handle for handle in notify if not handle.startswith("@")]:
         print(f"provision: --notify: a handle starts with @ (as in @you@example.com), got {bad[0]!r}", file=sys.stderr)
@@ -415,7 +415,7 @@ def _intake(host: str, port: int, keep: int, api_key: str) -> int:
     try:
         import google.protobuf  # noqa: F401  (the stand-in decodes payloads with Google's runtime)
 
-        from relay.intake import Intake
+        from relay.intake.server import Intake
     except ImportError:
         print(
             "intake: the stand-in decodes payloads with protobuf: pip install 'dogstatsd-relay[intake]'",

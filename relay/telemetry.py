@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from relay.logs import RateLimitedLog
-from relay.model import Context, Series, SeriesType
+from relay.pipeline.model import Context, Series, SeriesType
 
 MESSAGE_TYPES = ("metric", "event", "service_check")
 

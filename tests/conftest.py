@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from relay.config import Config
-from relay.intake import Intake
+from relay.intake.server import Intake
 
 API_KEY = "0123456789abcdef0123456789abcdef"
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.aggregate import Aggregator
-from relay.model import Context, Flushed, MetricType, SeriesType
+from relay.pipeline.aggregate import Aggregator
+from relay.pipeline.model import Context, Flushed, MetricType, SeriesType
 from relay.telemetry import Stats
 from tests.conftest import config
 
@@ -173,7 +173,7 @@ def test_distribution_sample_rate_inserts_one_over_rate_times():
 
 
 def test_distribution_samples_are_folded_into_their_sketch_as_they_pile_up():
-    from relay.aggregate import FOLD_AT
+    from relay.pipeline.aggregate import FOLD_AT
 
     folded, raw = aggregator(), aggregator()
     values = [(i * 7919 % 10_007) / 3 for i in range(3 * FOLD_AT)]
@@ -190,7 +190,7 @@ def test_distribution_samples_are_folded_into_their_sketch_as_they_pile_up():
 
 
 def test_histogram_samples_are_packed_as_they_pile_up():
-    from relay.aggregate import PACK_AT
+    from relay.pipeline.aggregate import PACK_AT
 
     packed, raw = aggregator(), aggregator()
     for i in range(10 * PACK_AT):
@@ -232,7 +232,7 @@ def test_one_name_sent_with_two_types_gives_one_series_per_type_but_never_two_ga
 
 
 def test_events_and_service_checks_get_a_timestamp_and_leave_at_the_next_flush():
-    from relay.model import Event, ServiceCheck
+    from relay.pipeline.model import Event, ServiceCheck
 
     agg = aggregator()
     agg.add_event(Event("t", "x"), 1234.5)
@@ -274,7 +274,7 @@ def test_histogram_aggregates_bound_each_other(values):
 @settings(max_examples=300)
 @given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60), st.sampled_from(["0.5", "0.95 0.99", "0 0.01 1"]))
 def test_unweighted_histograms_match_the_weighted_rule(values, percentiles):
-    from relay.accumulators import HistogramSpec, histogram_points
+    from relay.pipeline.buckets import HistogramSpec, histogram_points
 
     spec = HistogramSpec.from_config(("max", "min", "median", "avg", "sum", "count"), tuple(percentiles.split()))
     plain = histogram_points([float(v) for v in values], spec, 10)
@@ -325,8 +325,8 @@ histogram_samples = st.lists(st.one_of(sample_values, st.tuples(sample_values, s
 @given(histogram_samples, st.integers(0, 300), st.sampled_from(["0.95", "0.5 0.99", "1.0 0.0 0.75"]))
 def test_packed_histograms_in_c_give_the_python_points_exactly(samples, split, percentiles):
     """Packed samples (in C when built) against the plain Python arithmetic on the same samples, in order."""
-    from relay import accumulators
-    from relay.accumulators import HistogramSpec, Packed, histogram_points
+    from relay.pipeline import buckets as accumulators
+    from relay.pipeline.buckets import HistogramSpec, Packed, histogram_points
 
     if accumulators._summary_in_c is None:
         if os.environ.get("CI"):

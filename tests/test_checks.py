@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.accumulators import HistogramSpec
 from relay.checks.base import COUNT, GAUGE, HISTORATE, MONOTONIC_COUNT, RATE
 from relay.checks.runner import find_configs
 from relay.checks.sampler import CheckSampler
-from relay.model import SeriesType
+from relay.pipeline.buckets import HistogramSpec
+from relay.pipeline.model import SeriesType
 from tests.conftest import run_relay, wait_for
 
 SEED_CHECK = """
@@ -295,8 +295,8 @@ async def test_a_relay_with_no_check_configured_sends_the_agents_system_metrics(
 
 
 def test_collectors_compute_rates_and_percentages_on_the_second_run(tmp_path):
-    from relay.aggregate import Aggregator
     from relay.checks.runner import CheckRunner
+    from relay.pipeline.aggregate import Aggregator
     from relay.telemetry import Stats
     from tests.conftest import config
 
@@ -394,8 +394,8 @@ def test_one_check_gives_the_same_output_on_the_real_and_the_built_in_base(tmp_p
 
 
 def test_empty_default_hostname_and_the_interval_fallback_of_init_config(tmp_path):
-    from relay.aggregate import Aggregator
     from relay.checks.runner import CheckRunner
+    from relay.pipeline.aggregate import Aggregator
     from relay.telemetry import Stats
     from tests.conftest import config
 

@@ -10,7 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from relay.doctor import diagnose
+from relay.tools.doctor import diagnose
 from tests.conftest import API_KEY, run_relay, wait_for
 from tests.conftest import config as make_config
 

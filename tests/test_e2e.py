@@ -358,7 +358,7 @@ def _signature(stand_in: Any) -> tuple[Any, ...]:
 
 
 async def test_several_workers_send_what_one_process_sends(tmp_path):
-    from relay.intake import Intake
+    from relay.intake.server import Intake
 
     rng = random.Random(7)
     datagrams = [

@@ -7,8 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.enrich import Enricher
-from relay.model import Context, Event, ServiceCheck
+from relay.pipeline.enrich import Enricher
+from relay.pipeline.model import Context, Event, ServiceCheck
 from tests.conftest import config
 
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from relay.explain import explain, render
+from relay.tools.explain import explain, render
 from tests.conftest import config
 
 

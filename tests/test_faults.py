@@ -49,7 +49,7 @@ def test_a_bug_in_ingest_costs_its_datagram_is_counted_and_logged_with_its_trace
     import io
     import logging
 
-    from relay.server import Relay
+    from relay.runtime.server import Relay
     from tests.conftest import config
 
     relay = Relay(config(hostname="h", relay__host_collectors=""), out=io.StringIO())
@@ -72,7 +72,7 @@ async def test_shutdown_during_a_flush_lets_it_finish_and_every_count_arrives_on
     import time
 
     from relay.config import Config
-    from relay.server import Relay
+    from relay.runtime.server import Relay
     from tests.conftest import API_KEY
 
     stand_in, url = intake
@@ -109,9 +109,9 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
     import io
     import logging
 
-    from relay import aggregate
     from relay.config import Config
-    from relay.server import Relay
+    from relay.pipeline import aggregate
+    from relay.runtime.server import Relay
     from tests.conftest import API_KEY
     from tests.test_checks import SEED_CHECK, agent_layout
 

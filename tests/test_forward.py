@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from relay.forward import HttpSink, backoff_seconds, outcome
-from relay.model import Endpoint, Payload
-from relay.spool import Spool
+from relay.pipeline.forward import HttpSink, backoff_seconds, outcome
+from relay.pipeline.model import Endpoint, Payload
+from relay.pipeline.spool import Spool
 from relay.telemetry import Stats
 from tests.conftest import API_KEY, config, wait_for
 

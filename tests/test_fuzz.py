@@ -11,8 +11,8 @@ import os
 import random
 import time
 
-from relay.ingest import accelerated_ingest
-from relay.parse import parse_datagram
+from relay.pipeline.ingest import accelerated_ingest
+from relay.pipeline.parse import parse_datagram
 from tests.test_ingest import outcome, pipeline
 
 SEEDS = [

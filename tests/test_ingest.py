@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.aggregate import Aggregator
-from relay.enrich import Enricher
-from relay.ingest import COUNTER, SHAPE_CACHE_LIMIT, Ingest, accelerated_ingest
+from relay.pipeline.aggregate import Aggregator
+from relay.pipeline.enrich import Enricher
+from relay.pipeline.ingest import COUNTER, SHAPE_CACHE_LIMIT, Ingest, accelerated_ingest
 from relay.telemetry import Stats
 from tests.conftest import config
 
@@ -123,9 +123,9 @@ def test_expired_contexts_take_their_shapes_with_them():
 
 
 def test_the_shape_cache_is_bounded(monkeypatch):
-    import relay.ingest
+    import relay.pipeline.ingest
 
-    monkeypatch.setattr(relay.ingest, "SHAPE_CACHE_LIMIT", 3)
+    monkeypatch.setattr(relay.pipeline.ingest, "SHAPE_CACHE_LIMIT", 3)
     ingest = pipeline()
     ingest.datagram(b"\n".join(b"m%d:1|c" % i for i in range(10)), "udp", 1000.0)
     assert len(ingest.shapes) <= 3 < SHAPE_CACHE_LIMIT

@@ -19,14 +19,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from relay.aggregate import Aggregator
-from relay.capture import MAGIC, Record, encode, read_records, replay
-from relay.doctor import _workers
-from relay.health import readiness
-from relay.intake import Intake
-from relay.model import Context, MetricType
-from relay.status import render
+from relay.intake.server import Intake
+from relay.pipeline.aggregate import Aggregator
+from relay.pipeline.model import Context, MetricType
+from relay.runtime.capture import MAGIC, Record, encode, read_records, replay
+from relay.runtime.health import readiness
 from relay.telemetry import Stats
+from relay.tools.doctor import _workers
+from relay.tools.status import render
 from tests.conftest import API_KEY, free_port, run_relay, wait_for
 from tests.conftest import config as make_config
 
@@ -345,7 +345,7 @@ def test_doctor_weighs_workers_against_cores_and_loss():
 
 
 def test_local_udp_clients_counts_connected_sockets():
-    from relay.doctor import local_udp_clients
+    from relay.tools.doctor import local_udp_clients
 
     port = free_port()
     before = local_udp_clients(port)
@@ -386,7 +386,7 @@ async def test_the_tools_work_on_a_sharded_relay_too(tmp_path):
 
 
 def test_line_counter_stays_bounded_and_unbiased_under_a_flood():
-    from relay.taps import LineCounter
+    from relay.runtime.taps import LineCounter
 
     counter = LineCounter()
     for i in range(300_000):  # far above 20,000 datagrams a second, and random names
@@ -397,7 +397,7 @@ def test_line_counter_stays_bounded_and_unbiased_under_a_flood():
 
 
 def test_line_counter_folds_names_past_its_limit(monkeypatch):
-    from relay.taps import LineCounter
+    from relay.runtime.taps import LineCounter
 
     monkeypatch.setattr(LineCounter, "MAX_NAMES", 10)
     counter = LineCounter()
@@ -407,7 +407,7 @@ def test_line_counter_folds_names_past_its_limit(monkeypatch):
 
 
 async def test_captures_and_samplings_at_once_are_limited(tmp_path):
-    from relay.health import MAX_OPEN_TAPS
+    from relay.runtime.health import MAX_OPEN_TAPS
 
     loop = asyncio.get_running_loop()
     async with run_relay(tmp_path, None) as relay:
@@ -445,7 +445,7 @@ async def test_debug_endpoints_refuse_bad_durations(tmp_path):
 
 
 async def test_a_probe_that_cannot_start_turns_itself_off_and_says_so(monkeypatch, caplog):
-    from relay import probe as probe_module
+    from relay.runtime import probe as probe_module
 
     class NoSharedMemory:
         def RawArray(self, *args: Any) -> Any:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.model import Event, MetricSample, MetricType, ServiceCheck
-from relay.parse import ParseError, parse_datagram, parse_float, parse_int, parse_line
+from relay.pipeline.model import Event, MetricSample, MetricType, ServiceCheck
+from relay.pipeline.parse import ParseError, parse_datagram, parse_float, parse_int, parse_line
 
 
 def metric(line: bytes, timestamps: bool = True) -> MetricSample:

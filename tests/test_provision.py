@@ -10,7 +10,7 @@ import sys
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from relay.provision import DATA_TITLE, HEALTH_TITLE, MONITOR_NAME
+from relay.tools.provision import DATA_TITLE, HEALTH_TITLE, MONITOR_NAME
 from tests.conftest import API_KEY
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from datadog.dogstatsd.base import DogStatsd
 
-from relay.listen import Listeners, native_reader
+from relay.runtime.listen import Listeners, native_reader
 from relay.telemetry import Stats
 from tests.conftest import config, free_port, run_relay, wait_for
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.intake import Intake, decompress
-from relay.model import Context, Event, Payload, Series, SeriesType, ServiceCheck, SketchSeries
-from relay.serialize import Serializer
-from relay.sketch import Sketch
+from relay.intake.server import Intake, decompress
+from relay.pipeline.model import Context, Event, Payload, Series, SeriesType, ServiceCheck, SketchSeries
+from relay.pipeline.serialize import Serializer
+from relay.pipeline.sketch import Sketch
 from relay.telemetry import Stats
 from tests.conftest import config
 
@@ -149,7 +149,7 @@ _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
     interval=st.integers(0, 100_000),
 )
 def test_the_c_series_encoder_writes_exactly_the_python_bytes(name, host, tags, points, kind, interval):
-    from relay import serialize
+    from relay.pipeline import serialize
 
     encoder = serialize.ProtobufEncoder()
     series = Series(Context(name, host, tuple(tags)), kind, points, interval)

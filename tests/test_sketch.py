@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.sketch import BIN_LIMIT, GAMMA, MAX_BIN_COUNT, Sketch, key
+from relay.pipeline.sketch import BIN_LIMIT, GAMMA, MAX_BIN_COUNT, Sketch, key
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_summary_stats_are_exact():
     )
 )
 def test_inserting_a_list_in_c_gives_exactly_the_one_by_one_sketch(samples):
-    from relay import sketch as sketch_module
+    from relay.pipeline import sketch as sketch_module
 
     one_by_one = Sketch()
     for sample in samples:
@@ -81,7 +81,7 @@ def test_inserting_a_list_in_c_gives_exactly_the_one_by_one_sketch(samples):
 
 
 def test_the_python_fallback_inserts_a_list_the_same_way(monkeypatch):
-    from relay import sketch as sketch_module
+    from relay.pipeline import sketch as sketch_module
 
     samples = [1.0, (3.5, 0.25), -2.0, (1e-12, 1.0), 1e9]
     with_c = Sketch()

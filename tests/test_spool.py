@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from relay.model import Endpoint, Payload
-from relay.spool import Spool
+from relay.pipeline.model import Endpoint, Payload
+from relay.pipeline.spool import Spool
 from relay.telemetry import Stats
 
 
@@ -67,8 +67,8 @@ async def test_the_sink_writes_the_spool_in_a_thread_never_on_the_event_loop(tmp
     """A slow disk must not stall ingest: the fsyncs happen in a worker thread; what waits for them is bounded."""
     import threading
 
-    from relay import spool as spool_module
-    from relay.forward import HttpSink
+    from relay.pipeline import spool as spool_module
+    from relay.pipeline.forward import HttpSink
     from tests.conftest import config
 
     write, writers = spool_module.write_atomically, []
@@ -82,7 +82,7 @@ async def test_the_sink_writes_the_spool_in_a_thread_never_on_the_event_loop(tmp
     stats = Stats()
     spool = Spool(tmp_path, 1 << 20, 1.0, stats)
     settings = config(api_key="k" * 32, dd_url="http://127.0.0.1:9", forwarder_retry_queue_payloads_max_size=1)
-    monkeypatch.setattr("relay.forward._SPOOL_BACKLOG_MIN", 1)
+    monkeypatch.setattr("relay.pipeline.forward._SPOOL_BACKLOG_MIN", 1)
     sink = HttpSink(settings, stats, spool)  # never started: every payload overflows the 1-byte queue to the spool
     for index in range(5):
         sink.send(payload(index))

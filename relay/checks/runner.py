@@ -26,12 +26,12 @@ from typing import Any
 
 import yaml
 
-from relay.accumulators import HistogramSpec
-from relay.aggregate import Aggregator
 from relay.checks import agent
 from relay.checks.base import is_affirmative
 from relay.checks.sampler import CheckSampler
 from relay.config import Config
+from relay.pipeline.aggregate import Aggregator
+from relay.pipeline.buckets import HistogramSpec
 from relay.telemetry import Stats
 
 logger = logging.getLogger("relay.checks")

@@ -15,10 +15,10 @@ import time
 from collections import Counter
 from typing import Any
 
-from relay.accumulators import HistogramSpec, histogram_points
 from relay.checks.base import COUNT, COUNTER, GAUGE, HISTOGRAM, HISTORATE, MONOTONIC_COUNT, RATE
-from relay.model import Context, Event, Series, SeriesType, ServiceCheck
-from relay.sketch import Sample
+from relay.pipeline.buckets import HistogramSpec, histogram_points
+from relay.pipeline.model import Context, Event, Series, SeriesType, ServiceCheck
+from relay.pipeline.sketch import Sample
 
 Key = tuple[int, str, str, tuple[str, ...]]  # (metric type, name, host, tags)
 

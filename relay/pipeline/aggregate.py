@@ -6,7 +6,7 @@ their last sample; contexts idle for dogstatsd_context_expiry_seconds are forgot
 counters bypass the buckets. The clock is always an argument: nothing here reads the time.
 
 Each context gets a slot (an int) the first time it is seen; buckets are keyed by slot, so the ingest hot path
-never hashes a Context (see relay/ingest.py). A context is (name, host, tags) per metric type: the same name
+never hashes a Context (see relay/pipeline/ingest.py). A context is (name, host, tags) per metric type: the same name
 sent as a gauge and as a counter gives two series.
 """
 
@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.accumulators import Bucket, HistogramSpec, Packed, effective_rate, histogram_points, sketch_of
 from relay.config import Config
-from relay.model import Context, Event, Flushed, MetricType, Series, SeriesType, ServiceCheck, SketchSeries
+from relay.pipeline.buckets import Bucket, HistogramSpec, Packed, effective_rate, histogram_points, sketch_of
+from relay.pipeline.model import Context, Event, Flushed, MetricType, Series, SeriesType, ServiceCheck, SketchSeries
 from relay.telemetry import Stats
 
 _HISTOGRAMS = (MetricType.HISTOGRAM, MetricType.TIMER)
@@ -77,7 +77,7 @@ class Aggregator:
         self.last_flushed_estimate = 0  # custom metrics of the fullest bucket of the last flush
         self.on_expire: Callable[[set[int]], None] = lambda slots: None
 
-    # What a reload hands to the next pipeline (relay/handoff.py): every context and every sample not yet flushed.
+    # What a reload hands to the next pipeline (relay/runtime/handoff.py): every context and sample not yet flushed.
     HANDOFF = (
         "buckets", "slot_of", "context_of", "last_seen", "_free_slots", "counter_last_sampled", "timestamped",
         "passthrough", "events", "service_checks", "last_cutoff", "last_flushed_estimate",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
-from relay.model import SeriesType
-from relay.sketch import Sample, Sketch
+from relay.pipeline.model import SeriesType
+from relay.pipeline.sketch import Sample, Sketch
 
 try:  # the C versions (relay/_speedups.c), identical in result; optional
     from relay._speedups import histogram_pack as _pack_in_c

@@ -18,7 +18,7 @@ from typing import Any
 import zstandard
 
 from relay.config import Config
-from relay.model import Endpoint, Event, Flushed, Payload, Series, ServiceCheck, SketchSeries
+from relay.pipeline.model import Endpoint, Event, Flushed, Payload, Series, ServiceCheck, SketchSeries
 from relay.telemetry import Stats
 
 _DOUBLE = struct.Struct("<d")

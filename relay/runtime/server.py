@@ -24,21 +24,29 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from relay import __version__
-from relay.aggregate import Aggregator, FlushWork
 from relay.checks.runner import CheckRunner
 from relay.config import Config, redact
-from relay.enrich import Enricher
-from relay.forward import DryRunSink, FanOutSink, HttpSink, Sink
-from relay.handoff import ENVIRONMENT, Bridge, Handoff, check_configuration, command_line, load_state, save_state
-from relay.health import HANDLED_SIGNALS, refuse_reload, start_front
-from relay.ingest import Ingest
-from relay.listen import Listeners
-from relay.model import Flushed, Payload
-from relay.serialize import Serializer
-from relay.spool import Spool
-from relay.status import render_flush
+from relay.pipeline.aggregate import Aggregator, FlushWork
+from relay.pipeline.enrich import Enricher
+from relay.pipeline.forward import DryRunSink, FanOutSink, HttpSink, Sink
+from relay.pipeline.ingest import Ingest
+from relay.pipeline.model import Flushed, Payload
+from relay.pipeline.serialize import Serializer
+from relay.pipeline.spool import Spool
+from relay.runtime.handoff import (
+    ENVIRONMENT,
+    Bridge,
+    Handoff,
+    check_configuration,
+    command_line,
+    load_state,
+    save_state,
+)
+from relay.runtime.health import HANDLED_SIGNALS, refuse_reload, start_front
+from relay.runtime.listen import Listeners
+from relay.runtime.workers import pump
 from relay.telemetry import Stats, build_registry, self_series, worker_report
-from relay.workers import pump
+from relay.tools.status import render_flush
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +272,7 @@ class Relay:
             return
         await self._hand_over(flusher, health, bridge, sockets, connections)
 
-    # --- reload (relay/handoff.py) ----------------------------------------------------------------------------------
+    # --- reload (relay/runtime/handoff.py) ------------------------------------------------------------------------
 
     def request_reload(self) -> None:
         """SIGHUP: check the new configuration, and if it is good hand everything over to a new pipeline."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relay.model import Flushed, Payload
+from relay.pipeline.model import Flushed, Payload
 
 
 def _title(text: str) -> list[str]:

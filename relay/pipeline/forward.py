@@ -23,8 +23,8 @@ import aiohttp
 from relay import __version__
 from relay.config import Config, redact
 from relay.logs import RateLimitedLog
-from relay.model import Endpoint, Payload
-from relay.spool import Spool
+from relay.pipeline.model import Endpoint, Payload
+from relay.pipeline.spool import Spool
 from relay.telemetry import Stats
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class HttpSink:
         status, retry_after = await self._post(payload)
         result = outcome(status)
         self.stats.payloads[endpoint.value, result] += 1
-        if result != "retried":  # readiness watches the rejections in a row (relay/health.py)
+        if result != "retried":  # readiness watches the rejections in a row (relay/runtime/health.py)
             rejected = result == "dropped"
             self.stats.info["rejected_streak"] = self.stats.info.get("rejected_streak", 0) + 1 if rejected else 0
             self.stats.info["last_rejection"] = status if rejected else self.stats.info.get("last_rejection")

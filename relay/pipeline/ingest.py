@@ -16,13 +16,13 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from relay.accumulators import Bucket, effective_rate
-from relay.aggregate import Aggregator
 from relay.config import Config
-from relay.enrich import Enricher
 from relay.logs import RateLimitedLog
-from relay.model import Context, Event, MetricSample, MetricType, ServiceCheck
-from relay.parse import UNTERMINATED, ParseError, parse_datagram, parse_line
+from relay.pipeline.aggregate import Aggregator
+from relay.pipeline.buckets import Bucket, effective_rate
+from relay.pipeline.enrich import Enricher
+from relay.pipeline.model import Context, Event, MetricSample, MetricType, ServiceCheck
+from relay.pipeline.parse import UNTERMINATED, ParseError, parse_datagram, parse_line
 from relay.telemetry import Stats
 
 logger = logging.getLogger(__name__)

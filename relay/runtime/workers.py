@@ -26,8 +26,8 @@ from typing import Any
 
 from relay import __version__
 from relay.config import Config
-from relay.health import start_front
-from relay.listen import Listeners
+from relay.runtime.health import start_front
+from relay.runtime.listen import Listeners
 from relay.telemetry import Stats, absorb_reports, build_registry
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _shard_function() -> Any:
 def worker_main(config: Config, index: int, data: Connection, reports: Connection) -> None:
     """The entry point of a worker process."""
     from relay.logs import setup_logging
-    from relay.server import Relay, run_loop
+    from relay.runtime.server import Relay, run_loop
 
     setup_logging(config.log_level, config.api_key)
     run_loop(Relay(config).run_as_worker(data, reports))

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Iterator
 
-from relay.model import Event, MetricSample, MetricType, ServiceCheck
+from relay.pipeline.model import Event, MetricSample, MetricType, ServiceCheck
 
 METRIC, EVENT, SERVICE_CHECK = "metric", "event", "service_check"
 UNTERMINATED = "unterminated"  # dogstatsd_eol_required: counted apart, like the Agent's UnterminatedMetricErrors

@@ -1,7 +1,7 @@
 """Taps: copies of the raw datagrams, taken by the listeners before parsing.
 
 Three kinds: the tee to another StatsD server (`statsd_forward_host`/`statsd_forward_port`, as the Agent has
-it), a capture for `replay` (relay/capture.py), and the line counter behind `dogstatsd-relay top`. With no tap
+it), a capture for `replay` (relay/runtime/capture.py), and the line counter behind `dogstatsd-relay top`. With no tap
 open, a listener pays one truth test per batch.
 """
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import Config
-from relay.model import Context, Event, ServiceCheck
+from relay.pipeline.model import Context, Event, ServiceCheck
 
 _STRIPPED_TAG_PREFIXES = ("dd.internal.entity_id:", "dd.internal.card:", "dd.internal.jmx_check_name:")
 _GROUP_REFERENCE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 # Context cache entries, cleared when full (a miss only costs a rebuild). Known metric lines never get here (the
-# shape cache of relay/ingest.py answers them), so it only needs to cover the reference path's working set.
+# shape cache of relay/pipeline/ingest.py answers them), so it only needs to cover the reference path's working set.
 _CACHE_LIMIT = 100_000
 
 

@@ -1,4 +1,4 @@
-"""The intake stand-in's page: what reached it, for a person. The page (intake_page.html) is static and asks for
+"""The intake stand-in's page: what reached it, for a person. The page (page.html) is static and asks for
 JSON every 2 s, updating in place; the views here compute that JSON from what the stand-in decoded.
 
 /_api/metrics?q=TEXT   one row per metric whose name or tags contain TEXT: kind, contexts, latest value
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from relay.config import redact
-from relay.sketch import quantile
+from relay.pipeline.sketch import quantile
 
 PERCENTILES = (0.5, 0.75, 0.95, 0.99)
 MAX_CONTEXTS = 20  # per metric in the detail view: a plot of more is unreadable

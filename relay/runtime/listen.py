@@ -1,7 +1,7 @@
 """Listen: sockets → whole datagrams handed to one callback. UDP, Unix datagram, Unix stream (4-byte frames).
 
 Listeners never parse; they count packets, bytes, truncations and read errors per transport, strip the loss
-self-probe's datagrams (relay/probe.py) and hand copies to the taps (relay/taps.py) that are open.
+self-probe's datagrams (relay/runtime/probe.py) and hand copies to the taps (relay/runtime/taps.py) that are open.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Config
-from relay.probe import Probe
-from relay.taps import Taps, Tee
+from relay.runtime.probe import Probe
+from relay.runtime.taps import Taps, Tee
 from relay.telemetry import Stats
 
 logger = logging.getLogger(__name__)

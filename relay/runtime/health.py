@@ -6,7 +6,7 @@
               or the intake rejects the API key or the payloads
 /status       the JSON behind `dogstatsd-relay status`
 /debug/cardinality   contexts per metric, tag values per key, a custom-metric estimate; `?sample=S` adds lines/s
-/debug/capture?seconds=S   raw datagrams with their timing, in the capture format of relay/capture.py
+/debug/capture?seconds=S   raw datagrams with their timing, in the capture format of relay/runtime/capture.py
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from relay import __version__
-from relay.capture import MAGIC, Recorder
 from relay.config import Config
-from relay.listen import Listeners
-from relay.taps import LineCounter, Tap, Taps
+from relay.runtime.capture import MAGIC, Recorder
+from relay.runtime.listen import Listeners
+from relay.runtime.taps import LineCounter, Tap, Taps
 from relay.telemetry import Stats
 
 logger = logging.getLogger(__name__)

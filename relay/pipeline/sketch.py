@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from relay.model import SketchPoint
+from relay.pipeline.model import SketchPoint
 
 EPS = 1.0 / 128.0
 GAMMA = 1 + 2 * EPS

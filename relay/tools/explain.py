@@ -11,12 +11,12 @@ import dataclasses
 from collections import Counter
 from typing import Any
 
-from relay.aggregate import Aggregator
 from relay.config import Config
-from relay.enrich import Enricher
-from relay.model import Event, Flushed, MetricSample, ServiceCheck
-from relay.parse import ParseError, parse_datagram
-from relay.serialize import Serializer
+from relay.pipeline.aggregate import Aggregator
+from relay.pipeline.enrich import Enricher
+from relay.pipeline.model import Event, Flushed, MetricSample, ServiceCheck
+from relay.pipeline.parse import ParseError, parse_datagram
+from relay.pipeline.serialize import Serializer
 from relay.telemetry import Stats
 
 

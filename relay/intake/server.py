@@ -20,9 +20,9 @@ from typing import Any
 import zstandard
 from aiohttp import web
 
-from relay.intake_page import metric_detail, metric_index, request_log
+from relay.intake.page import metric_detail, metric_index, request_log
 
-PAGE = resources.files("relay").joinpath("intake_page.html").read_text()
+PAGE = resources.files("relay.intake").joinpath("page.html").read_text()
 _LIMITS = {  # compressed, raw: what the public API documents
     "/api/v2/series": (512000, 5242880),
     "/api/v1/series": (3200000, 62914560),
@@ -130,7 +130,7 @@ class Request:
     compressed_size: int
     raw_size: int
     at: float = 0.0
-    api_key: str = ""  # as sent: shown redacted only (intake_page.request_log)
+    api_key: str = ""  # as sent: shown redacted only (relay.intake.page.request_log)
     items: int = 0  # decoded items: series, sketches, service checks or events
 
 
@@ -298,7 +298,7 @@ class Intake:
         )
 
     async def _page(self, request: web.Request) -> web.Response:
-        """What arrived, for a person: search, a plot per metric, the request log (relay/intake_page.html)."""
+        """What arrived, for a person: search, a plot per metric, the request log (relay/intake/page.html)."""
         return web.Response(text=PAGE, content_type="text/html")
 
     async def _api_metrics(self, request: web.Request) -> web.Response:

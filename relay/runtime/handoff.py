@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.files import atomic_file
-from relay.probe import MARK
+from relay.runtime.probe import MARK
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 from relay.files import write_atomically
-from relay.model import Endpoint, Payload
+from relay.pipeline.model import Endpoint, Payload
 from relay.telemetry import Stats
 
 logger = logging.getLogger(__name__)
