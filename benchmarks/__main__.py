@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import HERE, EtsyStatsd, baseline_tree, rmem_max
-from benchmarks.scenarios import BASELINE, SCENARIOS, Result, from_capture
+from benchmarks.load import BASELINE, Result
+from benchmarks.scenarios import SCENARIOS, from_capture
 
 
 def machine() -> str:
@@ -98,9 +99,9 @@ def main() -> int:
     run.add_argument("--capture", type=Path, help="or real traffic: a file from `dogstatsd-relay capture`")
     run.add_argument("--seconds", type=float, default=10.0, help="length of each measured window")
     run.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
-    run.add_argument("--baseline", metavar="REV", help="the 'before' relay of the reader-* and client-uds scenarios "
-                     "(default: this relay without its reader thread), and a third relay of the workers-* ones: this "
-                     "git revision at its defaults")  # fmt: skip
+    run.add_argument("--baseline", metavar="REV", help="another git revision's relay at its defaults: the 'before' "
+                     "relay of the reader-*, first-sight and client-uds scenarios (default: this relay without its "
+                     "reader thread), and one more relay in workers-*, udp-1, udp-20 and mix")  # fmt: skip
     commands.add_parser("list", help="list the scenarios")
     args = parser.parse_args()
     if args.command == "list":

@@ -35,7 +35,8 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { GAUGE, COUNTER, SET, HISTOGRAM, DISTRIBUTION, BLOCKED };  /* as in relay/pipeline/ingest.py */
+/* The kinds of relay/pipeline/model.py's Kind, by number; the module exports them and a test holds them equal. */
+enum { GAUGE, COUNTER, SET, HISTOGRAM, DISTRIBUTION, BLOCKED };
 #define MAX_NUMBER 63
 
 /* The decimal subset of Go's ParseFloat that float() reads the same way: [+-] digits [. digits] [e [+-] digits]
@@ -213,14 +214,25 @@ done:
 }
 
 typedef struct {
-    PyObject *context_type, *hostname, *extra, *blocklist, *strings, *slot_of, *copy_slot_of;
+    PyObject *context_type, *shape_type, *hostname, *extra, *blocklist, *strings, *slot_of, *copy_slot_of;
     Py_ssize_t strings_limit, shape_limit;
 } Learner;
 
 static int unpack_learner(PyObject *learner, Learner *out) {
-    return PyArg_ParseTuple(learner, "OOO!O!O!nOOn", &out->context_type, &out->hostname, &PyTuple_Type, &out->extra,
+    return PyArg_ParseTuple(learner, "OOOO!O!O!nOOn", &out->context_type, &out->shape_type, &out->hostname, &PyTuple_Type, &out->extra,
                             &PyFrozenSet_Type, &out->blocklist, &PyDict_Type, &out->strings, &out->strings_limit,
                             &out->slot_of, &out->copy_slot_of, &out->shape_limit);
+}
+
+/* tuple.__new__(Shape, fields): the NamedTuple without its Python-level __new__; steals `fields`. */
+static PyObject *new_shape(PyObject *shape_type, PyObject *fields) {
+    if (fields == NULL) return NULL;
+    PyObject *arguments = PyTuple_Pack(1, fields);
+    Py_DECREF(fields);
+    if (arguments == NULL) return NULL;
+    PyObject *shape = PyTuple_Type.tp_new((PyTypeObject *)shape_type, arguments, NULL);
+    Py_DECREF(arguments);
+    return shape;
 }
 
 static PyObject *learn(const char *line, Py_ssize_t length, const char *colon, const char *bar, const Learner *learner,
@@ -267,7 +279,7 @@ static PyObject *learn(const char *line, Py_ssize_t length, const char *colon, c
     int blocked = PySet_Contains(blocklist, name);
     if (blocked < 0) goto done;
     if (blocked) {
-        shape = Py_BuildValue("(nidn)", (Py_ssize_t)-1, BLOCKED, 1.0, (Py_ssize_t)-1);
+        shape = new_shape(learner->shape_type, Py_BuildValue("(nidn)", (Py_ssize_t)-1, BLOCKED, 1.0, (Py_ssize_t)-1));
     } else {
         tag_tuple = context_tags(tags ? tags : "", tags_length, extra, strings, strings_limit);
         if (tag_tuple == NULL) goto done;
@@ -288,7 +300,7 @@ static PyObject *learn(const char *line, Py_ssize_t length, const char *colon, c
         if (copy == NULL) { Py_DECREF(slot); goto done; }
         double stored = rate;
         if (kind == COUNTER) stored = 1.0 / (rate > 0 && rate <= 1 ? rate : 1.0);  /* the counter's scale */
-        shape = Py_BuildValue("(NidN)", slot, kind, stored, copy);
+        shape = new_shape(learner->shape_type, Py_BuildValue("(NidN)", slot, kind, stored, copy));
     }
     if (shape == NULL) goto done;
     if (PyDict_GET_SIZE(shapes) >= shape_limit) PyDict_Clear(shapes);
@@ -303,15 +315,53 @@ done:
     return shape;
 }
 
+/* The five dicts of a Bucket (relay/pipeline/buckets.py), read once per call: new references. */
+typedef struct { PyObject *gauges, *counters, *sets, *histograms, *distributions; } BucketDicts;
+
+static void release_bucket(BucketDicts *b) {
+    Py_XDECREF(b->gauges);
+    Py_XDECREF(b->counters);
+    Py_XDECREF(b->sets);
+    Py_XDECREF(b->histograms);
+    Py_XDECREF(b->distributions);
+}
+
+static int open_bucket(PyObject *bucket, BucketDicts *b) {
+    static const char *const names[] = {"gauges", "counters", "sets", "histograms", "distributions"};
+    PyObject **fields[] = {&b->gauges, &b->counters, &b->sets, &b->histograms, &b->distributions};
+    for (int i = 0; i < 5; i++) {
+        *fields[i] = PyObject_GetAttrString(bucket, names[i]);
+        if (*fields[i] == NULL) return 0;
+        if (!PyDict_Check(*fields[i])) {
+            PyErr_Format(PyExc_TypeError, "bucket.%s must be a dict", names[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *ingest_lines(PyObject *data, Py_ssize_t offset, PyObject *shapes, const BucketDicts *b,
+                              PyObject *learner, const Learner *unpacked);
+
 static PyObject *ingest(PyObject *module, PyObject *args) {
-    PyObject *data, *shapes, *gauges, *counters, *sets, *histograms, *distributions, *learner;
+    PyObject *data, *shapes, *bucket, *learner;
     Py_ssize_t offset;
-    if (!PyArg_ParseTuple(args, "SnO!O!O!O!O!O!O", &data, &offset, &PyDict_Type, &shapes, &PyDict_Type, &gauges,
-                          &PyDict_Type, &counters, &PyDict_Type, &sets, &PyDict_Type, &histograms, &PyDict_Type,
-                          &distributions, &learner))
-        return NULL;
+    if (!PyArg_ParseTuple(args, "SnO!OO", &data, &offset, &PyDict_Type, &shapes, &bucket, &learner)) return NULL;
     Learner unpacked;
     if (learner != Py_None && !unpack_learner(learner, &unpacked)) return NULL;
+    BucketDicts dicts = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *result = open_bucket(bucket, &dicts) ? ingest_lines(data, offset, shapes, &dicts, learner, &unpacked)
+                                                   : NULL;
+    release_bucket(&dicts);
+    return result;
+}
+
+/* The lines of `data` from `offset` whose shape is known (or learned here), applied to the bucket's dicts; stops
+ * at the first line it cannot take. Returns (accepted, blocklisted, offset of the line it stopped at). */
+static PyObject *ingest_lines(PyObject *data, Py_ssize_t offset, PyObject *shapes, const BucketDicts *b,
+                              PyObject *learner, const Learner *unpacked) {
+    PyObject *gauges = b->gauges, *counters = b->counters, *sets = b->sets, *histograms = b->histograms,
+             *distributions = b->distributions;
     const char *buffer = PyBytes_AS_STRING(data);
     Py_ssize_t size = PyBytes_GET_SIZE(data), accepted = 0, blocked = 0;
     while (offset < size) {
@@ -330,7 +380,7 @@ static PyObject *ingest(PyObject *module, PyObject *args) {
         memcpy(key_bytes + name_length + 1, bar + 1, suffix_length);
         PyObject *shape = PyDict_GetItemWithError(shapes, key);
         if (shape == NULL && !PyErr_Occurred() && learner != Py_None)
-            shape = learn(line, length, colon, bar, &unpacked, shapes, key);
+            shape = learn(line, length, colon, bar, unpacked, shapes, key);
         Py_DECREF(key);
         if (shape == NULL) {
             if (PyErr_Occurred()) return NULL;
@@ -362,7 +412,25 @@ static PyObject *ingest(PyObject *module, PyObject *args) {
 }
 
 /* shard(data, count) -> list of `count` bytes: the lines of `data`, each sent to the worker that owns its metric
- * name (FNV-1a of the bytes before the first ':'), so that every context lives in exactly one worker. */
+ * name (CRC-32 of the bytes before the first ':', zlib's, as shard_lines in Python), so that every context lives in
+ * exactly one worker, whichever of the two split the batch. */
+static uint32_t crc_table[256];
+
+static void make_crc_table(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+/* CRC-32 as zlib.crc32 computes it (reflected, polynomial 0xEDB88320). */
+static uint32_t crc32_of(const unsigned char *data, Py_ssize_t length) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < length; i++) c = crc_table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
 static PyObject *shard(PyObject *module, PyObject *args) {
     PyObject *data;
     Py_ssize_t count;
@@ -385,9 +453,7 @@ static PyObject *shard(PyObject *module, PyObject *args) {
             if (length > 0) {
                 const char *colon = memchr(line, ':', length);
                 Py_ssize_t name_length = colon ? colon - line : length;
-                uint32_t hash = 2166136261u;
-                for (Py_ssize_t i = 0; i < name_length; i++) hash = (hash ^ (unsigned char)line[i]) * 16777619u;
-                Py_ssize_t target = hash % (uint32_t)count;
+                Py_ssize_t target = crc32_of((const unsigned char *)line, name_length) % (uint32_t)count;
                 if (pass == 0) {
                     starts[target + 1] += length + 1;
                 } else {
@@ -725,4 +791,13 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "relay._speedups", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    make_crc_table();
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    static const char *const kinds[] = {"GAUGE", "COUNTER", "SET", "HISTOGRAM", "DISTRIBUTION", "BLOCKED"};
+    for (int kind = GAUGE; kind <= BLOCKED; kind++) {
+        if (PyModule_AddIntConstant(m, kinds[kind], kind) < 0) { Py_DECREF(m); return NULL; }
+    }
+    return m;
+}

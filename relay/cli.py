@@ -12,10 +12,9 @@ import sys
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -112,55 +111,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command == "init":
-        from relay.tools.guided_init import run_init
+    return COMMANDS[args.command](config, args)
 
-        return run_init(args.config, args.site, args.api_key_file, config.dd_url, os.environ)
-    if args.command == "config":
-        print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
-        return 0
-    if args.command == "status":
-        return _status(config, args.json)
-    if args.command == "health":
-        return _health(config)
-    if args.command == "explain":
-        import time
 
-        from relay.tools.explain import explain, rejected, render
+def _init(config: Config, args: argparse.Namespace) -> int:
+    from relay.tools.guided_init import run_init
 
-        data = args.datagram.encode().replace(b"\\n", b"\n")
-        result = explain(replace(config, relay_host_collectors=()), data, time.time())
-        print(
-            json.dumps(result, indent=2, default=str) if as_json(args) else render(result),
-            end="\n" if as_json(args) else "",
-        )
-        return 1 if rejected(result) else 0
-    if args.command == "doctor":
-        from relay.tools.doctor import diagnose, http_probe, status_of
-        from relay.tools.doctor import render as render_findings
+    return run_init(args.config, args.site, args.api_key_file, config.dd_url, os.environ)
 
-        findings = diagnose(config, status_of(_health_url(config, "/status")), http_probe)
-        print(render_findings(findings), end="")
-        return 1 if any(state == "FAIL" for state, _, _ in findings) else 0
-    if args.command == "check":
-        return _check(config, args.name, args.times, args.json, args.timeout)
-    if args.command == "top":
-        return _top(config, args.top, args.interval, args.once)
-    if args.command == "capture":
-        return _capture(config, args.seconds, args.output)
-    if args.command == "replay":
-        return _replay(args.file, args.target or f"127.0.0.1:{config.dogstatsd_port}", args.speed)
-    if args.command == "provision":
-        return _provision(config, args.dry_run, args.downtimes, tuple(args.notify), args.timezone)
-    if args.command == "reload":
-        return _reload(config)
-    return _run(config)
+
+def _config(config: Config, args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
+    return 0
+
+
+def _explain(config: Config, args: argparse.Namespace) -> int:
+    import time
+
+    from relay.tools.explain import explain, rejected, render
+
+    data = args.datagram.encode().replace(b"\\n", b"\n")
+    result = explain(replace(config, relay_host_collectors=()), data, time.time())
+    print(
+        json.dumps(result, indent=2, default=str) if as_json(args) else render(result),
+        end="\n" if as_json(args) else "",
+    )
+    return 1 if rejected(result) else 0
+
+
+def _doctor(config: Config, args: argparse.Namespace) -> int:
+    from relay.tools.doctor import diagnose, http_probe, status_of
+    from relay.tools.doctor import render as render_findings
+
+    findings = diagnose(config, status_of(_health_url(config, "/status")), http_probe)
+    print(render_findings(findings), end="")
+    return 1 if any(state == "FAIL" for state, _, _ in findings) else 0
+
+
+def _check(config: Config, args: argparse.Namespace) -> int:
+    from relay.tools.check import run_check
+
+    return run_check(config, args.name, args.times, args.json, args.timeout)
 
 
 def _run(config: Config) -> int:
     from relay.logs import setup_logging
     from relay.runtime.listen import ListenError
-    from relay.runtime.server import Relay, run_loop
+    from relay.runtime.loop import run_loop
+    from relay.runtime.server import Relay
 
     setup_logging(config.log_level, config.api_key)
     try:
@@ -305,84 +303,6 @@ def _health(config: Config) -> int:
         return 1
 
 
-def _check(config: Config, name: str, times: int, as_json: bool, timeout: float = CHECK_TIMEOUT) -> int:
-    """Run one check's instances like `datadog-agent check`: what they submitted, their status with the full
-    traceback and warnings, and the check's own log lines. Exit 1 when any instance failed, could not be
-    configured or loaded, or ran past `timeout`."""
-    import dataclasses
-    import threading
-    import time
-
-    from relay.checks.runner import CheckRunner
-    from relay.logs import RedactApiKey, level_of
-    from relay.pipeline.aggregate import Aggregator
-    from relay.telemetry import Stats
-
-    logs = _CheckLogs()
-    logs.addFilter(RedactApiKey(config.api_key))
-    logging.getLogger().addHandler(logs)
-    logging.getLogger().setLevel(level_of(config.log_level))
-    stats = Stats()
-    aggregator = Aggregator(config, stats)
-    runner = CheckRunner(config, aggregator, stats)
-    runner.load(only=name)
-    if not runner.instances and not stats.check_errors and not stats.check_config_errors:
-        print(f"check: {name}: no instance configured in {config.confd_path or '(confd_path unset)'}", file=sys.stderr)
-        return 1
-    timed_out = []
-    for run in range(max(times, 1) if runner.instances else 0):
-        if run:
-            time.sleep(1)
-        for instance in runner.instances:
-            thread = threading.Thread(target=runner.run_once, args=(instance,), daemon=True)
-            thread.start()
-            thread.join(timeout)
-            if thread.is_alive():
-                timed_out.append(f"check: {instance.check_id}: still running after {timeout:g} s (--timeout)")
-                continue
-            runner.commit(instance)
-        if timed_out:
-            break
-    flushed = aggregator.flush(time.time(), force=True)
-    result: dict[str, Any] = {
-        "series": [{**dataclasses.asdict(s), "type": s.type.name.lower()} for s in flushed.series],
-        "service_checks": [dataclasses.asdict(c) for c in flushed.service_checks],
-        "events": [dataclasses.asdict(e) for e in flushed.events],
-        "instances": stats.checks(),
-        "check_config_errors": stats.check_config_errors,
-        "check_errors": stats.check_errors,
-        "logs": logs.lines,
-    }
-    if as_json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        from relay.tools.status import render_check
-
-        print(render_check(result), end="")
-    for line in timed_out:
-        print(line, file=sys.stderr)
-    for name_, errors in [*stats.check_config_errors.items(), *stats.check_errors.items()]:
-        for error in errors:
-            print(f"check: {name_}: {error.splitlines()[0]}", file=sys.stderr)
-    failed = any(i["last_error"] for i in result["instances"])
-    return 1 if failed or timed_out or stats.check_errors or stats.check_config_errors else 0
-
-
-class _CheckLogs(logging.Handler):
-    """The log lines of the check under `check NAME`, kept to be printed after its output (the relay's own
-    loggers are left out, but for the check's)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("%(levelname)s | (%(name)s) | %(message)s"))
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("relay.") and not record.name.startswith("relay.checks."):
-            return
-        self.lines.append(self.format(record))
-
-
 def _provision(config: Config, dry_run: bool, with_downtimes: bool, notify: tuple[str, ...], timezone: str) -> int:
     import zoneinfo
 
@@ -432,3 +352,23 @@ def _intake(host: str, port: int, keep: int, api_key: str) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
     return 0
+
+
+# Each command, given the configuration (read once, above) and its arguments, returns the exit code.
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "run": lambda config, args: _run(config),
+    "init": _init,
+    "config": _config,
+    "status": lambda config, args: _status(config, args.json),
+    "health": lambda config, args: _health(config),
+    "explain": _explain,
+    "doctor": _doctor,
+    "check": _check,
+    "top": lambda config, args: _top(config, args.top, args.interval, args.once),
+    "capture": lambda config, args: _capture(config, args.seconds, args.output),
+    "replay": lambda config, args: _replay(args.file, args.target or f"127.0.0.1:{config.dogstatsd_port}", args.speed),
+    "provision": lambda config, args: _provision(
+        config, args.dry_run, args.downtimes, tuple(args.notify), args.timezone
+    ),
+    "reload": lambda config, args: _reload(config),
+}

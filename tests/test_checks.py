@@ -297,7 +297,7 @@ async def test_a_relay_with_no_check_configured_sends_the_agents_system_metrics(
 def test_collectors_compute_rates_and_percentages_on_the_second_run(tmp_path):
     from relay.checks.runner import CheckRunner
     from relay.pipeline.aggregate import Aggregator
-    from relay.telemetry import Stats
+    from relay.telemetry.stats import Stats
     from tests.conftest import config
 
     cfg = config(hostname="h", relay__host_collectors="cpu network io")
@@ -396,7 +396,7 @@ def test_one_check_gives_the_same_output_on_the_real_and_the_built_in_base(tmp_p
 def test_empty_default_hostname_and_the_interval_fallback_of_init_config(tmp_path):
     from relay.checks.runner import CheckRunner
     from relay.pipeline.aggregate import Aggregator
-    from relay.telemetry import Stats
+    from relay.telemetry.stats import Stats
     from tests.conftest import config
 
     confd = agent_layout(tmp_path, {"good": GOOD_CHECK}, {

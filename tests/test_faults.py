@@ -57,10 +57,10 @@ def test_a_bug_in_ingest_costs_its_datagram_is_counted_and_logged_with_its_trace
     def broken(data: bytes, transport: str, now: float) -> None:
         raise RuntimeError("injected bug")
 
-    relay.ingester.datagram = broken  # type: ignore[method-assign]
+    relay.pipeline.ingest.datagram = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR):
-        relay.ingest(b"a:1|c", "udp")
-        relay.ingest(b"b:1|c", "udp")  # logged once: the log is rate-limited
+        relay.pipeline.datagram(b"a:1|c", "udp")
+        relay.pipeline.datagram(b"b:1|c", "udp")  # logged once: the log is rate-limited
     assert relay.stats.dropped["internal_error"] == 2
     assert caplog.text.count("internal error in ingest (udp)") == 1
     assert "RuntimeError: injected bug" in caplog.text and "Traceback" in caplog.text
@@ -72,6 +72,7 @@ async def test_shutdown_during_a_flush_lets_it_finish_and_every_count_arrives_on
     import time
 
     from relay.config import Config
+    from relay.runtime.loop import final_flush, flush_loop
     from relay.runtime.server import Relay
     from tests.conftest import API_KEY
 
@@ -81,23 +82,24 @@ async def test_shutdown_during_a_flush_lets_it_finish_and_every_count_arrives_on
                "DD_RELAY_SPOOL_DIR": str(tmp_path)}  # fmt: skip
     relay = Relay(Config.load(None, environ), out=io.StringIO())
     loop, flushing = asyncio.get_running_loop(), asyncio.Event()
-    build = relay._build_and_serialize
+    pipeline = relay.pipeline
+    build = pipeline._build_and_serialize
 
     def slow_build(work):  # a flush of many contexts takes a while
         loop.call_soon_threadsafe(flushing.set)
         time.sleep(0.5)
         return build(work)
 
-    relay._build_and_serialize = slow_build  # type: ignore[method-assign]
-    await relay.sink.start()
-    flusher = asyncio.create_task(relay._flush_loop())
+    pipeline._build_and_serialize = slow_build  # type: ignore[method-assign]
+    await pipeline.sink.start()
+    flusher = asyncio.create_task(flush_loop(pipeline, relay.should_exit))
     for i in range(1000):
-        relay.ingest(b"closed.%d:1|c" % (i % 100), "udp")
+        pipeline.datagram(b"closed.%d:1|c" % (i % 100), "udp")
     await asyncio.wait_for(flushing.wait(), 5)
     await asyncio.sleep(0.1)  # the flush is half way through
     for i in range(1000):
-        relay.ingest(b"open.%d:1|c" % (i % 100), "udp")
-    await relay.shutdown(flusher)
+        pipeline.datagram(b"open.%d:1|c" % (i % 100), "udp")
+    await final_flush(pipeline, flusher, relay.should_exit)
     counts = {prefix: sum(total(stand_in.series, f"{prefix}.{i}") for i in range(100)) for prefix in ("closed", "open")}
     assert counts == {"closed": 1000, "open": 1000}
 
@@ -122,9 +124,10 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
                "DD_RELAY_SPOOL_DIR": str(tmp_path / "spool"), "DD_CONFD_PATH": str(confd),
                "DD_RELAY_CHECKS_BASE": "builtin"}  # fmt: skip
     relay = Relay(Config.load(None, environ), out=io.StringIO())
-    assert relay.checks is not None and len(relay.checks.instances) == 1
+    pipeline = relay.pipeline
+    assert pipeline.checks is not None and len(pipeline.checks.instances) == 1
 
-    datagram, histogram_points = relay.ingester.datagram, aggregate.histogram_points
+    datagram, histogram_points = pipeline.ingest.datagram, aggregate.histogram_points
 
     def ingest_bug(data: bytes, transport: str, now: float) -> None:
         if b"ingest.bug" in data:
@@ -136,14 +139,14 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
             raise RuntimeError("injected flush bug")
         return histogram_points(samples, *args)
 
-    encode = relay.serializer.protobuf.series_item
+    encode = pipeline.serializer.protobuf.series_item
 
     def serialize_bug(series):
         if series.context.name == "serialize.bug":
             raise RuntimeError("injected serialize bug")
         return encode(series)
 
-    post, failed_once = relay.sink._post, []  # type: ignore[attr-defined]
+    post, failed_once = pipeline.sink._post, []  # type: ignore[attr-defined]
 
     async def forward_bug(payload):
         if payload.endpoint.value == "/api/v1/check_run" and not failed_once:
@@ -151,7 +154,7 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
             raise RuntimeError("injected forward bug")
         return await post(payload)
 
-    instance = relay.checks.instances[0]
+    instance = pipeline.checks.instances[0]  # type: ignore[union-attr]
     commit, check_bugs = instance.sampler.commit, []
 
     def check_bug(*args):
@@ -160,10 +163,10 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
             raise RuntimeError("injected check bug")
         return commit(*args)
 
-    relay.ingester.datagram = ingest_bug  # type: ignore[method-assign]
+    pipeline.ingest.datagram = ingest_bug  # type: ignore[method-assign]
     aggregate.histogram_points = flush_bug  # type: ignore[assignment]
-    relay.serializer.protobuf.series_item = serialize_bug  # type: ignore[method-assign]
-    relay.sink._post = forward_bug  # type: ignore[attr-defined]
+    pipeline.serializer.protobuf.series_item = serialize_bug  # type: ignore[method-assign]
+    pipeline.sink._post = forward_bug  # type: ignore[attr-defined]
     instance.sampler.commit = check_bug  # type: ignore[method-assign]
     instance.config = dataclasses.replace(instance.config, interval=0.3)
     try:
@@ -171,10 +174,10 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
             task = asyncio.create_task(relay.run())
             await asyncio.sleep(0.3)
             for _ in range(2):
-                relay.ingest(b"ingest.bug:1|c", "udp")
-            relay.ingest(b"ok.count:1|c\nflush.bug:666|h\nok.hist:5|h\nserialize.bug:1|g\n_sc|lost|0\n", "udp")
+                pipeline.datagram(b"ingest.bug:1|c", "udp")
+            pipeline.datagram(b"ok.count:1|c\nflush.bug:666|h\nok.hist:5|h\nserialize.bug:1|g\n_sc|lost|0\n", "udp")
             await wait_for(lambda: total(stand_in.series, "ok.count") == 1 and stand_in.service_checks == [])
-            relay.ingest(b"ok.count:1|c\n_sc|kept|0\n", "udp")
+            pipeline.datagram(b"ok.count:1|c\n_sc|kept|0\n", "udp")
             await wait_for(lambda: total(stand_in.series, "ok.count") == 2)
             await wait_for(lambda: [c["check"] for c in stand_in.service_checks] == ["kept"])
             await wait_for(lambda: any(s["metric"] == "my_metric" for s in stand_in.series))  # the check goes on

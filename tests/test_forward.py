@@ -10,7 +10,7 @@ import pytest
 from relay.pipeline.forward import HttpSink, backoff_seconds, outcome
 from relay.pipeline.model import Endpoint, Payload
 from relay.pipeline.spool import Spool
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 from tests.conftest import API_KEY, config, wait_for
 
 
@@ -46,8 +46,8 @@ async def test_full_queue_without_spool_drops_the_oldest_and_counts_it(intake):
     stand_in.faults.clear()
     await wait_for(lambda: sink.queue_bytes == 0)
     await sink.close(1)
-    assert stats.payloads["/api/v1/check_run", "sent"] == 2
-    assert stats.payloads["/api/v1/check_run", "dropped"] == 2
+    assert stats.forward.payloads["/api/v1/check_run", "sent"] == 2
+    assert stats.forward.payloads["/api/v1/check_run", "dropped"] == 2
 
 
 async def test_full_queue_goes_to_the_spool_and_everything_arrives_in_order(intake, tmp_path):
@@ -76,8 +76,11 @@ async def test_a_failing_endpoint_does_not_hold_up_the_others(intake):
     await sink.start()
     sink.send(payload(endpoint=Endpoint.SKETCHES))
     sink.send(payload())
-    await wait_for(lambda: stats.payloads["/api/v1/check_run", "sent"] == 1)
-    assert stats.payloads["/api/beta/sketches", "retried"] >= 1 and stats.payloads["/api/beta/sketches", "sent"] == 0
+    await wait_for(lambda: stats.forward.payloads["/api/v1/check_run", "sent"] == 1)
+    assert (
+        stats.forward.payloads["/api/beta/sketches", "retried"] >= 1
+        and stats.forward.payloads["/api/beta/sketches", "sent"] == 0
+    )
     await sink.close(0.1)
 
 
@@ -90,7 +93,7 @@ async def test_retry_after_is_honoured_on_429(intake):
     await sink.start()
     started = time.monotonic()
     sink.send(payload())
-    await wait_for(lambda: stats.payloads["/api/v1/check_run", "sent"] == 1)
+    await wait_for(lambda: stats.forward.payloads["/api/v1/check_run", "sent"] == 1)
     await sink.close(1)
     assert time.monotonic() - started >= 1.0
 
@@ -102,7 +105,7 @@ async def test_shutdown_during_an_outage_spools_what_is_unsent(intake, tmp_path)
     sink = HttpSink(config(dd_url=url, api_key=API_KEY), stats, Spool(tmp_path, 10_000, 1.0, stats))
     await sink.start()
     sink.send(payload())
-    await wait_for(lambda: stats.payloads["/api/v1/check_run", "retried"] >= 1)
+    await wait_for(lambda: stats.forward.payloads["/api/v1/check_run", "retried"] >= 1)
     await sink.close(0.2)
     assert len(list(tmp_path.glob("*.payload"))) == 1 and stats.dropped["shutdown_unsent"] == 0
 
@@ -122,6 +125,6 @@ async def test_unreachable_intake_is_retried_then_counted_at_shutdown():
     sink = HttpSink(config(dd_url="http://127.0.0.1:9", api_key=API_KEY, forwarder_backoff_base=0.01), stats)
     await sink.start()
     sink.send(payload())
-    await wait_for(lambda: stats.payloads["/api/v1/check_run", "retried"] >= 2)
+    await wait_for(lambda: stats.forward.payloads["/api/v1/check_run", "retried"] >= 2)
     await sink.close(0.1)
-    assert stats.dropped["shutdown_unsent"] == 1 and stats.payloads["/api/v1/check_run", "dropped"] == 1
+    assert stats.dropped["shutdown_unsent"] == 1 and stats.forward.payloads["/api/v1/check_run", "dropped"] == 1

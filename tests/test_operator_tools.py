@@ -24,7 +24,8 @@ from relay.pipeline.aggregate import Aggregator
 from relay.pipeline.model import Context, MetricType
 from relay.runtime.capture import MAGIC, Record, encode, read_records, replay
 from relay.runtime.health import readiness
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
+from relay.telemetry.status_document import status_document
 from relay.tools.doctor import _workers
 from relay.tools.status import render
 from tests.conftest import API_KEY, free_port, run_relay, wait_for
@@ -113,7 +114,7 @@ def test_readiness_reasons_name_their_keys():
     config = make_config(relay__ready_max_flush_lag=30)
     stats = Stats(started=900.0)
     stats.info["listeners"] = {"udp": "127.0.0.1:8125"}
-    stats.last_flush_at = 1000.0
+    stats.aggregate.last_flush_at = 1000.0
     assert readiness(stats, config, 1010.0)["ready"] is True
     late = readiness(stats, config, 1100.0)
     assert late["ready"] is False and late["reasons"] == ["no flush for 100 s > relay.ready_max_flush_lag 30 s"]
@@ -326,9 +327,9 @@ def test_additional_endpoints_from_the_environment_and_errors_that_never_show_a_
 
 def test_status_warns_when_the_kernel_clamped_the_receive_buffer():
     stats = Stats()
-    stats.info.update(listeners={"udp": "127.0.0.1:8125"}, receive_buffers={"udp": 212992},
-                      receive_buffers_wanted={"udp": 8388608})  # fmt: skip
-    text = render({**stats.snapshot(), "cardinality": {}})
+    stats.info.update({"listeners": {"udp": "127.0.0.1:8125"}, "receive_buffers": {"udp": 212992},
+                       "receive_buffers_wanted": {"udp": 8388608}})  # fmt: skip
+    text = render({**status_document(stats), "cardinality": {}})
     assert "[WARNING] receive buffer 212,992 bytes, clamped from dogstatsd_so_rcvbuf 8,388,608" in text
     assert "net.core.rmem_max" in text
 
@@ -456,7 +457,7 @@ async def test_a_probe_that_cannot_start_turns_itself_off_and_says_so(monkeypatc
     probe = probe_module.Probe(stats, 0.1)
     probe.add_target("udp", socket.AF_INET, ("127.0.0.1", 9))
     await asyncio.wait_for(probe.run(), 5)  # returns instead of failing the relay
-    assert stats.probe_loss() == {} and "loss self-probe off" in caplog.text
+    assert stats.gauges.probe_loss() == {} and "loss self-probe off" in caplog.text
 
 
 def test_replay_says_why_it_cannot_play_a_file(tmp_path, short_tmp):

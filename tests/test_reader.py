@@ -10,17 +10,19 @@ import asyncio
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from datadog.dogstatsd.base import DogStatsd
 
-from relay.runtime.listen import Listeners, native_reader
-from relay.telemetry import Stats
+from relay.runtime.listen import Listeners
+from relay.telemetry.stats import Stats
 from tests.conftest import config, free_port, run_relay, wait_for
 
-pytestmark = pytest.mark.skipif(
-    native_reader() is None, reason="relay._reader was not built (it needs a C compiler, on Linux)"
-)
+
+@pytest.fixture(autouse=True)
+def _built(native_reader_module: Any) -> None:
+    """Every test here needs the native reader: required in CI, skipped with the reason elsewhere."""
 
 
 async def start(received: list[bytes], **overrides: object) -> tuple[Listeners, Stats]:
@@ -48,11 +50,13 @@ async def test_a_busy_interpreter_loses_no_datagram():
         for i in range(20_000):
             client.sendto(b"busy.line:%d|c" % i, ("127.0.0.1", port))
         time.sleep(max(0.0, 1 - (time.monotonic() - started)))  # the loop is blocked the whole time
-    await wait_for(lambda: stats.packets["udp"] + stats.kernel_drops()["udp"] >= 20_000, timeout=10)
+    await wait_for(
+        lambda: stats.listen.packets["udp"] + stats.gauges.by_listener("kernel_drops")["udp"] >= 20_000, timeout=10
+    )
     await listeners.stop()
     assert len(lines(received)) == 20_000
-    assert stats.kernel_drops()["udp"] == 0 and stats.per_listener("queue_drops")["udp"] == 0
-    assert stats.packets["udp"] == 20_000
+    assert stats.gauges.by_listener("kernel_drops")["udp"] == 0 and stats.gauges.by_listener("queue_drops")["udp"] == 0
+    assert stats.listen.packets["udp"] == 20_000
 
 
 async def test_a_full_queue_stops_the_reading_and_every_datagram_is_delivered_or_counted():
@@ -67,10 +71,14 @@ async def test_a_full_queue_stops_the_reading_and_every_datagram_is_delivered_or
         time.sleep(0.3)  # the loop is blocked: the queue fills, then the kernel's buffer
 
     def accounted() -> int:
-        return stats.packets["udp"] + stats.per_listener("queue_drops")["udp"] + stats.kernel_drops()["udp"]
+        return (
+            stats.listen.packets["udp"]
+            + stats.gauges.by_listener("queue_drops")["udp"]
+            + stats.gauges.by_listener("kernel_drops")["udp"]
+        )
 
     await wait_for(lambda: accounted() >= 2000, timeout=10)
-    total, kernel, delivered = accounted(), stats.kernel_drops()["udp"], stats.packets["udp"]
+    total, kernel, delivered = accounted(), stats.gauges.by_listener("kernel_drops")["udp"], stats.listen.packets["udp"]
     await listeners.stop()  # /proc no longer shows a closed socket's drops
     assert total == 2000  # each datagram delivered or counted, once
     assert kernel > 0 and 100 <= delivered < 2000
@@ -84,9 +92,9 @@ async def test_truncation_is_counted_on_the_thread_as_on_the_loop():
         client.sendto(b"short:1|c", ("127.0.0.1", port))
         client.sendto(b"long:1|c|#" + b"t" * 200, ("127.0.0.1", port))
         client.sendto(b"exact:1|c|#" + b"t" * 89, ("127.0.0.1", port))  # 100 bytes: kept whole
-    await wait_for(lambda: stats.packets["udp"] == 3)
+    await wait_for(lambda: stats.listen.packets["udp"] == 3)
     await listeners.stop()
-    assert stats.truncated["udp"] == 1
+    assert stats.listen.truncated["udp"] == 1
     assert sorted(map(len, lines(received))) == [9, 100, 100]
 
 
@@ -108,7 +116,7 @@ async def test_the_event_loop_reader_stays_for_relay_receive_queue_bytes_0():
         client.sendto(b"loop:1|c", ("127.0.0.1", listeners.config.dogstatsd_port))
     await wait_for(lambda: received)
     await listeners.stop()
-    assert "udp" not in stats.per_listener("queue_bytes")
+    assert "udp" not in stats.gauges.by_listener("queue_bytes")
     assert received == [b"loop:1|c"]
 
 

@@ -13,7 +13,7 @@ from relay.intake.server import Intake, decompress
 from relay.pipeline.model import Context, Event, Payload, Series, SeriesType, ServiceCheck, SketchSeries
 from relay.pipeline.serialize import Serializer
 from relay.pipeline.sketch import Sketch
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 from tests.conftest import config
 
 
@@ -148,7 +148,7 @@ _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
     kind=st.sampled_from(list(SeriesType)),
     interval=st.integers(0, 100_000),
 )
-def test_the_c_series_encoder_writes_exactly_the_python_bytes(name, host, tags, points, kind, interval):
+def test_the_c_series_encoder_writes_exactly_the_python_bytes(speedups, name, host, tags, points, kind, interval):
     from relay.pipeline import serialize
 
     encoder = serialize.ProtobufEncoder()

@@ -64,7 +64,7 @@ def test_summary_stats_are_exact():
         max_size=200,
     )
 )
-def test_inserting_a_list_in_c_gives_exactly_the_one_by_one_sketch(samples):
+def test_inserting_a_list_in_c_gives_exactly_the_one_by_one_sketch(speedups, samples):
     from relay.pipeline import sketch as sketch_module
 
     one_by_one = Sketch()
@@ -80,7 +80,7 @@ def test_inserting_a_list_in_c_gives_exactly_the_one_by_one_sketch(samples):
     assert batch.sum == one_by_one.sum or (math.isnan(batch.sum) and math.isnan(one_by_one.sum))
 
 
-def test_the_python_fallback_inserts_a_list_the_same_way(monkeypatch):
+def test_the_python_fallback_inserts_a_list_the_same_way(monkeypatch, speedups):
     from relay.pipeline import sketch as sketch_module
 
     samples = [1.0, (3.5, 0.25), -2.0, (1e-12, 1.0), 1e9]

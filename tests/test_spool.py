@@ -6,7 +6,7 @@ import time
 
 from relay.pipeline.model import Endpoint, Payload
 from relay.pipeline.spool import Spool
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 
 def payload(index: int, endpoint: Endpoint = Endpoint.SERIES_V2) -> Payload:
@@ -90,4 +90,4 @@ async def test_the_sink_writes_the_spool_in_a_thread_never_on_the_event_loop(tmp
     await sink.close(0)
     assert writers and threading.main_thread() not in writers
     # What the slow disk could not take in time was dropped and counted: nothing is lost silently.
-    assert len(spool) == len(writers) and len(spool) + stats.payloads["/api/v2/series", "dropped"] == 5
+    assert len(spool) == len(writers) and len(spool) + stats.forward.payloads["/api/v2/series", "dropped"] == 5

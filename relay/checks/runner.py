@@ -32,7 +32,7 @@ from relay.checks.sampler import CheckSampler
 from relay.config import Config
 from relay.pipeline.aggregate import Aggregator
 from relay.pipeline.buckets import HistogramSpec
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 logger = logging.getLogger("relay.checks")
 _RELAY_SOURCE = str(Path(__file__).resolve().parent.parent)  # frames of the relay's own code, left out of errors
@@ -254,7 +254,7 @@ class CheckRunner:
         self.spec = HistogramSpec.from_config(config.histogram_aggregates, config.histogram_percentiles)
         self.errors = stats.check_errors
         self.config_errors = stats.check_config_errors
-        stats.checks = lambda: [i.status() for i in self.instances]
+        stats.gauges.checks = lambda: [i.status() for i in self.instances]
 
     def load(self, only: str | None = None) -> None:
         """The host collectors (tuned by conf.d/<name>.yaml when there is one), then the custom checks. Nothing

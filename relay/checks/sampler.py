@@ -92,6 +92,8 @@ class CheckSampler:
         return series, checks, events
 
     def _points(self, key: Key, values: list[float], now: float) -> list[tuple[str, SeriesType, float]]:
+        """The Agent's check sampler, by submission type: stateless ones from this run's values, the rest against
+        what the previous run left."""
         mtype = key[0]
         if mtype == GAUGE:
             return [("", SeriesType.GAUGE, values[-1])]
@@ -106,6 +108,11 @@ class CheckSampler:
             timed = list(itertools.pairwise(zip(values, self.submitted_at[key], strict=True)))
             rates: list[Sample] = [float((v2 - v1) / (t2 - t1)) for (v1, t1), (v2, t2) in timed if t2 > t1]
             return histogram_points(rates, self.histogram_spec, 1) if rates else []
+        return self._stateful_points(key, values, now)
+
+    def _stateful_points(self, key: Key, values: list[float], now: float) -> list[tuple[str, SeriesType, float]]:
+        """rate and monotonic_count: the difference with the last value of the previous run."""
+        mtype = key[0]
         previous = self.previous.get(key)
         self.previous[key] = (values[-1], now)
         if mtype == RATE:

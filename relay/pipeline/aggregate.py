@@ -15,16 +15,35 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from relay.config import Config
-from relay.pipeline.buckets import Bucket, HistogramSpec, Packed, effective_rate, histogram_points, sketch_of
-from relay.pipeline.model import Context, Event, Flushed, MetricType, Series, SeriesType, ServiceCheck, SketchSeries
-from relay.telemetry import Stats
+from relay.pipeline.buckets import (
+    NO_SLOT,
+    Bucket,
+    HistogramSpec,
+    Packed,
+    effective_rate,
+    histogram_points,
+    sketch_of,
+)
+from relay.pipeline.model import (
+    KIND_OF,
+    Context,
+    Event,
+    Flushed,
+    Kind,
+    MetricType,
+    Series,
+    SeriesType,
+    ServiceCheck,
+    SketchSeries,
+)
+from relay.pipeline.sketch import Sample
+from relay.telemetry.stats import Stats
 
-_HISTOGRAMS = (MetricType.HISTOGRAM, MetricType.TIMER)
 OVERFLOW_METRIC = "dogstatsd_relay.context_overflow"
 FOLD_AT = 4096  # distribution samples of one context kept raw before they are folded into its sketch
 PACK_AT = 64  # histogram samples of one context kept as Python floats before they are packed into doubles
@@ -75,7 +94,6 @@ class Aggregator:
         self.service_checks: list[ServiceCheck] = []
         self.last_cutoff = 0
         self.last_flushed_estimate = 0  # custom metrics of the fullest bucket of the last flush
-        self.on_expire: Callable[[set[int]], None] = lambda slots: None
 
     # What a reload hands to the next pipeline (relay/runtime/handoff.py): every context and sample not yet flushed.
     HANDOFF = (
@@ -119,7 +137,7 @@ class Aggregator:
         metric names), the name is folded too."""
         name, host, tags = context
         keys = sorted({tag.partition(":")[0] if ":" in tag else "" for tag in tags})
-        overflow = self.stats.context_overflow
+        overflow = self.stats.aggregate.context_overflow
         for key in keys or [""]:
             label = (name, key) if (name, key) in overflow or len(overflow) < OVERFLOW_LABELS else ("other", "other")
             overflow[label] += 1
@@ -176,9 +194,9 @@ class Aggregator:
         return bucket
 
     def copy_slot(self, context: Context) -> int:
-        """histogram_copy_to_distribution: the slot of the distribution a histogram is copied to, or -1."""
+        """histogram_copy_to_distribution: the slot of the distribution a histogram is copied to, or NO_SLOT."""
         if self.copy_prefix is None:
-            return -1
+            return NO_SLOT
         return self.slot(context._replace(name=self.copy_prefix + context.name))
 
     def add(
@@ -202,20 +220,17 @@ class Aggregator:
         if timestamp:
             self.add_timestamped(slot, metric_type, values, timestamp)
             return
-        bucket = self.bucket(now)
-        if metric_type is MetricType.GAUGE:
-            bucket.gauges[slot] = values[-1]
-        elif metric_type is MetricType.COUNTER:
-            scale = 1.0 / effective_rate(rate)
-            bucket.counters[slot] = bucket.counters.get(slot, 0.0) + sum(values) * scale
-        elif metric_type is MetricType.SET:
-            bucket.sets.setdefault(slot, set()).add(set_value)
+        bucket, kind = self.bucket(now), KIND_OF[metric_type]
+        if kind == Kind.GAUGE:
+            bucket.gauge(slot, values[-1])
+        elif kind == Kind.COUNTER:
+            bucket.count(slot, sum(values) * (1.0 / effective_rate(rate)))
+        elif kind == Kind.SET:
+            bucket.member(slot, set_value)
         else:
-            samples = [float(v) for v in values] if rate == 1 else [(float(v), rate) for v in values]
-            target = bucket.distributions if metric_type is MetricType.DISTRIBUTION else bucket.histograms
-            target.setdefault(slot, []).extend(samples)
-            if metric_type in _HISTOGRAMS and self.copy_prefix is not None:
-                bucket.distributions.setdefault(self.copy_slot(context), []).extend(samples)
+            samples: list[Sample] = [float(v) for v in values] if rate == 1 else [(float(v), rate) for v in values]
+            copy = self.copy_slot(context) if kind == Kind.HISTOGRAM else NO_SLOT
+            bucket.samples(kind, slot, samples, copy)
 
     def add_timestamped(self, slot: int, metric_type: MetricType, values: tuple[float, ...], timestamp: int) -> None:
         """Protocol v1.3: only gauges and counters, one point each, no sample rate (the Agent's no-aggregation path)."""
@@ -247,7 +262,8 @@ class Aggregator:
         self.service_checks.append(check)
 
     def flush(self, now: float, *, force: bool = False) -> Flushed:
-        """Everything whose bucket is closed at `now`; with `force` (shutdown) the open buckets too."""
+        """Everything whose bucket is closed at `now`; with `force` (shutdown) the open buckets too. For an
+        aggregator fed by samples only (checks, tests): with ingest in front, Pipeline.take also forgets shapes."""
         work = self.detach(now, force=force)
         flushed = self.build(work)
         self.finish(work)
@@ -311,8 +327,9 @@ class Aggregator:
             service_checks=work.service_checks,
         )
 
-    def finish(self, work: FlushWork) -> None:
-        """Step 3, on the ingest thread: record when each context was last seen, then forget idle ones."""
+    def finish(self, work: FlushWork) -> set[int]:
+        """Step 3, on the ingest thread: record when each context was last seen, then forget idle ones; returns
+        the slots forgotten (their shapes in ingest must go too)."""
         last_seen = self.last_seen
         for bucket in work.closed:
             start = bucket.start
@@ -320,7 +337,7 @@ class Aggregator:
                 last_seen[slot] = start
         for slot, _, timestamp, _ in work.timestamped:
             last_seen[slot] = max(last_seen[slot], timestamp)
-        self._expire_contexts(work.cutoff)
+        return self._expire_contexts(work.cutoff)
 
     def _flush_bucket(self, bucket: Bucket, series: _SeriesBuilder, sketches: dict[int, SketchSeries]) -> None:
         start, interval = bucket.start, self.interval
@@ -382,7 +399,7 @@ class Aggregator:
         assert context is not None, "a slot in a bucket always has its context"
         return context
 
-    def _expire_contexts(self, cutoff: int) -> None:
+    def _expire_contexts(self, cutoff: int) -> set[int]:
         """Forget contexts idle for dogstatsd_context_expiry_seconds, unless a counter still reports zeros."""
         open_slots = set().union(*(bucket.slots() for bucket in self.buckets.values()))
         horizon = cutoff - self.context_expiry
@@ -394,15 +411,13 @@ class Aggregator:
             and slot not in self.counter_last_sampled
             and slot not in open_slots
         }
-        if not expired:
-            return
         for slot in expired:
             context = self.context_of[slot]
             assert context is not None
             del self.slot_of[context]
             self.context_of[slot] = None
         self._free_slots.extend(expired)
-        self.on_expire(expired)
+        return expired
 
 
 class _SeriesBuilder:

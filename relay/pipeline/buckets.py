@@ -12,7 +12,7 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
-from relay.pipeline.model import SeriesType
+from relay.pipeline.model import Kind, SeriesType
 from relay.pipeline.sketch import Sample, Sketch
 
 try:  # the C versions (relay/_speedups.c), identical in result; optional
@@ -22,6 +22,8 @@ except ImportError:
     _pack_in_c = _summary_in_c = None
 
 Point = tuple[str, SeriesType, float]  # (name suffix, API type, value)
+HISTOGRAM = int(Kind.HISTOGRAM)
+NO_SLOT = -1  # no such slot: a shape with no distribution copy, or a blocked context
 
 
 def effective_rate(rate: float) -> float:
@@ -57,7 +59,10 @@ class Packed:
 
 @dataclass(slots=True)
 class Bucket:
-    """Everything received in one interval, by type then slot."""
+    """Everything received in one interval, by type then slot, and the one place a sample is added to it.
+
+    Ingest's Python fast path and the aggregator's reference path call these methods; relay/_speedups.c is
+    handed the bucket and does the same arithmetic on its dicts (apply_number), held equal by the tests."""
 
     start: int
     gauges: dict[int, float] = field(default_factory=dict)  # last value
@@ -70,6 +75,30 @@ class Bucket:
 
     def slots(self) -> set[int]:
         return set().union(self.gauges, self.counters, self.sets, self.histograms, self.distributions)
+
+    def gauge(self, slot: int, value: float) -> None:
+        self.gauges[slot] = value
+
+    def count(self, slot: int, amount: float) -> None:
+        """`amount` is already scaled by the sample rate (value / rate)."""
+        self.counters[slot] = self.counters.get(slot, 0.0) + amount
+
+    def member(self, slot: int, member: str) -> None:
+        members = self.sets.get(slot)
+        if members is None:
+            members = self.sets[slot] = set()
+        members.add(member)
+
+    def samples(self, kind: int, slot: int, samples: list[Sample], copy: int = NO_SLOT) -> None:
+        """Histogram or distribution samples (a float, or (value, rate)); `copy`: the slot of the distribution
+        a histogram is copied to (histogram_copy_to_distribution), or NO_SLOT."""
+        target = self.histograms if kind == HISTOGRAM else self.distributions
+        kept = target.get(slot)
+        if kept is None:
+            kept = target[slot] = []
+        kept.extend(samples)
+        if copy != NO_SLOT:
+            self.distributions.setdefault(copy, []).extend(samples)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from relay.config import Config, redact
 from relay.logs import RateLimitedLog
 from relay.pipeline.model import Endpoint, Payload
 from relay.pipeline.spool import Spool
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ class HttpSink:
         self._spooling: asyncio.Task[None] | None = None
         self._headers = {"DD-API-KEY": self.api_key, "User-Agent": f"dogstatsd-relay/{__version__}"}
         self.log = RateLimitedLog(logger)
-        stats.gauges["retry_queue_bytes"] = lambda: self.queue_bytes
-        stats.gauges["retry_queue_payloads"] = lambda: sum(len(e.queue) for e in self.endpoints.values())
+        stats.gauges.retry_queue_bytes = lambda: self.queue_bytes
+        stats.gauges.retry_queue_payloads = lambda: sum(len(e.queue) for e in self.endpoints.values())
         stats.info["endpoint"] = self.url
         stats.info["api_key"] = redact(self.api_key)
         stats.info["api_key_valid"] = None
@@ -144,7 +144,7 @@ class HttpSink:
         limit = max(self.config.forwarder_retry_queue_payloads_max_size, _SPOOL_BACKLOG_MIN)
         backlog = self._to_spool_bytes > limit and not self._stopping
         if self.spool is None or backlog:
-            self.stats.payloads[payload.endpoint.value, "dropped"] += 1
+            self.stats.forward.payloads[payload.endpoint.value, "dropped"] += 1
             self.stats.dropped[reason] += payload.items
             logger.warning("%s: %s payload dropped (%s)", reason, payload.endpoint.value,
                            "no spool" if self.spool is None else "the disk is too slow")  # fmt: skip
@@ -192,7 +192,7 @@ class HttpSink:
             _, payload = state.queue.popleft()
             self.queue_bytes -= len(payload.body)
             items = payload.items
-        self.stats.payloads[endpoint.value, "dropped"] += 1
+        self.stats.forward.payloads[endpoint.value, "dropped"] += 1
         self.stats.internal_error(f"forward ({endpoint.value})", items)
 
     def _has_pending(self, endpoint: Endpoint) -> bool:
@@ -210,7 +210,7 @@ class HttpSink:
             return
         status, retry_after = await self._post(payload)
         result = outcome(status)
-        self.stats.payloads[endpoint.value, result] += 1
+        self.stats.forward.payloads[endpoint.value, result] += 1
         if result != "retried":  # readiness watches the rejections in a row (relay/runtime/health.py)
             rejected = result == "dropped"
             self.stats.info["rejected_streak"] = self.stats.info.get("rejected_streak", 0) + 1 if rejected else 0
@@ -232,7 +232,7 @@ class HttpSink:
             state.queue.popleft()
             self.queue_bytes -= len(payload.body)
         if result == "sent":
-            self.stats.payload_bytes[endpoint.value] += len(payload.body)
+            self.stats.forward.payload_bytes[endpoint.value] += len(payload.body)
             state.errors = max(0, state.errors - self.config.forwarder_recovery_interval)
         else:
             self.stats.dropped["payload_rejected"] += payload.items
@@ -250,14 +250,14 @@ class HttpSink:
                 await response.read()
                 status, retry_after = response.status, _retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            self.stats.http_errors[type(error).__name__] += 1
+            self.stats.forward.http_errors[type(error).__name__] += 1
             self.log.log(
                 logging.WARNING, payload.endpoint.value, "%s: %s; will retry",
                 payload.endpoint.value, error or type(error).__name__,
             )  # fmt: skip
             return None, 0.0
         if status >= 400:
-            self.stats.http_errors[str(status)] += 1
+            self.stats.forward.http_errors[str(status)] += 1
             action = "dropping the payload" if outcome(status) == "dropped" else "will retry"
             self.log.log(
                 logging.WARNING, f"{payload.endpoint.value}{status}", "%s: HTTP %d %s; %s",
@@ -320,7 +320,7 @@ class FanOutSink:
     """additional_endpoints: every payload goes to the main intake and to each (URL, API key) pair, each with its
     own queue, backoff, spool and counters, so that one slow or failing destination never holds up another."""
 
-    def __init__(self, sinks: list[HttpSink]) -> None:
+    def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks
 
     async def start(self) -> None:
@@ -333,22 +333,3 @@ class FanOutSink:
 
     async def close(self, timeout: float) -> None:
         await asyncio.gather(*(sink.close(timeout) for sink in self.sinks))
-
-
-class DryRunSink:
-    """No API key: nothing leaves the machine; the relay prints each flush instead and counts the payloads."""
-
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
-        stats.info["endpoint"] = "none (dry run: no API key)"
-        stats.info["api_key"] = ""
-        stats.info["api_key_valid"] = None
-
-    async def start(self) -> None:
-        return None
-
-    def send(self, payload: Payload) -> None:
-        self.stats.payloads[payload.endpoint.value, "dry_run"] += 1
-
-    async def close(self, timeout: float) -> None:
-        return None

@@ -14,31 +14,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from relay.config import Config
 from relay.logs import RateLimitedLog
 from relay.pipeline.aggregate import Aggregator
-from relay.pipeline.buckets import Bucket, effective_rate
+from relay.pipeline.buckets import NO_SLOT, Bucket, effective_rate
 from relay.pipeline.enrich import Enricher
-from relay.pipeline.model import Context, Event, MetricSample, MetricType, ServiceCheck
+from relay.pipeline.model import KIND_OF, Context, Event, Kind, MetricSample, ServiceCheck
 from relay.pipeline.parse import UNTERMINATED, ParseError, parse_datagram, parse_line
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
 
-GAUGE, COUNTER, SET, HISTOGRAM, DISTRIBUTION, BLOCKED = range(6)
-_KINDS = {
-    MetricType.GAUGE: GAUGE,
-    MetricType.COUNTER: COUNTER,
-    MetricType.SET: SET,
-    MetricType.HISTOGRAM: HISTOGRAM,
-    MetricType.TIMER: HISTOGRAM,
-    MetricType.DISTRIBUTION: DISTRIBUTION,
-}
+# Plain ints for the hot loop (comparing with an IntEnum member costs more); the kinds are model.Kind's.
+GAUGE, COUNTER, SET, HISTOGRAM, BLOCKED = (int(k) for k in (Kind.GAUGE, Kind.COUNTER, Kind.SET, Kind.HISTOGRAM,
+                                                            Kind.BLOCKED))  # fmt: skip
 SHAPE_CACHE_LIMIT = 2_000_000  # entries; cleared when full (a miss only costs one reference parse)
 
-Shape = tuple[int, int, float, int]  # (slot, kind, rate or counter scale, slot of the distribution copy or -1)
+
+class Shape(NamedTuple):
+    """What a line's shape (`name:` + what follows its value) is known to mean; relay/_speedups.c reads and
+    makes these too (as tuples of the same four fields)."""
+
+    slot: int  # the context's slot in the aggregator (NO_SLOT when blocked)
+    kind: int  # a model.Kind
+    scale: float  # a counter's 1 / rate; a histogram's or distribution's sample rate
+    copy: int  # histogram_copy_to_distribution: the distribution's slot, or NO_SLOT
 
 
 def accelerated_ingest() -> Callable[..., tuple[int, int, int]] | None:
@@ -74,7 +76,6 @@ class Ingest:
         self.shape_limit = min(SHAPE_CACHE_LIMIT, 2 * config.relay_max_contexts or SHAPE_CACHE_LIMIT)
         self.log = RateLimitedLog(logger)
         self.learner = self._learner() if self.accelerated is not None else None
-        aggregator.on_expire = self._forget
 
     def _learner(self) -> tuple[Any, ...] | None:
         """What the C fast path needs to learn a context's first sight itself (see learn() in _speedups.c): the
@@ -84,7 +85,7 @@ class Ingest:
         if enricher.profiles or enricher.namespace or enricher.blocklist_prefixes or not encodable:
             return None
         return (
-            Context, enricher.hostname, enricher.extra_tags, enricher.blocklist, enricher.strings,
+            Context, Shape, enricher.hostname, enricher.extra_tags, enricher.blocklist, enricher.strings,
             enricher.cache_limit, aggregator.slot, aggregator.copy_slot, self.shape_limit,
         )  # fmt: skip
 
@@ -102,10 +103,7 @@ class Ingest:
             # The C loop stops at the first line it cannot take; that line goes through _lines, so the lines of a
             # datagram are still applied in order (a gauge keeps its last value).
             while offset < size:
-                done, skipped, offset = self.accelerated(
-                    data, offset, self.shapes, bucket.gauges, bucket.counters, bucket.sets,
-                    bucket.histograms, bucket.distributions, self.learner,
-                )  # fmt: skip
+                done, skipped, offset = self.accelerated(data, offset, self.shapes, bucket, self.learner)
                 ok, blocked = ok + done, blocked + skipped
                 if offset < size:
                     end = data.find(b"\n", offset)
@@ -113,15 +111,12 @@ class Ingest:
                     done, skipped = self._lines((data[offset:end],), bucket, now)
                     ok, blocked, offset = ok + done, blocked + skipped, end + 1
         if ok:
-            self.stats.messages["metric", "ok"] += ok
+            self.stats.parse.messages["metric", "ok"] += ok
         if blocked:
             self.stats.dropped["blocklist"] += blocked
 
     def _lines(self, lines: Iterable[bytes], bucket: Bucket, now: float) -> tuple[int, int]:
         """The fast path in Python (relay/_speedups.c does the same in C); returns (accepted, blocklisted)."""
-        gauges, counters, histograms, distributions = (
-            bucket.gauges, bucket.counters, bucket.histograms, bucket.distributions,
-        )  # fmt: skip
         shapes = self.shapes
         ok = blocked = 0
         for line in lines:
@@ -135,16 +130,13 @@ class Ingest:
                 shape = self._first_sight(line, now, key)
                 if shape is None:
                     continue
-            slot, kind, rate, copy = shape
+            slot, kind, scale, copy = shape
             if kind == SET:
                 if not value:
                     self._line(line, now)
                     continue
                 ok += 1
-                members = bucket.sets.get(slot)
-                if members is None:
-                    members = bucket.sets[slot] = set()
-                members.add(value.decode("utf-8", "replace"))
+                bucket.member(slot, value.decode("utf-8", "replace"))
                 continue
             try:
                 number = float(value)
@@ -157,20 +149,13 @@ class Ingest:
                 continue
             ok += 1
             if kind == COUNTER:
-                counters[slot] = counters.get(slot, 0.0) + number * rate
+                bucket.count(slot, number * scale)
             elif kind == GAUGE:
-                gauges[slot] = number
+                bucket.gauge(slot, number)
             elif kind == BLOCKED:
                 blocked += 1
             else:
-                sample = number if rate == 1.0 else (number, rate)
-                target = histograms if kind == HISTOGRAM else distributions
-                samples = target.get(slot)
-                if samples is None:
-                    samples = target[slot] = []
-                samples.append(sample)
-                if copy >= 0:
-                    distributions.setdefault(copy, []).append(sample)
+                bucket.samples(kind, slot, [number if scale == 1.0 else (number, scale)], copy)
         return ok, blocked
 
     def reference(self, data: bytes, transport: str, now: float) -> None:
@@ -193,14 +178,12 @@ class Ingest:
             self.shapes.clear()
         context = self.enricher.context(item.name, item.tags)
         if context is None:
-            shape: Shape = (-1, BLOCKED, 1.0, -1)
+            shape = Shape(NO_SLOT, BLOCKED, 1.0, NO_SLOT)
         else:
-            kind = _KINDS[item.type]
-            rate = item.rate
-            if kind == COUNTER:
-                rate = 1.0 / effective_rate(rate)  # the counter's scale
-            copy = self.aggregator.copy_slot(context) if kind == HISTOGRAM else -1
-            shape = (self.aggregator.slot(context), kind, rate, copy)
+            kind = int(KIND_OF[item.type])
+            scale = 1.0 / effective_rate(item.rate) if kind == COUNTER else item.rate
+            copy = self.aggregator.copy_slot(context) if kind == HISTOGRAM else NO_SLOT
+            shape = Shape(self.aggregator.slot(context), kind, scale, copy)
         self.shapes[key] = shape
         return shape
 
@@ -209,17 +192,17 @@ class Ingest:
         for item in items:
             if type(item) is MetricSample:
                 values = len(item.values) or 1
-                stats.messages["metric", "ok"] += values
+                stats.parse.messages["metric", "ok"] += values
                 context = enricher.context(item.name, item.tags)
                 if context is None:
                     stats.dropped["blocklist"] += values
                 else:
                     aggregator.add(context, item.type, item.values, item.set_value, item.rate, item.timestamp, now)
             elif type(item) is Event:
-                stats.messages["event", "ok"] += 1
+                stats.parse.messages["event", "ok"] += 1
                 aggregator.add_event(enricher.event(item), now)
             elif type(item) is ServiceCheck:
-                stats.messages["service_check", "ok"] += 1
+                stats.parse.messages["service_check", "ok"] += 1
                 aggregator.add_service_check(enricher.service_check(item), now)
             else:
                 self._count_error(item)  # type: ignore[arg-type]
@@ -228,8 +211,8 @@ class Ingest:
         if error.kind == UNTERMINATED:
             self.stats.dropped["unterminated"] += 1
         else:
-            self.stats.messages[error.kind, "error"] += 1
-            self.stats.parse_errors[error.reason] += 1
+            self.stats.parse.messages[error.kind, "error"] += 1
+            self.stats.parse.errors[error.reason] += 1
         self.log.log(
             logging.ERROR,
             error.kind,
@@ -239,8 +222,8 @@ class Ingest:
             error.reason,
         )
 
-    def _forget(self, expired: set[int]) -> None:
+    def forget(self, expired: set[int]) -> None:
         """Expired contexts lose their slots, so the shapes that point at them go too."""
         self.shapes = {
-            key: shape for key, shape in self.shapes.items() if shape[0] not in expired and shape[3] not in expired
+            key: shape for key, shape in self.shapes.items() if shape.slot not in expired and shape.copy not in expired
         }

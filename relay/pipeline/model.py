@@ -18,6 +18,29 @@ class MetricType(StrEnum):
     DISTRIBUTION = "d"
 
 
+class Kind(IntEnum):
+    """How a bucket keeps a metric type: the one list ingest, the aggregator and relay/_speedups.c share (the C
+    module exports its own numbers, and a test holds them equal to these). BLOCKED is a context the blocklist
+    drops. Timers are histograms."""
+
+    GAUGE = 0
+    COUNTER = 1
+    SET = 2
+    HISTOGRAM = 3
+    DISTRIBUTION = 4
+    BLOCKED = 5
+
+
+KIND_OF = {
+    MetricType.GAUGE: Kind.GAUGE,
+    MetricType.COUNTER: Kind.COUNTER,
+    MetricType.SET: Kind.SET,
+    MetricType.HISTOGRAM: Kind.HISTOGRAM,
+    MetricType.TIMER: Kind.HISTOGRAM,
+    MetricType.DISTRIBUTION: Kind.DISTRIBUTION,
+}
+
+
 class SeriesType(IntEnum):
     """Values of MetricPayload.MetricType in the v2 series protobuf."""
 

@@ -19,7 +19,7 @@ import zstandard
 
 from relay.config import Config
 from relay.pipeline.model import Endpoint, Event, Flushed, Payload, Series, ServiceCheck, SketchSeries
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 _DOUBLE = struct.Struct("<d")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from relay.files import write_atomically
 from relay.pipeline.model import Endpoint, Payload
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class Spool:
                 continue
             self.files[endpoint].append(path)
             self.bytes += path.stat().st_size
-        stats.gauges["spool_bytes"] = lambda: self.bytes
-        stats.gauges["spool_payloads"] = lambda: sum(len(paths) for paths in self.files.values())
+        stats.gauges.spool_bytes = lambda: self.bytes
+        stats.gauges.spool_payloads = lambda: sum(len(paths) for paths in self.files.values())
 
     def __len__(self) -> int:
         return sum(len(paths) for paths in self.files.values())
@@ -83,7 +83,7 @@ class Spool:
             return self._refuse(payload, "spool_write_error")
         with self._lock:
             self.files[payload.endpoint].append(path)
-        self.stats.spooled[payload.endpoint.value] += 1
+        self.stats.forward.spooled[payload.endpoint.value] += 1
         return True
 
     def oldest(self, endpoint: Endpoint) -> tuple[Path, Payload] | None:
@@ -159,7 +159,7 @@ class Spool:
 
     def _refuse(self, payload: Payload, reason: str) -> bool:
         self.stats.dropped[reason] += payload.items
-        self.stats.payloads[payload.endpoint.value, "dropped"] += 1
+        self.stats.forward.payloads[payload.endpoint.value, "dropped"] += 1
         return False
 
 

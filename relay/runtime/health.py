@@ -30,7 +30,8 @@ from relay.config import Config
 from relay.runtime.capture import MAGIC, Recorder
 from relay.runtime.listen import Listeners
 from relay.runtime.taps import LineCounter, Tap, Taps
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
+from relay.telemetry.status_document import status_document
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +48,15 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
     reasons = []
     if not stats.info.get("listeners"):
         reasons.append("listeners not started")
-    limit, probe_loss = config.relay_ready_max_probe_loss, stats.probe_loss()
+    limit, probe_loss = config.relay_ready_max_probe_loss, stats.gauges.probe_loss()
     for listener, ratio in sorted(probe_loss.items()):
         if ratio > limit:
             reasons.append(f"probe loss on {listener} {ratio:.1%} > relay.ready_max_probe_loss {limit:.1%}")
-    queued, queue_limit = stats.per_listener("queue_bytes"), config.relay_receive_queue_bytes
+    queued, queue_limit = stats.gauges.by_listener("queue_bytes"), config.relay_receive_queue_bytes
     for listener, size in sorted(queued.items()):
         if size > queue_limit / 2:  # ingest is falling behind: at the limit the reader stops, the kernel drops
             reasons.append(f"receive queue on {listener} {size} bytes > half of relay.receive_queue_bytes")
-    backlog, limit_bytes = stats.gauge("retry_queue_bytes"), config.relay_ready_max_retry_queue_bytes
+    backlog, limit_bytes = stats.gauges.retry_queue_bytes(), config.relay_ready_max_retry_queue_bytes
     if backlog > limit_bytes:
         reasons.append(f"retry queue {backlog:.0f} bytes > relay.ready_max_retry_queue_bytes {limit_bytes}")
     if stats.info.get("api_key_valid") is False:
@@ -64,7 +65,7 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
     elif (streak := stats.info.get("rejected_streak", 0)) >= REJECTED_IN_A_ROW:
         reasons.append(f"the intake rejected the last {streak} payloads (HTTP {stats.info.get('last_rejection')}): "
                        "they are dropped")  # fmt: skip
-    lag, limit_lag = now - max(stats.last_flush_at, stats.started), config.relay_ready_max_flush_lag
+    lag, limit_lag = now - max(stats.aggregate.last_flush_at, stats.started), config.relay_ready_max_flush_lag
     if lag > limit_lag:
         reasons.append(f"no flush for {lag:.0f} s > relay.ready_max_flush_lag {limit_lag:g} s")
     return {
@@ -72,7 +73,7 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
         "reasons": reasons,
         "probe_loss": probe_loss,
         "receive_queue_bytes": queued,
-        "receive_queue_drops": stats.per_listener("queue_drops"),
+        "receive_queue_drops": stats.gauges.by_listener("queue_drops"),
         "retry_queue_bytes": int(backlog),
         "flush_lag_seconds": round(lag, 1),
     }
@@ -111,7 +112,7 @@ async def serve_health(
         return web.json_response(state, status=200 if state["ready"] else 503)
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response({**stats.snapshot(), "cardinality": cardinality(top=10, scan=20_000)})
+        return web.json_response({**status_document(stats), "cardinality": cardinality(top=10, scan=20_000)})
 
     async def debug_cardinality(request: web.Request) -> web.Response:
         top = request.query.get("top", "20")

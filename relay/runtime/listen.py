@@ -14,174 +14,25 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from relay.config import Config
 from relay.runtime.probe import Probe
+from relay.runtime.readers import DatagramReader, Handler, ThreadedReader, kernel_drops, native_reader
 from relay.runtime.taps import Taps, Tee
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, str], None]  # (datagram, transport)
 UDP, UDS, UDS_STREAM = "udp", "uds", "uds_stream"
 HEALTH = "health"  # the health endpoint's socket, handed over at a reload with the others
 _FRAME_HEADER = struct.Struct("<I")
-_BATCH = 64  # datagrams read per wakeup, so one busy socket cannot starve the rest of the loop
-_TAKE_BYTES = 256 * 1024  # the reader thread's queue is handed to ingest in slices of this size
-_TAKES_PER_TURN = 16  # slices per turn of the event loop
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux's number; Python does not name it
 _MAX_FRAME = 8 * 1024 * 1024  # a stream frame claiming more is a broken client: the connection is closed
 
 
-def udp_socket_rows() -> Iterator[list[str]]:
-    """Each UDP socket's row of /proc/net/udp and /proc/net/udp6, split into its fields; none where /proc does
-    not tell."""
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table) as rows:
-                next(rows, None)  # the header
-                yield from (row.split() for row in rows)
-        except OSError:
-            continue
-
-
-def kernel_drops(inode: int) -> int:
-    """Datagrams the kernel dropped on one UDP socket (its receive buffer was full): the `drops` column of its
-    row, found by the socket's inode. 0 where /proc does not tell."""
-    wanted = str(inode)
-    for fields in udp_socket_rows():
-        if len(fields) > 12 and fields[9] == wanted:
-            return int(fields[-1]) if fields[-1].isdigit() else 0
-    return 0
-
-
 class ListenError(Exception):
     """A listener could not start (address in use, path taken by a file, ...)."""
-
-
-def native_reader() -> type | None:
-    """The C reader thread (relay/_reader.c) when it was built: optional, Linux only."""
-    try:
-        from relay._reader import Reader
-    except ImportError:
-        return None
-    return Reader
-
-
-class _DatagramReader:
-    """Hands each batch of a datagram socket to the handler at once; the event loop reads the socket itself.
-
-    Datagrams are joined with "\n" (what the Agent's packet assembler does), which costs one copy and saves a
-    callback, a clock read and a bucket lookup per datagram. A transport with dogstatsd_eol_required keeps its
-    datagrams apart, so that an unterminated last line is still seen as one.
-    """
-
-    def __init__(
-        self, sock: socket.socket, name: str, max_size: int, handler: Handler, stats: Stats, join: bool,
-        probe: Probe | None, taps: Taps,
-    ) -> None:  # fmt: skip
-        self.sock = sock
-        self.name = name
-        self.max_size = max_size
-        self.handler = handler
-        self.stats = stats
-        self.join = join
-        self.probe = probe
-        self.taps = taps
-
-    @property
-    def wakeup(self) -> socket.socket | int:
-        """What the event loop waits on before calling on_readable."""
-        return self.sock
-
-    def on_readable(self) -> None:
-        self.deliver(self._receive())
-
-    def _receive(self) -> list[bytes]:
-        recv, size = self.sock.recv, self.max_size + 1  # one byte more tells a truncated datagram apart
-        chunks: list[bytes] = []
-        try:
-            for _ in range(_BATCH):
-                chunks.append(recv(size))
-        except BlockingIOError:
-            pass
-        except OSError as error:
-            self.stats.read_errors[self.name] += 1
-            logger.warning("%s read error: %s", self.name, error)
-        if chunks and max(map(len, chunks)) > self.max_size:
-            # The Agent reads into a dogstatsd_buffer_size buffer: the tail of a longer datagram is lost.
-            self.stats.truncated[self.name] += sum(len(chunk) > self.max_size for chunk in chunks)
-            chunks = [chunk[: self.max_size] for chunk in chunks]
-        return chunks
-
-    def deliver(self, chunks: list[bytes]) -> None:
-        if self.probe is not None and chunks:
-            chunks = self.probe.strip(chunks)
-        if not chunks:
-            return
-        stats = self.stats
-        stats.packets[self.name] += len(chunks)
-        stats.bytes[self.name] += sum(map(len, chunks))
-        if self.taps.open:
-            self.taps(chunks, self.name)
-        if self.join:
-            self.handler(b"\n".join(chunks), self.name)
-        else:
-            for chunk in chunks:
-                self.handler(chunk, self.name)
-
-    def drain(self) -> None:
-        """At stop: what the socket still holds, read to the end."""
-        self.take_queued()
-        while chunks := self._receive():
-            self.deliver(chunks)
-
-    def take_queued(self) -> None:
-        """At a reload: what was read but not yet delivered (the socket itself is left to the bridge)."""
-
-
-class _ThreadedReader(_DatagramReader):
-    """The same, but a native thread drains the socket into a bounded queue without waiting for the interpreter
-    (the Agent's reader goroutine and dogstatsd_queue_size); the event loop wakes once per batch and takes it all.
-    A full queue stops the reading until the loop takes it (the kernel's buffer then fills, and drops what
-    overflows it, counted); a datagram of the thread's last batch that did not fit is counted in queue_drops."""
-
-    def __init__(self, reader_type: type, queue_bytes: int, *args: Any) -> None:
-        super().__init__(*args)
-        self.native = reader_type(self.sock.fileno(), self.max_size, queue_bytes)
-        self.stats.gauges[f"queue_drops:{self.name}"] = lambda: self.native.dropped
-        self.stats.gauges[f"queue_bytes:{self.name}"] = lambda: self.native.queued_bytes
-
-    @property
-    def wakeup(self) -> socket.socket | int:
-        return int(self.native.wakeup_fd)
-
-    def on_readable(self) -> None:
-        """Slices of _TAKE_BYTES, a few at a time: the datagrams stay in the CPU's caches from the copy to the
-        parse, and other callbacks (the health endpoint, the other sockets) get their turn between."""
-        for _ in range(_TAKES_PER_TURN):
-            if not self._take():
-                return
-        asyncio.get_running_loop().call_soon(self.on_readable)
-
-    def _take(self) -> bool:
-        """Deliver one slice; whether more is waiting."""
-        chunks, truncated, errors, more = self.native.take(_TAKE_BYTES)
-        if truncated:
-            self.stats.truncated[self.name] += truncated
-        if errors:
-            self.stats.read_errors[self.name] += errors
-            logger.warning("%s read error: %s", self.name, self.native.last_error)
-        self.deliver(chunks)
-        return bool(more)
-
-    def take_queued(self) -> None:
-        self.native.stop()
-        while self._take():  # what the thread had queued
-            pass
 
 
 class Listeners:
@@ -196,7 +47,7 @@ class Listeners:
         self.probe = Probe(stats, config.relay_probe_interval) if config.relay_probe_interval else None
         self._probing: asyncio.Task[None] | None = None
         self._tee: Tee | None = None
-        self._readers: list[_DatagramReader] = []
+        self._readers: list[DatagramReader] = []
         self._servers: list[asyncio.Server] = []
         self._stream_socket: socket.socket | None = None
         self._health_socket: socket.socket | None = None
@@ -336,15 +187,15 @@ class Listeners:
         )  # fmt: skip
         reader_type, queue_bytes = native_reader(), self.config.relay_receive_queue_bytes
         reader = (
-            _ThreadedReader(reader_type, queue_bytes, *arguments)
+            ThreadedReader(reader_type, queue_bytes, *arguments)
             if reader_type is not None and queue_bytes
-            else _DatagramReader(*arguments)
+            else DatagramReader(*arguments)
         )
         address = sock.getsockname()  # a path for a Unix socket
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             address = address[:2]
             inode = os.fstat(sock.fileno()).st_ino
-            self.stats.gauges[f"kernel_drops:{name}"] = lambda: kernel_drops(inode)
+            self.stats.gauges.listener(name).kernel_drops = lambda: kernel_drops(inode)
         if self.probe is not None:
             self.probe.add_target(name, sock.family, address)
         if not self._held:
@@ -477,7 +328,7 @@ class _StreamConnection(asyncio.Protocol):
         while len(buffer) - offset >= 4:
             (length,) = _FRAME_HEADER.unpack_from(buffer, offset)
             if length > _MAX_FRAME:
-                stats.read_errors[UDS_STREAM] += 1
+                stats.listen.read_errors[UDS_STREAM] += 1
                 logger.warning("uds_stream: frame of %d bytes announced; closing the connection", length)
                 buffer.clear()
                 self.transport.close()
@@ -486,10 +337,10 @@ class _StreamConnection(asyncio.Protocol):
                 break
             frame = bytes(buffer[offset + 4 : offset + 4 + min(length, max_size)])
             offset += 4 + length
-            stats.packets[UDS_STREAM] += 1
-            stats.bytes[UDS_STREAM] += length
+            stats.listen.packets[UDS_STREAM] += 1
+            stats.listen.bytes[UDS_STREAM] += length
             if length > max_size:
-                stats.truncated[UDS_STREAM] += 1
+                stats.listen.truncated[UDS_STREAM] += 1
             if listeners.taps.open:
                 listeners.taps([frame], UDS_STREAM)
             listeners.handler(frame, UDS_STREAM)
@@ -498,7 +349,7 @@ class _StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.listeners._connections.discard(self)
         if self.buffer and not self.handed_over:  # a frame cut short by the client closing
-            self.listeners.stats.read_errors[UDS_STREAM] += 1
+            self.listeners.stats.listen.read_errors[UDS_STREAM] += 1
 
     def hand_over(self) -> tuple[int, bytes]:
         """An inheritable copy of the connection and its unfinished frame; this side lets go of it."""

@@ -24,7 +24,7 @@ from collections import deque
 from operator import methodcaller
 from typing import Any
 
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Probe:
         self.outcomes: dict[str, deque[bool]] = {}  # per listener, True for a probe lost
         self.sent: Any = None  # shared with the sender: probes sent per target
         self.process: multiprocessing.process.BaseProcess | None = None
-        stats.probe_loss = self.loss_ratios
+        stats.gauges.probe_loss = self.loss_ratios
 
     def add_target(self, listener: str, family: int, address: Address) -> None:
         """A bound datagram listener; a wildcard address is probed through loopback."""
@@ -54,7 +54,7 @@ class Probe:
         self.targets.append((listener, family, address))
         self.resolved.append(0)
         self.outcomes[listener] = deque(maxlen=WINDOW)
-        self.stats.probes_lost[listener] += 0  # exported as 0 from the start
+        self.stats.listen.probes_lost[listener] += 0  # exported as 0 from the start
 
     def strip(self, chunks: list[bytes]) -> list[bytes]:
         """The batch without its probes; each probe found settles every sequence up to its own."""
@@ -78,7 +78,7 @@ class Probe:
         listener = self.targets[index][0]
         lost = sequence - self.resolved[index] - (1 if arrived else 0)
         self.outcomes[listener].extend([True] * lost + ([False] if arrived else []))
-        self.stats.probes_lost[listener] += lost
+        self.stats.listen.probes_lost[listener] += lost
         self.resolved[index] = sequence
 
     def expire(self) -> None:
@@ -86,7 +86,7 @@ class Probe:
         overdue = int(TIMEOUT / self.interval) + 1
         for index, (listener, _, _) in enumerate(self.targets):
             sent = self.sent[index]
-            self.stats.probes[listener] = sent
+            self.stats.listen.probes[listener] = sent
             if sent - overdue > self.resolved[index]:
                 self._settle(index, sent - overdue, arrived=False)
 
@@ -104,7 +104,7 @@ class Probe:
             self.process.start()
         except OSError as error:
             logger.error("loss self-probe off: cannot start its sender (%s); set relay.probe_interval: 0", error)
-            self.stats.probe_loss = lambda: {}
+            self.stats.gauges.probe_loss = lambda: {}
             return
         try:
             while True:

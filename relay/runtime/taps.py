@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from relay.config import Config
 from relay.logs import RateLimitedLog
-from relay.telemetry import Stats
+from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ class Tee:
     def __call__(self, datagram: bytes, transport: str) -> None:
         try:
             self.sock.send(datagram)
-            self.stats.forwarded["sent"] += 1
+            self.stats.listen.forwarded["sent"] += 1
         except OSError as error:  # buffer full, nobody listening (ICMP refused), too long for UDP
-            self.stats.forwarded["error"] += 1
+            self.stats.listen.forwarded["error"] += 1
             self.log.log(logging.WARNING, "tee", "statsd_forward %s: %s", self.target, error.strerror or error)
 
     def close(self) -> None:

@@ -11,124 +11,26 @@ and reports its counters every second; /status and /metrics show the sum.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
 import multiprocessing
-import threading
 import zlib
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import replace
-from multiprocessing.connection import Connection
 from typing import Any
 
 from relay import __version__
 from relay.config import Config
 from relay.runtime.health import start_front
 from relay.runtime.listen import Listeners
-from relay.telemetry import Stats, absorb_reports, build_registry
+from relay.runtime.pipes import WorkerFeed, pump
+from relay.runtime.worker_process import worker_main
+from relay.telemetry.prometheus import build_registry
+from relay.telemetry.stats import Stats
+from relay.telemetry.worker_reports import absorb_reports
 
 logger = logging.getLogger(__name__)
-
-
-def pump(connection: Connection, loop: asyncio.AbstractEventLoop, handle: Callable[[bytes], None]) -> None:
-    """Read whole messages from a pipe in a thread and hand each to `handle` on the loop, one at a time.
-
-    Not loop.add_reader: libuv makes the descriptor non-blocking, and multiprocessing's recv_bytes() then fails
-    half-way through a message that is still being written. One message in flight keeps back-pressure: the
-    writer blocks until the loop has used what it sent. An empty message means the other side is gone.
-    """
-    done = threading.Event()
-
-    def deliver(message: bytes) -> None:
-        try:
-            handle(message)
-        finally:
-            done.set()
-
-    def read() -> None:
-        while True:
-            try:
-                message = connection.recv_bytes()
-            except (EOFError, OSError):
-                message = b""
-            done.clear()
-            loop.call_soon_threadsafe(deliver, message)
-            if not message:
-                return
-            done.wait()
-
-    threading.Thread(target=read, name="pipe-reader", daemon=True).start()
-
-
-class WorkerFeed:
-    """One worker's lines, queued in memory up to `limit` bytes and written to its pipe by a thread of their own.
-
-    A worker that lags (or is stopped) fills its queue, never the event loop: the health endpoint, the signals and
-    the other workers go on. What does not fit is refused, and the caller counts it. A pipe that breaks (the worker
-    died) turns the feed `lost`; `take_lost()` then tells how many lines it had taken that never arrived.
-    """
-
-    def __init__(self, pipe: Connection, limit: int, name: str) -> None:
-        self.pipe = pipe
-        self.limit = limit
-        self.queued_bytes = 0  # including the message being written
-        self.lost = False
-        self._lost_lines = 0
-        self._queue: deque[bytes] = deque()
-        self._closing = False
-        self._ready = threading.Condition()
-        self._thread = threading.Thread(target=self._write, name=f"{name}-feed", daemon=True)
-        self._thread.start()
-
-    def put(self, lines: bytes) -> bool:
-        """Queue one message; False when the queue is full or the worker is gone (the caller counts the lines)."""
-        with self._ready:
-            if self.lost or self._closing or self.queued_bytes + len(lines) > self.limit:
-                return False
-            self._queue.append(lines)
-            self.queued_bytes += len(lines)
-            self._ready.notify()
-        return True
-
-    def take_lost(self) -> int:
-        with self._ready:
-            lost, self._lost_lines = self._lost_lines, 0
-        return lost
-
-    def close(self) -> None:
-        """After what is queued, the empty message that tells the worker to flush and stop."""
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def _write(self) -> None:
-        while True:
-            with self._ready:
-                while not self._queue and not self._closing:
-                    self._ready.wait()
-                if not self._queue:
-                    break
-                lines = self._queue[0]
-            try:
-                self.pipe.send_bytes(lines)  # blocks while the worker lags: only this thread waits
-            except OSError:
-                with self._ready:
-                    self.lost = True
-                    self._lost_lines += sum(message.count(b"\n") for message in self._queue)
-                    self._queue.clear()
-                    self.queued_bytes = 0
-                return
-            with self._ready:
-                self._queue.popleft()
-                self.queued_bytes -= len(lines)
-        with contextlib.suppress(OSError):
-            self.pipe.send_bytes(b"")
 
 
 def shard_lines(data: bytes, count: int) -> list[bytes]:
@@ -148,15 +50,6 @@ def _shard_function() -> Any:
     return shard
 
 
-def worker_main(config: Config, index: int, data: Connection, reports: Connection) -> None:
-    """The entry point of a worker process."""
-    from relay.logs import setup_logging
-    from relay.runtime.server import Relay, run_loop
-
-    setup_logging(config.log_level, config.api_key)
-    run_loop(Relay(config).run_as_worker(data, reports))
-
-
 class ShardedRelay:
     """The main process of a relay with several workers."""
 
@@ -165,8 +58,9 @@ class ShardedRelay:
         self.count = workers
         self.stats = Stats()
         self.stats.info.update(
-            version=__version__, hostname=config.hostname, flush_interval=config.relay_flush_interval, workers=workers
-        )
+            {"version": __version__, "hostname": config.hostname, "flush_interval": config.relay_flush_interval,
+             "workers": workers}
+        )  # fmt: skip
         self.local_dropped: Counter[str] = Counter()  # what the main process itself drops
         self.reports: list[dict[str, Any]] = []
         self.registry = build_registry(self.stats)
@@ -201,8 +95,8 @@ class ShardedRelay:
     def cardinality(self, **_: Any) -> dict[str, Any]:
         """The sums the workers report; contexts per metric and tag values stay inside each worker."""
         return {
-            "contexts": int(self.stats.gauge("contexts")),
-            "custom_metrics_estimate": int(self.stats.gauge("custom_metrics_estimate")),
+            "contexts": self.stats.gauges.contexts(),
+            "custom_metrics_estimate": self.stats.gauges.custom_metrics_estimate(),
             "max_contexts": self.config.relay_max_contexts * self.count,
             "workers": self.count,
             "top_metrics": [],
@@ -228,12 +122,12 @@ class ShardedRelay:
                 target=worker_main, args=(worker_config, index, data_worker, reports_worker), name=f"worker-{index}"
             )
             process.start()
-            self.stats.info.setdefault("worker_pids", []).append(process.pid)
+            self.stats.info.setdefault("worker_pids", []).append(process.pid or 0)
             data_worker.close()
             reports_worker.close()
             self.feeds.append(WorkerFeed(data_main, self.config.relay_worker_queue_bytes, f"worker-{index}"))
             self.processes.append(process)
-            self.stats.gauges[f"worker_queue_bytes:worker-{index}"] = functools.partial(
+            self.stats.gauges.worker_queues[f"worker-{index}"] = functools.partial(
                 lambda feed: feed.queued_bytes, self.feeds[-1]
             )
             pump(reports_main, loop, functools.partial(self._receive_report, index))

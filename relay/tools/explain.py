@@ -8,24 +8,31 @@ datagram alone would send and the payloads it would make.
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from relay.config import Config
-from relay.pipeline.aggregate import Aggregator
-from relay.pipeline.enrich import Enricher
+from relay.pipeline.assemble import Pipeline
 from relay.pipeline.model import Event, Flushed, MetricSample, ServiceCheck
-from relay.pipeline.parse import ParseError, parse_datagram
-from relay.pipeline.serialize import Serializer
-from relay.telemetry import Stats
+from relay.pipeline.parse import UNTERMINATED, ParseError, parse_line
 
 
 def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> dict[str, Any]:
-    stats = Stats()
-    enricher, aggregator, serializer = Enricher(config), Aggregator(config, stats), Serializer(config, stats)
+    """Each line goes through the relay's own ingest (fast path and all) into a pipeline of its own; what the
+    parser and the enricher made of it is shown beside what the aggregator kept."""
+    pipeline = Pipeline(replace(config, api_key=""), out=io.StringIO())  # a dry run: nothing is sent
+    stats, enricher = pipeline.stats, pipeline.enricher
     lines = []
-    eol = config.eol_required_for(transport)
-    for item in parse_datagram(data, eol_required=eol, timestamps=config.dogstatsd_no_aggregation_pipeline):
+    for raw, terminated in _lines(data):
+        item = parse_line(raw, config.dogstatsd_no_aggregation_pipeline)
+        if not terminated and config.eol_required_for(transport):
+            item = ParseError(UNTERMINATED, "unterminated message", raw)
+        before = Counter(stats.dropped)
+        pipeline.ingest.datagram(raw + b"\n" if terminated else raw, transport, now)
+        dropped = Counter(stats.dropped) - before
         if type(item) is MetricSample:
             context = enricher.context(item.name, item.tags)
             entry: dict[str, Any] = {"kind": "metric", "parsed": {**item._asdict(), "type": item.type.value}}
@@ -33,16 +40,12 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
                 entry["outcome"] = "dropped: the name is in statsd_metric_blocklist"
             else:
                 entry["context"] = context._asdict()
-                before = Counter(stats.dropped)
-                aggregator.add(context, item.type, item.values, item.set_value, item.rate, item.timestamp, now)
-                entry["outcome"] = _outcome(item, Counter(stats.dropped) - before)
+                entry["outcome"] = _outcome(item, dropped)
         elif type(item) is Event:
             entry = {"kind": "event", "parsed": dataclasses.asdict(enricher.event(item)), "outcome": "sent"}
-            aggregator.add_event(item, now)
         elif type(item) is ServiceCheck:
             entry = {"kind": "service_check", "parsed": dataclasses.asdict(enricher.service_check(item))}
             entry["outcome"] = "sent"
-            aggregator.add_service_check(item, now)
         else:
             assert isinstance(item, ParseError)
             entry = {
@@ -51,8 +54,8 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
                 "outcome": f"rejected: {item.reason}",
             }
         lines.append(entry)
-    flushed = aggregator.flush(now, force=True)
-    payloads = serializer.payloads(flushed)
+    flushed = pipeline.take(now, force=True)
+    payloads = pipeline.serializer.payloads(flushed)
     return {
         "lines": lines,
         "would_send": _flushed(flushed),
@@ -66,8 +69,20 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
             }
             for p in payloads
         ],
-        "dropped": dict(stats.dropped),
+        "dropped": {reason: count for reason, count in stats.dropped.items() if reason != "unterminated"},
     }
+
+
+def _lines(data: bytes) -> Iterator[tuple[bytes, bool]]:
+    """The datagram's non-blank lines as the parser splits them (one CR dropped), and whether each ended in LF."""
+    lines = data.split(b"\n")
+    last = lines.pop()
+    for line in [*lines, last]:
+        terminated = line is not last
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if line:
+            yield line, terminated
 
 
 def _outcome(item: MetricSample, dropped: Counter[str]) -> str:

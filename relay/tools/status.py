@@ -1,11 +1,9 @@
-"""Status: the status JSON → text like `datadog-agent status`, and a flush → the table a dry run prints. Pure."""
+"""Status: the status JSON → text like `datadog-agent status`, and a check's run → what `check NAME` prints. Pure."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
-
-from relay.pipeline.model import Flushed, Payload
 
 
 def _title(text: str) -> list[str]:
@@ -17,6 +15,14 @@ def _number(value: Any) -> str:
 
 
 def render(status: dict[str, Any]) -> str:
+    """The text of `dogstatsd-relay status`, section by section as `datadog-agent status` prints them."""
+    lines = []
+    for section in (_header, _listeners, _dogstatsd, _aggregator, _checks, _forwarder):
+        lines += section(status)
+    return "\n".join(lines) + "\n"
+
+
+def _header(status: dict[str, Any]) -> list[str]:
     info = status["info"]
     lines = [f"dogstatsd-relay ({info.get('version', '?')})"]
     lines.append("=" * len(lines[0]))
@@ -26,7 +32,11 @@ def render(status: dict[str, Any]) -> str:
         f"  Health endpoint: http://{info.get('health', '?')}",
         f"  Flush interval: {info.get('flush_interval', '?')} s",
     ]
-    lines += _title("Listeners")
+    return lines
+
+
+def _listeners(status: dict[str, Any]) -> list[str]:
+    info, lines = status["info"], _title("Listeners")
     addresses = info.get("listeners", {})
     wanted, granted = info.get("receive_buffers_wanted", {}), info.get("receive_buffers", {})
     for transport, counts in status["listeners"].items():
@@ -46,7 +56,11 @@ def render(status: dict[str, Any]) -> str:
     if status.get("statsd_forward"):
         sent, failed = (_number(status["statsd_forward"].get(result, 0)) for result in ("sent", "error"))
         lines.append(f"  statsd_forward: {sent} packets teed, {failed} failed")
-    lines += _title("DogStatsD")
+    return lines
+
+
+def _dogstatsd(status: dict[str, Any]) -> list[str]:
+    lines = _title("DogStatsD")
     for kind, counts in status["messages"].items():
         name = kind.replace("_", " ").title()
         lines.append(f"  {name} Packets: {_number(counts['ok'])}")
@@ -56,8 +70,11 @@ def render(status: dict[str, Any]) -> str:
     if status["dropped"]:
         lines.append("  Samples dropped after parsing:")
         lines += [f"    {reason}: {_number(count)}" for reason, count in sorted(status["dropped"].items())]
-    aggregator = status["aggregator"]
-    lines += _title("Aggregator")
+    return lines
+
+
+def _aggregator(status: dict[str, Any]) -> list[str]:
+    aggregator, lines = status["aggregator"], _title("Aggregator")
     lines.append(f"  Contexts: {_number(aggregator['contexts'])}")
     cardinality = status.get("cardinality", {})
     if cardinality.get("max_contexts"):
@@ -72,13 +89,20 @@ def render(status: dict[str, Any]) -> str:
     for kind in ("series", "sketches", "events", "service_checks"):
         label = kind.replace("_", " ").title()
         lines.append(f"  {label} Flushed: {_number(aggregator['flushed'].get(kind, 0))}")
-    if status.get("checks") or status.get("check_errors") or status.get("check_config_errors"):
-        lines += _title("Checks")
-        for check in status.get("checks", []):
-            lines += instance_lines(check, TRACEBACK_FRAMES)
-        lines += check_error_lines(status, TRACEBACK_FRAMES)
-    forwarder = status["forwarder"]
-    lines += _title("Forwarder")
+    return lines
+
+
+def _checks(status: dict[str, Any]) -> list[str]:
+    if not (status.get("checks") or status.get("check_errors") or status.get("check_config_errors")):
+        return []
+    lines = _title("Checks")
+    for check in status.get("checks", []):
+        lines += instance_lines(check, TRACEBACK_FRAMES)
+    return lines + check_error_lines(status, TRACEBACK_FRAMES)
+
+
+def _forwarder(status: dict[str, Any]) -> list[str]:
+    info, forwarder, lines = status["info"], status["forwarder"], _title("Forwarder")
     lines.append(f"  Endpoint: {info.get('endpoint', '')}")
     lines.append(f"  API Key: {info.get('api_key') or 'none'} ({_key_state(info.get('api_key_valid'))})")
     lines += _payload_lines(forwarder["payloads"], "  ")
@@ -100,7 +124,7 @@ def render(status: dict[str, Any]) -> str:
             f"{_number(destination['retry_queue_bytes'])} bytes; Disk Spool: "
             f"{_number(destination['spool_payloads'])} payloads"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _payload_lines(payloads: dict[str, dict[str, int]], indent: str) -> list[str]:
@@ -123,72 +147,6 @@ def _duration(seconds: float) -> str:
     minutes, second = divmod(int(seconds), 60)
     hours, minute = divmod(minutes, 60)
     return f"{hours}h {minute}m {second}s"
-
-
-HOST_METRICS_PREFIX = "system."  # the host collectors' metrics, the Agent's names: one line in a dry run
-
-
-def render_flush(flushed: Flushed, payloads: list[Payload]) -> str:
-    """What one flush would have sent, as a table; printed instead of sending when there is no API key."""
-    stamp = time.strftime("%H:%M:%S")
-    lines = [f"--- flush at {stamp}: nothing sent (dry run, no API key) ---"]
-    host_series = [s for s in flushed.series if s.context.name.startswith(HOST_METRICS_PREFIX)]
-    rows = [
-        (s.context.name, s.type.name.lower(), _points(s.points), s.context.host, ",".join(s.context.tags))
-        for s in flushed.series
-        if not s.context.name.startswith(HOST_METRICS_PREFIX)
-    ]
-    rows += [
-        (
-            s.context.name,
-            "sketch",
-            " ".join(f"n={p.count} avg={p.sum / p.count:g}" for p in s.points),
-            s.context.host,
-            ",".join(s.context.tags),
-        )
-        for s in flushed.sketches
-    ]
-    if rows:
-        lines += _table(("metric", "type", "points (ts=value)", "host", "tags"), sorted(rows))
-    if host_series:
-        families = sorted({_family(s.context.name) for s in host_series})
-        lines.append(f"+ {len(host_series)} host series from the collectors ({', '.join(families)}); "
-                     "relay.host_collectors: [] turns them off")  # fmt: skip
-    for event in flushed.events:
-        lines.append(f"event [{event.alert_type}] {event.title!r} host={event.host} tags={','.join(event.tags)}")
-    for check in flushed.service_checks:
-        lines.append(f"service check {check.name} status={check.status} host={check.host} {check.message!r}")
-    for payload in payloads:
-        lines.append(
-            f"would POST {payload.endpoint.value}: {payload.items} items, {len(payload.body):,} bytes "
-            f"{payload.encoding or 'uncompressed'} ({payload.raw_size:,} raw)"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _family(name: str) -> str:
-    """system.cpu.user → system.cpu.*; system.uptime stays itself."""
-    parts = name.split(".")
-    return ".".join(parts[:2]) + ".*" if len(parts) > 2 else name
-
-
-def _points(points: list[tuple[int, float]]) -> str:
-    return " ".join(f"{timestamp}={value:g}" for timestamp, value in points)
-
-
-CELL_WIDTH = 60  # a longer cell is cut, and ends with … to say so
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [min(CELL_WIDTH, max(len(str(row[i])) for row in [header, *rows])) for i in range(len(header))]
-    line = "  ".join(f"{{:<{width}}}" for width in widths)
-    return [line.format(*header), line.format(*("-" * w for w in widths))] + [
-        line.format(*(_cut(str(cell)) for cell in row)) for row in rows
-    ]
-
-
-def _cut(cell: str) -> str:
-    return cell if len(cell) <= CELL_WIDTH else cell[: CELL_WIDTH - 1] + "…"
 
 
 def render_check(result: dict[str, Any]) -> str:

@@ -1,0 +1,133 @@
+"""The pipeline of one relay process, built in one place from Config: ingest → aggregate → serialize → sink.
+
+The standalone relay, each worker, `explain`, `check` and the process a reload execs all build it here, so they
+run the same stages with the same settings. Data flows one way: the listeners (or a worker's pipe) call
+`datagram`, the runtime's timer calls `flush`, and what expires in the aggregator is handed back to ingest here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from relay import __version__
+from relay.checks.runner import CheckRunner
+from relay.config import Config, redact
+from relay.pipeline.aggregate import Aggregator, FlushWork
+from relay.pipeline.dry_run import DryRunSink, render_flush
+from relay.pipeline.enrich import Enricher
+from relay.pipeline.forward import FanOutSink, HttpSink, Sink
+from relay.pipeline.ingest import Ingest
+from relay.pipeline.model import Flushed, Payload
+from relay.pipeline.serialize import Serializer
+from relay.pipeline.spool import Spool
+from relay.telemetry.self_metrics import SelfMetrics
+from relay.telemetry.stats import Stats
+
+
+class Pipeline:
+    def __init__(
+        self, config: Config, *, sink: Sink | None = None, accelerate: bool = True, out: TextIO = sys.stdout
+    ) -> None:
+        """`sink`: where payloads go; by default the intake (and additional_endpoints), or a dry run without an
+        API key. `accelerate`: the C fast path where it was built."""
+        self.config = config
+        self.out = out
+        self.stats = Stats()
+        self.stats.info.update(
+            {"version": __version__, "hostname": config.hostname, "flush_interval": config.relay_flush_interval}
+        )
+        self.enricher = Enricher(config)
+        self.aggregator = Aggregator(config, self.stats)
+        self.stats.gauges.contexts = lambda: self.aggregator.contexts
+        self.stats.gauges.custom_metrics_estimate = self.aggregator.custom_metrics_estimate
+        self.ingest = Ingest(config, self.stats, self.enricher, self.aggregator, accelerate=accelerate)
+        self.serializer = Serializer(config, self.stats)
+        self.dry_run = sink is None and not config.api_key
+        if sink is None:
+            sink = DryRunSink(self.stats) if self.dry_run else http_sink(config, self.stats)
+        self.sink = sink
+        self.self_metrics = SelfMetrics(self.stats, config.hostname) if config.relay_self_metrics else None
+        self.checks: CheckRunner | None = None
+
+    def load_checks(self, only: str | None = None) -> CheckRunner:
+        """Custom checks (conf.d, checks.d) and the built-in host collectors, submitting to this aggregator."""
+        self.checks = CheckRunner(self.config, self.aggregator, self.stats)
+        self.checks.load(only=only)
+        return self.checks
+
+    def datagram(self, data: bytes, transport: str) -> None:
+        """The listeners' callback: nothing in a datagram can stop the relay."""
+        try:
+            self.ingest.datagram(data, transport, time.time())
+        except Exception:  # a bug must cost one datagram, never the relay
+            self.stats.internal_error(f"ingest ({transport})")
+
+    def take(self, now: float, *, force: bool = False) -> Flushed:
+        """What a flush at `now` would send, taken out at once (explain, check, tests): no serializing."""
+        work = self.aggregator.detach(now, force=force)
+        flushed = self.aggregator.build(work)
+        self._finish(work)
+        return flushed
+
+    async def flush(self, *, force: bool = False) -> None:
+        """One flush: the closed buckets (every bucket with `force`) built, serialized and handed to the sink."""
+        started = time.perf_counter()
+        # A flush makes a million short-lived, acyclic objects: left on, the cyclic collector would rescan every
+        # context many times over and double the flush time. Reference counting frees all of them anyway.
+        gc.disable()
+        try:
+            # Only taking the closed buckets out happens on the loop; the arithmetic and the encoding run in a
+            # thread, so that ingest keeps draining the sockets during a flush.
+            work = self.aggregator.detach(time.time(), force=force)
+            try:
+                flushed, payloads = await asyncio.to_thread(self._build_and_serialize, work)
+            except Exception:  # a bug outside the per-item guards: this flush's items are lost, and counted
+                self.stats.internal_error("flush", work.items)
+                flushed, payloads = Flushed(), []
+            self._finish(work)
+        finally:
+            gc.enable()
+        for payload in payloads:
+            self.sink.send(payload)
+        self.stats.record_flush(time.perf_counter() - started, flushed)
+        if self.dry_run and payloads:
+            self.out.write(render_flush(flushed, payloads))
+            self.out.flush()
+
+    def _build_and_serialize(self, work: FlushWork) -> tuple[Flushed, list[Payload]]:
+        flushed = self.aggregator.build(work)
+        if self.self_metrics is not None:
+            interval = self.config.relay_flush_interval
+            flushed.series += self.self_metrics.series(work.cutoff - interval, interval)
+        return flushed, self.serializer.payloads(flushed)
+
+    def _finish(self, work: FlushWork) -> None:
+        """Contexts the aggregator forgot lose their slots, so ingest forgets the shapes that point at them."""
+        expired = self.aggregator.finish(work)
+        if expired:
+            self.ingest.forget(expired)
+
+
+def http_sink(config: Config, stats: Stats) -> Sink:
+    """The main intake, plus one sink per additional_endpoints pair with counters of its own."""
+    main = HttpSink(config, stats, _spool(config, config.spool_path, stats))
+    if not config.additional_endpoints:
+        return main
+    sinks: list[Sink] = [main]
+    for index, (url, api_key) in enumerate(config.additional_endpoints):
+        destination = stats.destinations[f"{urlsplit(url).netloc} {redact(api_key)}"] = Stats()
+        spool = _spool(config, config.spool_path / f"additional-{index}", destination)
+        sinks.append(HttpSink(config, destination, spool, url=url, api_key=api_key))
+    return FanOutSink(sinks)
+
+
+def _spool(config: Config, path: Path, stats: Stats) -> Spool | None:
+    if not config.forwarder_storage_max_size_in_bytes:
+        return None
+    return Spool(path, config.forwarder_storage_max_size_in_bytes, config.forwarder_storage_max_disk_ratio, stats)

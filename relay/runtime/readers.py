@@ -1,0 +1,167 @@
+"""Readers: how a datagram socket is drained, on the event loop or by the native reader thread, and the kernel's
+drop counter for it. Each batch is handed to the listener's handler; the listeners (relay/runtime/listen.py) own
+the sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from relay.runtime.probe import Probe
+from relay.runtime.taps import Taps
+from relay.telemetry.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[bytes, str], None]  # (datagram, transport)
+_BATCH = 64  # datagrams read per wakeup, so one busy socket cannot starve the rest of the loop
+_TAKE_BYTES = 256 * 1024  # the reader thread's queue is handed to ingest in slices of this size
+_TAKES_PER_TURN = 16  # slices per turn of the event loop
+
+
+def udp_socket_rows() -> Iterator[list[str]]:
+    """Each UDP socket's row of /proc/net/udp and /proc/net/udp6, split into its fields; none where /proc does
+    not tell."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)  # the header
+                yield from (row.split() for row in rows)
+        except OSError:
+            continue
+
+
+def kernel_drops(inode: int) -> int:
+    """Datagrams the kernel dropped on one UDP socket (its receive buffer was full): the `drops` column of its
+    row, found by the socket's inode. 0 where /proc does not tell."""
+    wanted = str(inode)
+    for fields in udp_socket_rows():
+        if len(fields) > 12 and fields[9] == wanted:
+            return int(fields[-1]) if fields[-1].isdigit() else 0
+    return 0
+
+
+def native_reader() -> type | None:
+    """The C reader thread (relay/_reader.c) when it was built: optional, Linux only."""
+    try:
+        from relay._reader import Reader
+    except ImportError:
+        return None
+    return Reader
+
+
+class DatagramReader:
+    """Hands each batch of a datagram socket to the handler at once; the event loop reads the socket itself.
+
+    Datagrams are joined with "\n" (what the Agent's packet assembler does), which costs one copy and saves a
+    callback, a clock read and a bucket lookup per datagram. A transport with dogstatsd_eol_required keeps its
+    datagrams apart, so that an unterminated last line is still seen as one.
+    """
+
+    def __init__(
+        self, sock: socket.socket, name: str, max_size: int, handler: Handler, stats: Stats, join: bool,
+        probe: Probe | None, taps: Taps,
+    ) -> None:  # fmt: skip
+        self.sock = sock
+        self.name = name
+        self.max_size = max_size
+        self.handler = handler
+        self.stats = stats
+        self.join = join
+        self.probe = probe
+        self.taps = taps
+
+    @property
+    def wakeup(self) -> socket.socket | int:
+        """What the event loop waits on before calling on_readable."""
+        return self.sock
+
+    def on_readable(self) -> None:
+        self.deliver(self._receive())
+
+    def _receive(self) -> list[bytes]:
+        recv, size = self.sock.recv, self.max_size + 1  # one byte more tells a truncated datagram apart
+        chunks: list[bytes] = []
+        try:
+            for _ in range(_BATCH):
+                chunks.append(recv(size))
+        except BlockingIOError:
+            pass
+        except OSError as error:
+            self.stats.listen.read_errors[self.name] += 1
+            logger.warning("%s read error: %s", self.name, error)
+        if chunks and max(map(len, chunks)) > self.max_size:
+            # The Agent reads into a dogstatsd_buffer_size buffer: the tail of a longer datagram is lost.
+            self.stats.listen.truncated[self.name] += sum(len(chunk) > self.max_size for chunk in chunks)
+            chunks = [chunk[: self.max_size] for chunk in chunks]
+        return chunks
+
+    def deliver(self, chunks: list[bytes]) -> None:
+        if self.probe is not None and chunks:
+            chunks = self.probe.strip(chunks)
+        if not chunks:
+            return
+        stats = self.stats
+        stats.listen.packets[self.name] += len(chunks)
+        stats.listen.bytes[self.name] += sum(map(len, chunks))
+        if self.taps.open:
+            self.taps(chunks, self.name)
+        if self.join:
+            self.handler(b"\n".join(chunks), self.name)
+        else:
+            for chunk in chunks:
+                self.handler(chunk, self.name)
+
+    def drain(self) -> None:
+        """At stop: what the socket still holds, read to the end."""
+        self.take_queued()
+        while chunks := self._receive():
+            self.deliver(chunks)
+
+    def take_queued(self) -> None:
+        """At a reload: what was read but not yet delivered (the socket itself is left to the bridge)."""
+
+
+class ThreadedReader(DatagramReader):
+    """The same, but a native thread drains the socket into a bounded queue without waiting for the interpreter
+    (the Agent's reader goroutine and dogstatsd_queue_size); the event loop wakes once per batch and takes it all.
+    A full queue stops the reading until the loop takes it (the kernel's buffer then fills, and drops what
+    overflows it, counted); a datagram of the thread's last batch that did not fit is counted in queue_drops."""
+
+    def __init__(self, reader_type: type, queue_bytes: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.native = reader_type(self.sock.fileno(), self.max_size, queue_bytes)
+        gauges = self.stats.gauges.listener(self.name)
+        gauges.queue_drops = lambda: self.native.dropped
+        gauges.queue_bytes = lambda: self.native.queued_bytes
+
+    @property
+    def wakeup(self) -> socket.socket | int:
+        return int(self.native.wakeup_fd)
+
+    def on_readable(self) -> None:
+        """Slices of _TAKE_BYTES, a few at a time: the datagrams stay in the CPU's caches from the copy to the
+        parse, and other callbacks (the health endpoint, the other sockets) get their turn between."""
+        for _ in range(_TAKES_PER_TURN):
+            if not self._take():
+                return
+        asyncio.get_running_loop().call_soon(self.on_readable)
+
+    def _take(self) -> bool:
+        """Deliver one slice; whether more is waiting."""
+        chunks, truncated, errors, more = self.native.take(_TAKE_BYTES)
+        if truncated:
+            self.stats.listen.truncated[self.name] += truncated
+        if errors:
+            self.stats.listen.read_errors[self.name] += errors
+            logger.warning("%s read error: %s", self.name, self.native.last_error)
+        self.deliver(chunks)
+        return bool(more)
+
+    def take_queued(self) -> None:
+        self.native.stop()
+        while self._take():  # what the thread had queued
+            pass
