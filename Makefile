@@ -25,7 +25,7 @@ test: lint
 
 # A million mutated datagrams through the parser and both fast paths, at most 10 minutes.
 fuzz: $(INSTALLED)
-	FUZZ_CASES=1000000 FUZZ_SECONDS=600 $(BIN)/python -m pytest -p no:logging -q -s tests/test_fuzz.py
+	FUZZ_CASES=1000000 FUZZ_SECONDS=600 $(BIN)/python -m pytest -p no:logging -q -s tests/pipeline/test_fuzz.py
 
 # The scenarios behind the README's Reliability section, with the figures they print.
 reliability: $(INSTALLED)

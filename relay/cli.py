@@ -280,7 +280,8 @@ def _capture(config: Config, seconds: float, output: Path) -> int:
 
 
 def _replay(path: Path, target: str, speed: float) -> int:
-    from relay.runtime.capture import read_records, replay
+    from relay.runtime.capture import read_records
+    from relay.tools.replay import replay
 
     try:
         result = replay(read_records(path), target, speed)

@@ -114,8 +114,8 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
     from relay.config import Config
     from relay.pipeline import aggregate
     from relay.runtime.server import Relay
+    from tests.checks.test_checks import SEED_CHECK, agent_layout
     from tests.conftest import API_KEY
-    from tests.test_checks import SEED_CHECK, agent_layout
 
     stand_in, url = intake
     confd = agent_layout(tmp_path, {"custom_hello": SEED_CHECK}, {"custom_hello.yaml": "instances: [{}]"})

@@ -4,7 +4,7 @@ The line minus its value, `name:rest after the value`, is the key of a shape cac
 the enricher run once per shape and record (slot, kind, rate). A line whose shape is known, whose value is a
 plain finite number and whose datagram has no CR takes the fast path. Anything else (new shapes, packed
 values, timestamps, events, service checks, errors) goes through the reference path, which is the plain parser,
-so both paths give the same result on any input (tests/test_ingest.py checks this with hypothesis).
+so both paths give the same result on any input (tests/pipeline/test_ingest.py checks this with hypothesis).
 
 Why a valid shape stays valid for any value: its name holds no ":" or "|", the value ends at the first "|", and
 a value that float() accepts holds neither, so the reference parser would split the line exactly the same way.

@@ -22,11 +22,12 @@ from typing import Any
 from relay.intake.server import Intake
 from relay.pipeline.aggregate import Aggregator
 from relay.pipeline.model import Context, MetricType
-from relay.runtime.capture import MAGIC, Record, encode, read_records, replay
+from relay.runtime.capture import MAGIC, Record, encode, read_records
 from relay.runtime.health import readiness
 from relay.telemetry.stats import Stats
 from relay.telemetry.status_document import status_document
 from relay.tools.doctor import _workers
+from relay.tools.replay import replay
 from relay.tools.status import render
 from tests.conftest import API_KEY, free_port, run_relay, wait_for
 from tests.conftest import config as make_config

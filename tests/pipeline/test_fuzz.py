@@ -12,7 +12,7 @@ import random
 import time
 
 from relay.pipeline.parse import parse_datagram
-from tests.test_ingest import outcome, pipeline
+from tests.pipeline.test_ingest import outcome, pipeline
 
 SEEDS = [
     b"page.views:1|c|#env:prod,page:home", b"latency:12.5|ms|@0.5|#route:/a", b"queue:7|g", b"users:alice|s",
