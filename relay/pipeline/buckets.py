@@ -1,4 +1,5 @@
-"""Accumulators: what a bucket holds per metric type, and how each becomes points at flush.
+"""Buckets: what a bucket holds per metric type, the one place a sample lands, and how each becomes points at
+flush.
 
 Buckets keep plain dicts keyed by a context's slot (an int): adding a sample is one dict operation, and all the
 arithmetic of the Agent's pkg/metrics (gauge.go, counter.go, set.go, histogram.go) happens once, at flush.
