@@ -3,10 +3,10 @@ as AgentChecks, so they run, schedule, and can be tuned in conf.d/<name>.yaml li
 
 from __future__ import annotations
 
-from collectors.disk import DiskCheck, IoCheck
-from collectors.network import NetworkCheck
-from collectors.postgres import PostgresCheck
-from collectors.system import CpuCheck, FileHandleCheck, LoadCheck, MemoryCheck, UptimeCheck
+from .disk import DiskCheck, IoCheck
+from .network import NetworkCheck
+from .postgres import PostgresCheck
+from .system import CpuCheck, FileHandleCheck, LoadCheck, MemoryCheck, UptimeCheck
 
 DEFAULT: dict[str, type] = {
     "cpu": CpuCheck,

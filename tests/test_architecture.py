@@ -4,6 +4,7 @@ function-level imports included), no module over 500 lines, no function of cyclo
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 from radon.complexity import cc_rank, cc_visit
@@ -11,6 +12,7 @@ from radon.complexity import cc_rank, cc_visit
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("relay", "collectors", "benchmarks")
 MAX_LINES = 500
+INSTALLED_AS = "relay.collectors"  # collectors/ is installed under this name (pyproject's package-dir)
 
 
 def _modules() -> dict[str, Path]:
@@ -40,6 +42,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         else:
             continue
         for target in targets:
+            if target == INSTALLED_AS or target.startswith(INSTALLED_AS + "."):
+                target = "collectors" + target.removeprefix(INSTALLED_AS)
             while target and target not in modules:
                 target = target.rpartition(".")[0]
             if target and target != name and not name.startswith(target + "."):  # a parent package is not a cycle
@@ -83,3 +87,16 @@ def test_no_function_of_complexity_rank_d_or_worse():
         if cc_rank(block.complexity) >= "D"
     ]
     assert not complex_, complex_
+
+
+def test_every_package_is_installed_and_collectors_under_the_relay_name():
+    """An installed relay must hold every package of the tree, and collectors/ as relay.collectors: a top-level
+    `collectors` could clash with any other distribution's."""
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tree = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "relay").rglob("__init__.py")
+        if ".build" not in path.parts
+    }
+    assert set(settings["packages"]) == tree | {INSTALLED_AS}
+    assert settings["package-dir"] == {INSTALLED_AS: "collectors"}

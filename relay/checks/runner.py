@@ -259,7 +259,7 @@ class CheckRunner:
     def load(self, only: str | None = None) -> None:
         """The host collectors (tuned by conf.d/<name>.yaml when there is one), then the custom checks. Nothing
         a check's files or code hold can stop this: each problem is kept for status and harms only its check."""
-        from collectors import DEFAULT, INTEGRATIONS
+        from relay.collectors import DEFAULT, INTEGRATIONS
 
         confd = Path(self.config.confd_path) if self.config.confd_path else None
         configs = find_configs(confd, self.config_errors) if confd else {}

@@ -321,7 +321,7 @@ def test_collectors_compute_rates_and_percentages_on_the_second_run(tmp_path):
 
 
 def test_io_sources_psutil_lacks_are_read_from_proc():
-    from collectors.disk import pages_in_out, weighted_io_ms
+    from relay.collectors.disk import pages_in_out, weighted_io_ms
 
     if not Path("/proc/vmstat").exists():
         pytest.skip("no /proc/vmstat: not Linux")
