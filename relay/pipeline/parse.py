@@ -36,21 +36,37 @@ class ParseError(Exception):
         self.line = line
 
 
+def datagram_lines(data: bytes) -> Iterator[tuple[bytes, bool]]:
+    """The datagram's non-blank lines, exactly one CR dropped from each and nothing else trimmed, each with whether
+    it ended in LF (only the last one can be unterminated)."""
+    lines = data.split(b"\n")
+    last = lines.pop()  # b"" when the datagram ends with "\n"
+    for line in lines:
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if line:
+            yield line, True
+    if last[-1:] == b"\r":
+        last = last[:-1]
+    if last:
+        yield last, False
+
+
 def parse_datagram(
     data: bytes, *, eol_required: bool = False, timestamps: bool = True
 ) -> Iterator[MetricSample | Event | ServiceCheck | ParseError]:
     """Yield one item per non-blank line; an unterminated last line is an error when `eol_required`."""
-    lines = data.split(b"\n")
-    last = lines.pop()  # b"" when the datagram ends with "\n"
-    for line in lines:
-        if line[-1:] == b"\r":  # exactly one CR is dropped, nothing else is trimmed
-            line = line[:-1]
-        if line:
-            yield parse_line(line, timestamps)
-    if last[-1:] == b"\r":
-        last = last[:-1]
-    if last:
-        yield (ParseError(UNTERMINATED, "unterminated message", last) if eol_required else parse_line(last, timestamps))
+    for line, terminated in datagram_lines(data):
+        yield parse_terminated(line, terminated, eol_required, timestamps)
+
+
+def parse_terminated(
+    line: bytes, terminated: bool, eol_required: bool, timestamps: bool = True
+) -> MetricSample | Event | ServiceCheck | ParseError:
+    """One line of `datagram_lines`: parsed, or an error when it lacks the LF that `eol_required` asks for."""
+    if terminated or not eol_required:
+        return parse_line(line, timestamps)
+    return ParseError(UNTERMINATED, "unterminated message", line)
 
 
 def parse_line(line: bytes, timestamps: bool = True) -> MetricSample | Event | ServiceCheck | ParseError:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from relay.config import Config
 from relay.pipeline.assemble import Pipeline
 from relay.pipeline.model import Event, Flushed, MetricSample, ServiceCheck
-from relay.pipeline.parse import UNTERMINATED, ParseError, parse_line
+from relay.pipeline.parse import ParseError, datagram_lines, parse_terminated
 
 
 def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> dict[str, Any]:
@@ -26,10 +25,9 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
     pipeline = Pipeline(replace(config, api_key=""), out=io.StringIO())  # a dry run: nothing is sent
     stats, enricher = pipeline.stats, pipeline.enricher
     lines = []
-    for raw, terminated in _lines(data):
-        item = parse_line(raw, config.dogstatsd_no_aggregation_pipeline)
-        if not terminated and config.eol_required_for(transport):
-            item = ParseError(UNTERMINATED, "unterminated message", raw)
+    eol_required = config.eol_required_for(transport)
+    for raw, terminated in datagram_lines(data):
+        item = parse_terminated(raw, terminated, eol_required, config.dogstatsd_no_aggregation_pipeline)
         before = Counter(stats.dropped)
         pipeline.ingest.datagram(raw + b"\n" if terminated else raw, transport, now)
         dropped = Counter(stats.dropped) - before
@@ -71,18 +69,6 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
         ],
         "dropped": {reason: count for reason, count in stats.dropped.items() if reason != "unterminated"},
     }
-
-
-def _lines(data: bytes) -> Iterator[tuple[bytes, bool]]:
-    """The datagram's non-blank lines as the parser splits them (one CR dropped), and whether each ended in LF."""
-    lines = data.split(b"\n")
-    last = lines.pop()
-    for line in [*lines, last]:
-        terminated = line is not last
-        if line[-1:] == b"\r":
-            line = line[:-1]
-        if line:
-            yield line, terminated
 
 
 def _outcome(item: MetricSample, dropped: Counter[str]) -> str:
