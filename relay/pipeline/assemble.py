@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from relay import __version__
 from relay.checks.runner import CheckRunner
 from relay.config import Config, redact
 from relay.pipeline.aggregate import Aggregator, FlushWork
@@ -39,9 +38,7 @@ class Pipeline:
         self.config = config
         self.out = out
         self.stats = Stats()
-        self.stats.info.update(
-            {"version": __version__, "hostname": config.hostname, "flush_interval": config.relay_flush_interval}
-        )
+        self.stats.describe(config)
         self.enricher = Enricher(config)
         self.aggregator = Aggregator(config, self.stats)
         self.stats.gauges.contexts = lambda: self.aggregator.contexts

@@ -47,7 +47,7 @@ class Spool:
             self.files[endpoint].append(path)
             self.bytes += path.stat().st_size
         stats.gauges.spool_bytes = lambda: self.bytes
-        stats.gauges.spool_payloads = lambda: sum(len(paths) for paths in self.files.values())
+        stats.gauges.spool_payloads = self.__len__
 
     def __len__(self) -> int:
         return sum(len(paths) for paths in self.files.values())

@@ -20,7 +20,6 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from relay import __version__
 from relay.config import Config
 from relay.runtime.health import start_front
 from relay.runtime.listen import Listeners
@@ -57,10 +56,8 @@ class ShardedRelay:
         self.config = config
         self.count = workers
         self.stats = Stats()
-        self.stats.info.update(
-            {"version": __version__, "hostname": config.hostname, "flush_interval": config.relay_flush_interval,
-             "workers": workers}
-        )  # fmt: skip
+        self.stats.describe(config)
+        self.stats.info["workers"] = workers
         self.local_dropped: Counter[str] = Counter()  # what the main process itself drops
         self.reports: list[dict[str, Any]] = []
         self.registry = build_registry(self.stats)

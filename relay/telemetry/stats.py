@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
+from relay import __version__
+from relay.config import Config
 from relay.logs import RateLimitedLog
 from relay.pipeline.model import Flushed
 
@@ -132,6 +134,12 @@ class Stats:
     destinations: dict[str, Stats] = field(default_factory=dict)  # additional_endpoints: "host ***key" → counters
     internal_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logging.getLogger("relay.internal")))
 
+    def describe(self, config: Config) -> None:
+        """What status shows of any relay process, standalone or the main one of a sharded relay."""
+        self.info.update(
+            {"version": __version__, "hostname": config.hostname, "flush_interval": config.relay_flush_interval}
+        )
+
     def internal_error(self, stage: str, items: int = 1) -> None:
         """The safety net of every stage: a bug costs the datagram or the items at hand, never the relay. Counted
         as dropped (internal_error) and logged with its traceback, once per stage per window. Call it from an
@@ -156,13 +164,17 @@ class Stats:
         return {**counters, "dropped": self.dropped, "started": self.started,
                 "reloads": self.info.get("reloads", 0), "last_reload": self.info.get("last_reload")}  # fmt: skip
 
+    def counter(self, name: str) -> Counter[Any] | None:
+        """The counter a reload's state or a worker's report calls `name`: "group.name", or "dropped"."""
+        group, _, attribute = name.rpartition(".")
+        owner = self.counter_groups().get(group) if group else self
+        counter = getattr(owner, attribute, None)
+        return counter if isinstance(counter, Counter) else None
+
     def adopt(self, state: dict[str, Any]) -> None:
-        groups = self.counter_groups()
         for key, value in state.items():
-            group, _, name = key.rpartition(".")
-            owner = groups.get(group) if group else self
-            mine = getattr(owner, name, None)
-            if isinstance(value, Counter) and isinstance(mine, Counter):
+            mine = self.counter(key)
+            if isinstance(value, Counter) and mine is not None:
                 mine.update(value)
         self.started = state.get("started", self.started)
         self.info["reloads"] = state.get("reloads", 0)

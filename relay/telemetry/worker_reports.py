@@ -18,19 +18,11 @@ WORKER_GAUGES = (
 )  # fmt: skip
 
 
-def _owner(stats: Stats, name: str) -> tuple[Any, str]:
-    """The object holding counter `name` ("group.name", or "dropped") and its attribute."""
-    group, _, attribute = name.rpartition(".")
-    return (getattr(stats, group) if group else stats), attribute
-
-
 def worker_report(stats: Stats) -> dict[str, Any]:
     """A worker's counters as JSON-safe data (tuple keys become lists)."""
     aggregate = stats.aggregate
     return {
-        "counters": {
-            name: [[key, value] for key, value in getattr(*_owner(stats, name)).items()] for name in WORKER_COUNTERS
-        },
+        "counters": {name: [[key, value] for key, value in _counter(stats, name).items()] for name in WORKER_COUNTERS},
         "gauges": {name: getattr(stats.gauges, name)() for name in WORKER_GAUGES},
         "flush": [aggregate.flushes, aggregate.flush_seconds, aggregate.last_flush_seconds, aggregate.last_flush_at],
         "api_key_valid": stats.info.get("api_key_valid"),
@@ -45,7 +37,9 @@ def absorb_reports(stats: Stats, local_dropped: Counter[str], reports: list[dict
         for report in reports:
             for key, value in report["counters"][name]:
                 total[tuple(key) if isinstance(key, list) else key] += value
-        setattr(*_owner(stats, name), total)
+        counter = _counter(stats, name)
+        counter.clear()
+        counter.update(total)
     for name in WORKER_GAUGES:
         setattr(stats.gauges, name, _summed_gauge(reports, name))
     flushes, aggregate = [r["flush"] for r in reports], stats.aggregate
@@ -58,6 +52,12 @@ def absorb_reports(stats: Stats, local_dropped: Counter[str], reports: list[dict
     for label in reports[0]["destinations"] if reports else ():
         destination = stats.destinations.setdefault(label, Stats())
         absorb_reports(destination, Counter(), [report["destinations"][label] for report in reports])
+
+
+def _counter(stats: Stats, name: str) -> Counter[Any]:
+    counter = stats.counter(name)
+    assert counter is not None, f"{name} is one of Stats' counters"
+    return counter
 
 
 def _summed_gauge(reports: list[dict[str, Any]], name: str) -> Callable[[], int]:
