@@ -72,10 +72,45 @@ def _percentiles(values: tuple[str, ...]) -> str | None:
     return None
 
 
+_BYTE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    """A memory size as Kubernetes writes it: bytes, or a number with k/M/G (powers of 1000) or Ki/Mi/Gi (1024);
+    a trailing B is allowed (`512MiB`). Raises ValueError."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?)?[bB]?\s*", text)
+    if match is None:
+        raise ValueError(text)
+    return int(float(match.group(1)) * _BYTE_UNITS[(match.group(2) or "").lower()])
+
+
+def _memory_size(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        return None if parse_bytes(value) > 0 else "must be > 0"
+    except ValueError:
+        return "must be a size in bytes, like 536870912, 512Mi or 1Gi"
+
+
+def _tag_filterlist(entries: tuple[Any, ...]) -> str | None:
+    """metric_tag_filterlist: [{metric_name, action: include|exclude (default exclude), tags: [tag keys]}]."""
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("metric_name"), str) or not entry["metric_name"]:
+            return "each entry must be a map with metric_name, action and tags"
+        if entry.get("action", "exclude") not in ("include", "exclude"):
+            return f"{entry['metric_name']!r}: action must be include or exclude"
+        tags = entry.get("tags")
+        if not isinstance(tags, list) or not all(isinstance(tag, str) and tag for tag in tags):
+            return f"{entry['metric_name']!r}: tags must be a list of tag keys"
+    return None
+
+
 def _url(value: str) -> str | None:
     return None if not value or value.startswith(("http://", "https://")) else "must start with http(s)://"
 
 
+STRUCTURED_FIELDS = ("dogstatsd_mapper_profiles", "metric_tag_filterlist")  # lists of maps: YAML or JSON only
 SECRET_FIELDS = ("api_key", "app_key", "additional_endpoints")  # never echoed in an error
 
 
@@ -159,6 +194,8 @@ class Config:
     statsd_metric_blocklist: tuple[str, ...] = _key(())
     statsd_metric_blocklist_match_prefix: bool = _key(False)
     dogstatsd_mapper_profiles: tuple[Any, ...] = _key((), check=_mapper_profiles)
+    # Per metric name, the tag keys to drop (exclude) or the only ones to keep (include), before a context is made.
+    metric_tag_filterlist: tuple[Any, ...] = _key((), check=_tag_filterlist)
     # Aggregation
     histogram_aggregates: tuple[str, ...] = _key(("max", "median", "avg", "count"), check=_one_of(HISTOGRAM_AGGREGATES))
     histogram_percentiles: tuple[str, ...] = _key(("0.95",), check=_percentiles)
@@ -196,6 +233,10 @@ class Config:
     relay_self_metrics: bool = _key(False, key="relay.self_metrics")
     relay_spool_dir: str = _key("", key="relay.spool_dir")
     relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=_not_negative)
+    # One metric's share of the contexts: past it that metric alone folds. 0: half of the context limit.
+    relay_max_contexts_per_metric: int = _key(0, key="relay.max_contexts_per_metric", check=_not_negative)
+    # The memory the relay may use: "" reads the container's limit (its cgroup), else the host's memory.
+    relay_memory_limit: str = _key("", key="relay.memory_limit", check=_memory_size)
     confd_path: str = _key("")  # checks: conf.d directory ("" = no checks); checks.d is looked for beside it
     additional_checksd: tuple[str, ...] = _key(())
     relay_checks_base: str = _key("auto", key="relay.checks_base", check=_one_of(("auto", "builtin")))
@@ -408,7 +449,7 @@ def _coerce(name: str, value: Any) -> Any:
             return str(value)
         if name == "additional_endpoints":
             return _endpoint_pairs(value)
-        return _to_tuple(value, structured=name == "dogstatsd_mapper_profiles")
+        return _to_tuple(value, structured=name in STRUCTURED_FIELDS)
     except (ValueError, TypeError):
         expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(kind, "a list")
         if name == "additional_endpoints":
