@@ -85,10 +85,8 @@ def parse_bytes(text: str) -> int:
 
 
 def _memory_size(value: str) -> str | None:
-    if not value:
-        return None
     try:
-        return None if parse_bytes(value) > 0 else "must be > 0"
+        return None if not value or parse_bytes(value) > 0 else "must be > 0"
     except ValueError:
         return "must be a size in bytes, like 536870912, 512Mi or 1Gi"
 
@@ -100,8 +98,7 @@ def _tag_filterlist(entries: tuple[Any, ...]) -> str | None:
             return "each entry must be a map with metric_name, action and tags"
         if entry.get("action", "exclude") not in ("include", "exclude"):
             return f"{entry['metric_name']!r}: action must be include or exclude"
-        tags = entry.get("tags")
-        if not isinstance(tags, list) or not all(isinstance(tag, str) and tag for tag in tags):
+        if not isinstance(tags := entry.get("tags"), list) or not all(isinstance(tag, str) and tag for tag in tags):
             return f"{entry['metric_name']!r}: tags must be a list of tag keys"
     return None
 

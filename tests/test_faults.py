@@ -85,10 +85,10 @@ async def test_shutdown_during_a_flush_lets_it_finish_and_every_count_arrives_on
     pipeline = relay.pipeline
     build = pipeline._build_and_serialize
 
-    def slow_build(work):  # a flush of many contexts takes a while
+    def slow_build(work, self_metrics_at):  # a flush of many contexts takes a while
         loop.call_soon_threadsafe(flushing.set)
         time.sleep(0.5)
-        return build(work)
+        return build(work, self_metrics_at)
 
     pipeline._build_and_serialize = slow_build  # type: ignore[method-assign]
     await pipeline.sink.start()

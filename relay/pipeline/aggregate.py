@@ -16,13 +16,13 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from relay.config import Config
 from relay.pipeline.buckets import (
     NO_SLOT,
     Bucket,
+    FlushWork,
     HistogramSpec,
     Packed,
     effective_rate,
@@ -51,25 +51,6 @@ MAX_PER_FLUSH = 100_000  # events, and service checks, kept between two flushes
 OVERFLOW_LABELS = 200  # distinct (metric, tag key) pairs counted apart; the rest go to ("other", "other")
 
 
-@dataclass(slots=True)
-class FlushWork:
-    """What `detach` took out of the aggregator for one flush."""
-
-    cutoff: int
-    closed: list[Bucket]
-    zeros: list[tuple[int, list[int]]]  # (bucket start, counters that report 0 there)
-    timestamped: list[tuple[int, SeriesType, int, float]]
-    events: list[Event]
-    service_checks: list[ServiceCheck]
-    passthrough: list[Series]
-
-    @property
-    def items(self) -> int:
-        """Contexts, points, events and service checks: what is lost if this flush cannot be built."""
-        contexts = sum(len(bucket.slots()) for bucket in self.closed)
-        return contexts + len(self.timestamped) + len(self.events) + len(self.service_checks) + len(self.passthrough)
-
-
 class Aggregator:
     def __init__(self, config: Config, stats: Stats) -> None:
         self.interval = config.relay_flush_interval
@@ -77,6 +58,10 @@ class Aggregator:
         self.context_expiry = config.dogstatsd_context_expiry_seconds
         self.histogram_spec = HistogramSpec.from_config(config.histogram_aggregates, config.histogram_percentiles)
         self.max_contexts = config.relay_max_contexts
+        # One metric's share: past it only that metric folds, so a spike of one name never starves the others.
+        self.max_per_metric = config.relay_max_contexts_per_metric or self.max_contexts // 2
+        self.per_metric: Counter[str] = Counter()  # live contexts by metric name
+        self.held_at = 0  # the memory guard's cap on new contexts (runtime/memory_guard.py); 0: none
         self.copy_prefix = (
             config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
         )
@@ -108,18 +93,21 @@ class Aggregator:
         """The previous pipeline's state, before anything is ingested here (the slots are its slots)."""
         for name in self.HANDOFF:
             setattr(self, name, state[name])
+        self.per_metric = Counter(context.name for context in self.slot_of)
 
     @property
     def contexts(self) -> int:
         return len(self.slot_of)
 
     def slot(self, context: Context) -> int:
-        """The slot of a context, made on first sight; past relay.max_contexts the context is folded first."""
+        """The slot of a context, made on first sight; past relay.max_contexts, the metric's share of it or the
+        memory guard's hold, the context is folded first."""
         slot = self.slot_of.get(context)
-        if slot is None and self.max_contexts and len(self.slot_of) >= self.max_contexts:
+        if slot is None and self._full(context.name):
             context = self._fold(context)
             slot = self.slot_of.get(context)
         if slot is None:
+            self.per_metric[context.name] += 1
             if self._free_slots:
                 slot = self._free_slots.pop()
                 self.context_of[slot] = context
@@ -130,6 +118,16 @@ class Aggregator:
                 self.last_seen.append(self.last_cutoff)
             self.slot_of[context] = slot
         return slot
+
+    def _full(self, name: str) -> bool:
+        contexts = len(self.slot_of)
+        if self.max_contexts and (contexts >= self.max_contexts or self.per_metric[name] >= self.max_per_metric):
+            return True
+        return bool(self.held_at) and contexts >= self.held_at
+
+    def hold(self, held: bool) -> None:
+        """The memory guard: while held, no context is added beyond those live now (expired ones make room)."""
+        self.held_at = (self.held_at or max(len(self.slot_of), 1)) if held else 0
 
     def _fold(self, context: Context) -> Context:
         """Over the limit, new contexts are folded, not lost: every tag value becomes `overflow`, and the counter
@@ -142,7 +140,7 @@ class Aggregator:
             label = (name, key) if (name, key) in overflow or len(overflow) < OVERFLOW_LABELS else ("other", "other")
             overflow[label] += 1
         folded = Context(name, host, tuple(f"{key}:overflow" if key else "overflow" for key in keys))
-        if folded not in self.slot_of and len(self.slot_of) >= self.max_contexts * 1.1:
+        if folded not in self.slot_of and len(self.slot_of) >= (self.held_at or self.max_contexts) * 1.1:
             self.stats.dropped["context_overflow_name_folded"] += 1
             folded = Context(OVERFLOW_METRIC, host, ())
         return folded
@@ -165,6 +163,7 @@ class Aggregator:
             "custom_metrics_estimate": self.custom_metrics_estimate(),
             "scanned": min(self.contexts, scan),
             "max_contexts": self.max_contexts,
+            "max_contexts_per_metric": self.max_per_metric,
             "top_metrics": [
                 {"metric": name, "contexts": count,
                  "tag_values": dict(sorted(((k, len(v)) for k, v in values[name].items()), key=lambda kv: -kv[1])[:10])}
@@ -411,10 +410,14 @@ class Aggregator:
             and slot not in self.counter_last_sampled
             and slot not in open_slots
         }
+        per_metric = self.per_metric
         for slot in expired:
             context = self.context_of[slot]
             assert context is not None
             del self.slot_of[context]
+            per_metric[context.name] -= 1
+            if not per_metric[context.name]:
+                del per_metric[context.name]
             self.context_of[slot] = None
         self._free_slots.extend(expired)
         return expired

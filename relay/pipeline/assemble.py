@@ -11,13 +11,16 @@ import asyncio
 import gc
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
 from relay.checks.runner import CheckRunner
 from relay.config import Config, redact
-from relay.pipeline.aggregate import Aggregator, FlushWork
+from relay.pipeline.aggregate import Aggregator
+from relay.pipeline.buckets import FlushWork
 from relay.pipeline.dry_run import DryRunSink, render_flush
 from relay.pipeline.enrich import Enricher
 from relay.pipeline.forward import FanOutSink, HttpSink, Sink
@@ -27,6 +30,8 @@ from relay.pipeline.serialize import Serializer
 from relay.pipeline.spool import Spool
 from relay.telemetry.self_metrics import SelfMetrics
 from relay.telemetry.stats import Stats
+
+FLUSH_PART = 20_000  # contexts built and encoded at a time in a flush (relay/memory.py plans for one part)
 
 
 class Pipeline:
@@ -73,35 +78,54 @@ class Pipeline:
         return flushed
 
     async def flush(self, *, force: bool = False) -> None:
-        """One flush: the closed buckets (every bucket with `force`) built, serialized and handed to the sink."""
+        """One flush: the closed buckets (every bucket with `force`) built, serialized and handed to the sink, in
+        parts of FLUSH_PART contexts, so that its memory is one part's and not every series' at once."""
         started = time.perf_counter()
         # A flush makes a million short-lived, acyclic objects: left on, the cyclic collector would rescan every
         # context many times over and double the flush time. Reference counting frees all of them anyway.
         gc.disable()
+        shown: list[tuple[Flushed, list[Payload]]] = []  # a dry run prints the whole flush
+        totals: Counter[str] = Counter()
         try:
             # Only taking the closed buckets out happens on the loop; the arithmetic and the encoding run in a
             # thread, so that ingest keeps draining the sockets during a flush.
             work = self.aggregator.detach(time.time(), force=force)
-            try:
-                flushed, payloads = await asyncio.to_thread(self._build_and_serialize, work)
-            except Exception:  # a bug outside the per-item guards: this flush's items are lost, and counted
-                self.stats.internal_error("flush", work.items)
-                flushed, payloads = Flushed(), []
+            parts = work.parts(len(self.aggregator.context_of), FLUSH_PART)
+            first = True
+            while (done := await asyncio.to_thread(self._next_part, parts, work.cutoff, first)) is not None:
+                first = False
+                flushed, payloads = done
+                for payload in payloads:
+                    self.sink.send(payload)
+                totals.update(flushed.counts())
+                if self.dry_run and payloads:
+                    shown.append(done)
             self._finish(work)
         finally:
             gc.enable()
-        for payload in payloads:
-            self.sink.send(payload)
-        self.stats.record_flush(time.perf_counter() - started, flushed)
-        if self.dry_run and payloads:
-            self.out.write(render_flush(flushed, payloads))
+        self.stats.record_flush(time.perf_counter() - started, totals)
+        if shown:
+            self.out.write(render_flush(_joined(item[0] for item in shown), [p for item in shown for p in item[1]]))
             self.out.flush()
 
-    def _build_and_serialize(self, work: FlushWork) -> tuple[Flushed, list[Payload]]:
+    def _next_part(self, parts: Iterator[FlushWork], cutoff: int, first: bool) -> tuple[Flushed, list[Payload]] | None:
+        """The next part built and serialized (in a thread); None when there is none left. A bug outside the
+        per-item guards costs this part's items, counted, never the rest of the flush."""
+        part = next(parts, None)
+        if part is None:
+            return None
+        try:
+            return self._build_and_serialize(part, cutoff if first else 0)
+        except Exception:
+            self.stats.internal_error("flush", part.items)
+            return Flushed(), []
+
+    def _build_and_serialize(self, work: FlushWork, self_metrics_at: int) -> tuple[Flushed, list[Payload]]:
+        """`self_metrics_at`: the cutoff of the flush whose first part carries the relay's own series, or 0."""
         flushed = self.aggregator.build(work)
-        if self.self_metrics is not None:
+        if self.self_metrics is not None and self_metrics_at:
             interval = self.config.relay_flush_interval
-            flushed.series += self.self_metrics.series(work.cutoff - interval, interval)
+            flushed.series += self.self_metrics.series(self_metrics_at - interval, interval)
         return flushed, self.serializer.payloads(flushed)
 
     def _finish(self, work: FlushWork) -> None:
@@ -109,6 +133,16 @@ class Pipeline:
         expired = self.aggregator.finish(work)
         if expired:
             self.ingest.forget(expired)
+
+
+def _joined(parts: Iterable[Flushed]) -> Flushed:
+    whole = Flushed()
+    for part in parts:
+        whole.series += part.series
+        whole.sketches += part.sketches
+        whole.events += part.events
+        whole.service_checks += part.service_checks
+    return whole
 
 
 def http_sink(config: Config, stats: Stats) -> Sink:

@@ -11,9 +11,11 @@ sample, or 16 with its rate, instead of a Python float in a list.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from relay.pipeline.model import Kind, SeriesType
+from relay.pipeline.model import Event, Kind, Series, SeriesType, ServiceCheck
 from relay.pipeline.sketch import Sample, Sketch
 
 try:  # the C versions (relay/_speedups.c), identical in result; optional
@@ -24,6 +26,7 @@ except ImportError:
 
 Point = tuple[str, SeriesType, float]  # (name suffix, API type, value)
 HISTOGRAM = int(Kind.HISTOGRAM)
+T = TypeVar("T")
 NO_SLOT = -1  # no such slot: a shape with no distribution copy, or a blocked context
 
 
@@ -77,6 +80,14 @@ class Bucket:
     def slots(self) -> set[int]:
         return set().union(self.gauges, self.counters, self.sets, self.histograms, self.distributions)
 
+    def part(self, slots: range) -> Bucket:
+        """A copy holding only `slots` (a flush built in parts); its lists and sketches are shared, not copied."""
+        return Bucket(
+            self.start, _only(self.gauges, slots), _only(self.counters, slots), _only(self.sets, slots),
+            _only(self.histograms, slots), _only(self.packed, slots), _only(self.distributions, slots),
+            _only(self.folded, slots),
+        )  # fmt: skip
+
     def gauge(self, slot: int, value: float) -> None:
         self.gauges[slot] = value
 
@@ -100,6 +111,50 @@ class Bucket:
         kept.extend(samples)
         if copy != NO_SLOT:
             self.distributions.setdefault(copy, []).extend(samples)
+
+
+@dataclass(slots=True)
+class FlushWork:
+    """What `detach` took out of the aggregator for one flush."""
+
+    cutoff: int
+    closed: list[Bucket]
+    zeros: list[tuple[int, list[int]]]  # (bucket start, counters that report 0 there)
+    timestamped: list[tuple[int, SeriesType, int, float]]
+    events: list[Event]
+    service_checks: list[ServiceCheck]
+    passthrough: list[Series]
+
+    @property
+    def items(self) -> int:
+        """Contexts, points, events and service checks: what is lost if this flush cannot be built."""
+        contexts = sum(len(bucket.slots()) for bucket in self.closed)
+        return contexts + len(self.timestamped) + len(self.events) + len(self.service_checks) + len(self.passthrough)
+
+    def parts(self, slot_count: int, size: int) -> Iterator[FlushWork]:
+        """The same work in parts of at most `size` slots (slot order), so that a flush of a million contexts
+        builds and encodes one part at a time instead of holding every series at once. The first part carries
+        the points, events and checks that are not in buckets. A work no larger than `size` is its own part."""
+        if slot_count <= size:
+            yield self
+            return
+        zeros = [(start, set(slots)) for start, slots in self.zeros]
+        for low in range(0, slot_count, size):
+            chosen = range(low, min(low + size, slot_count))
+            first = low == 0
+            yield FlushWork(
+                self.cutoff,
+                [bucket.part(chosen) for bucket in self.closed],
+                [(start, [slot for slot in chosen if slot in slots]) for start, slots in zeros],
+                self.timestamped if first else [],
+                self.events if first else [],
+                self.service_checks if first else [],
+                self.passthrough if first else [],
+            )
+
+
+def _only(held: dict[int, T], slots: range) -> dict[int, T]:
+    return {slot: held[slot] for slot in slots if slot in held} if held else {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,10 @@ class Flushed:
     events: list[Event] = field(default_factory=list)
     service_checks: list[ServiceCheck] = field(default_factory=list)
 
+    def counts(self) -> dict[str, int]:
+        return {"series": len(self.series), "sketches": len(self.sketches), "events": len(self.events),
+                "service_checks": len(self.service_checks)}  # fmt: skip
+
 
 class Endpoint(StrEnum):
     """Intake paths; the value is the URL path."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +19,7 @@ from typing import NamedTuple
 MAGIC = b"dogstatsd-relay capture 1\n"
 RECORD = struct.Struct("<dBI")
 TRANSPORTS = ("udp", "uds", "uds_stream")
-MAX_BUFFERED = 64 * 1024 * 1024  # bytes of records waiting for a slow reader; beyond, records are dropped
+MAX_BUFFERED = 64 * 1024 * 1024  # bytes of records waiting for a slow reader; beyond, records are skipped
 
 
 class Record(NamedTuple):
@@ -47,7 +48,11 @@ def read_records(path: Path) -> Iterator[Record]:
 class Recorder:
     """A tap that encodes datagrams into a buffer; the health endpoint streams the buffer to the client."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_BUFFERED, skipped: Counter[str] | None = None) -> None:
+        """`limit`: bytes buffered at most (the capture's share of memory); `skipped`: where records skipped past
+        it are counted, as `capture`."""
+        self.limit = limit
+        self.skipped = skipped if skipped is not None else Counter()
         self.started = time.monotonic()
         self.buffer: list[bytes] = []
         self.buffered = 0
@@ -56,8 +61,9 @@ class Recorder:
         self.ready = asyncio.Event()
 
     def __call__(self, datagram: bytes, transport: str) -> None:
-        if self.buffered > MAX_BUFFERED:
+        if self.buffered > self.limit:
             self.dropped += 1
+            self.skipped["capture"] += 1
             return
         record = encode(time.monotonic() - self.started, transport, datagram)
         self.buffer.append(record)

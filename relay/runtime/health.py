@@ -3,7 +3,7 @@
 /metrics      Prometheus text of the relay's own counters
 /healthz      liveness: the process answers
 /ready        readiness: 503 with the reasons when probe loss, the retry backlog or the flush lag is over its limit,
-              or the intake rejects the API key or the payloads
+              or the intake rejects the API key or the payloads; `degraded` says what works with less memory now
 /status       the JSON behind `dogstatsd-relay status`
 /debug/cardinality   contexts per metric, tag values per key, a custom-metric estimate; `?sample=S` adds lines/s
 /debug/capture?seconds=S   raw datagrams with their timing, in the capture format of relay/runtime/capture.py
@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from relay import __version__
 from relay.config import Config
-from relay.runtime.capture import MAGIC, Recorder
+from relay.runtime.capture import MAGIC, MAX_BUFFERED, Recorder
 from relay.runtime.listen import Listeners
 from relay.runtime.taps import LineCounter, Tap, Taps
 from relay.telemetry.stats import Stats
@@ -71,6 +71,7 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
     return {
         "ready": not reasons,
         "reasons": reasons,
+        "degraded": stats.info.get("degraded", []),  # working, with less: contexts fold, queues push back...
         "probe_loss": probe_loss,
         "receive_queue_bytes": queued,
         "receive_queue_drops": stats.gauges.by_listener("queue_drops"),
@@ -131,7 +132,7 @@ async def serve_health(
 
     async def debug_capture(request: web.Request) -> web.StreamResponse:
         seconds = _seconds(request, "seconds", 30, MAX_CAPTURE_SECONDS)
-        recorder = Recorder()
+        recorder = Recorder(min(MAX_BUFFERED, taps.memory_share // MAX_OPEN_TAPS), stats.listen.taps_paused)
         _open(taps, recorder)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         deadline = time.monotonic() + seconds

@@ -13,6 +13,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from relay.memory import MemoryGuard
 from relay.pipeline.assemble import Pipeline
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,12 @@ class LongLivedObjects:
         gc.freeze()
 
 
-async def flush_loop(pipeline: Pipeline, should_exit: asyncio.Event) -> None:
+async def flush_loop(pipeline: Pipeline, should_exit: asyncio.Event, guard: MemoryGuard | None = None) -> None:
     """Flush just after each bucket boundary, so a bucket leaves as soon as it is closed. In between, every
     half second, fold the distribution samples that piled up into their sketches (bounded memory under a
     flood; short pauses, so the socket buffer rides them out) and take what survived out of the collector's
     sight. Returns once should_exit is set, never in the middle of a flush: a flush cancelled half way would
-    lose the buckets it had taken out."""
+    lose the buckets it had taken out. `guard`: the memory guard, which looks at the memory at the same pace."""
     interval = pipeline.config.relay_flush_interval
     collector = LongLivedObjects()
     while not should_exit.is_set():
@@ -66,6 +67,8 @@ async def flush_loop(pipeline: Pipeline, should_exit: asyncio.Event) -> None:
                 return  # the final flush takes every bucket
             pipeline.aggregator.fold_samples()
             collector.freeze()
+            if guard is not None:
+                guard.check(time.time())
         try:
             await pipeline.flush()
         except Exception:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from relay.config import Config
+from relay.memory import MemoryGuard, datagram_listeners, limit_of, log_budget, plan, resident_bytes
 from relay.pipeline.assemble import Pipeline
 from relay.runtime.handoff import (
     ENVIRONMENT,
@@ -67,10 +68,17 @@ class Relay:
     and a reload that hands it all to a new process without a gap."""
 
     def __init__(self, config: Config, out: TextIO = sys.stdout) -> None:
-        self.config = config
+        """Raises ConfigError (naming relay.memory_limit) when the memory limit cannot hold the relay."""
+        self.budget = plan(config, limit_of(config), resident_bytes(), listeners=datagram_listeners(config))
+        config = self.config = self.budget.apply(config)
         self.pipeline = Pipeline(config, out=out)
         self.stats = self.pipeline.stats
+        self.guard = MemoryGuard(self.budget, self.stats, self.pipeline.aggregator.hold)
+        self.stats.info["memory"] = self.budget.document(listeners=datagram_listeners(config))
+        log_budget(self.budget)
         self.listeners = Listeners(config, self.stats, self.pipeline.datagram)
+        self.listeners.taps.memory_share = self.budget.taps
+        self.stats.gauges.tap_bytes = self.listeners.taps.buffered
         self.registry = build_registry(self.stats)
         if config.confd_path or config.relay_host_collectors:
             self.pipeline.load_checks()
@@ -102,7 +110,7 @@ class Relay:
         if handoff is not None:
             await self._adopt_bridge(handoff)
         await self.pipeline.sink.start()
-        flusher = asyncio.create_task(flush_loop(self.pipeline, self.should_exit), name="flusher")
+        flusher = asyncio.create_task(flush_loop(self.pipeline, self.should_exit, self.guard), name="flusher")
         runner = self.pipeline.checks
         checks = asyncio.create_task(runner.run(), name="checks") if runner else None
         sends_metadata = self.config.enable_metadata_collection and not self.pipeline.dry_run

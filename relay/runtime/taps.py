@@ -27,9 +27,14 @@ class Taps:
 
     def __init__(self) -> None:
         self.open: list[Tap] = []
+        self.memory_share = 64 * 2**20 * 8  # bytes all captures may buffer together (relay/memory.py sets it)
 
     def add(self, tap: Tap) -> None:
         self.open.append(tap)
+
+    def buffered(self) -> int:
+        """Bytes the open captures hold for their readers."""
+        return sum(getattr(tap, "buffered", 0) for tap in self.open)
 
     def remove(self, tap: Tap) -> None:
         if tap in self.open:

@@ -24,7 +24,12 @@ class RelayCollector:
         yield from self._listen(self.stats)
         yield from self._parse_and_aggregate(self.stats)
         yield from self._forward(self.stats)
+        yield from self._memory(self.stats)
         yield from self._destinations()
+
+    @staticmethod
+    def _memory(s: Stats) -> Iterator[Metric]:
+        yield from _memory_families(s)
 
     @staticmethod
     def _listen(s: Stats) -> Iterator[Metric]:
@@ -142,6 +147,24 @@ class RelayCollector:
             ["destination"],
             {label: float(d.info.get("api_key_valid") is True) for label, d in destinations},
         )
+
+
+def _memory_families(s: Stats) -> Iterator[Metric]:
+    memory = s.info.get("memory")
+    if not memory:
+        return
+    yield _gauge("relay_memory_limit_bytes", f"The memory the relay lives under ({memory['source']}).",
+                 memory["limit_bytes"])  # fmt: skip
+    yield _gauge_family("relay_memory_share_bytes", "Each holder's share of the memory budget.", ["holder"],
+                        memory["shares"])  # fmt: skip
+    yield _gauge_family("relay_memory_bytes", "Each holder's use now (contexts estimated); resident: the process's.",
+                        ["holder"], s.gauges.memory_used())  # fmt: skip
+    yield _gauge("relay_max_contexts", "Contexts allowed by relay.max_contexts and the memory budget.",
+                 memory["max_contexts"])  # fmt: skip
+    yield CounterMetricFamily("relay_memory_holds", "Times the memory guard stopped new contexts (resident memory "
+                              "over 85 % of the limit).", value=s.aggregate.memory_holds)  # fmt: skip
+    yield _counter("relay_captures_paused", "Datagrams a capture skipped: its share of memory was full.", ["tap"],
+                   s.listen.taps_paused)  # fmt: skip
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
 from relay import __version__
 from relay.config import Config
 from relay.logs import RateLimitedLog
-from relay.pipeline.model import Flushed
 
 
 @dataclass
@@ -28,12 +27,14 @@ class ListenCounters:
     forwarded: Counter[str] = field(default_factory=Counter)  # statsd_forward tee: sent | error
     probes: Counter[str] = field(default_factory=Counter)  # loss self-probes sent, by listener
     probes_lost: Counter[str] = field(default_factory=Counter)
+    taps_paused: Counter[str] = field(default_factory=Counter)  # datagrams a capture skipped: its memory share full
 
 
 @dataclass
 class ParseCounters:
     messages: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, ok|error), one per value
     errors: Counter[str] = field(default_factory=Counter)  # by reason
+    tags_filtered: Counter[str] = field(default_factory=Counter)  # lines a metric_tag_filterlist rule cut, by metric
 
 
 @dataclass
@@ -44,6 +45,7 @@ class AggregateCounters:
     last_flush_seconds: float = 0.0
     last_flush_at: float = 0.0
     flushed: Counter[str] = field(default_factory=Counter)  # series | sketches | events | service_checks
+    memory_holds: int = 0  # times the memory guard stopped new contexts (relay/memory.py)
 
 
 @dataclass
@@ -85,6 +87,8 @@ class Gauges:
     checks: Callable[[], list[dict[str, Any]]] = list  # the check runner, per instance
     listeners: dict[str, ListenerGauges] = field(default_factory=dict)
     worker_queues: dict[str, Callable[[], int]] = field(default_factory=dict)  # relay.workers > 1, by worker
+    memory_used: Callable[[], dict[str, int]] = dict  # the memory guard: bytes by holder, and resident
+    tap_bytes: Callable[[], int] = _zero  # captures' buffers
 
     def listener(self, name: str) -> ListenerGauges:
         return self.listeners.setdefault(name, ListenerGauges())
@@ -115,6 +119,8 @@ class Info(TypedDict, total=False):
     reloads: int
     last_reload: dict[str, Any] | None
     last_capture: dict[str, int]
+    memory: dict[str, Any]  # the limit, where it was read, and each holder's share (relay/memory.py)
+    degraded: list[str]  # what degraded in the last minute, and why (the memory guard)
 
 
 @dataclass
@@ -180,13 +186,11 @@ class Stats:
         self.info["reloads"] = state.get("reloads", 0)
         self.info["last_reload"] = state.get("last_reload")
 
-    def record_flush(self, seconds: float, flushed: Flushed) -> None:
+    def record_flush(self, seconds: float, counts: Mapping[str, int]) -> None:
+        """`counts`: series, sketches, events and service checks sent by the flush (Flushed.counts)."""
         aggregate = self.aggregate
         aggregate.flushes += 1
         aggregate.flush_seconds += seconds
         aggregate.last_flush_seconds = seconds
         aggregate.last_flush_at = time.time()
-        aggregate.flushed.update(
-            series=len(flushed.series), sketches=len(flushed.sketches), events=len(flushed.events),
-            service_checks=len(flushed.service_checks),
-        )  # fmt: skip
+        aggregate.flushed.update(counts)

@@ -48,6 +48,13 @@ def status_document(stats: Stats) -> dict[str, Any]:
             for (metric, key), count in aggregate.context_overflow.most_common(20)
         ],
         "dropped": dict(stats.dropped),
+        "memory": {
+            **stats.info.get("memory", {}),
+            "used": gauges.memory_used(),
+            "holds": aggregate.memory_holds,
+            "captures_paused": sum(listen.taps_paused.values()),
+        },
+        "degraded": stats.info.get("degraded", []),
         "aggregator": {
             "contexts": gauges.contexts(),
             "flushes": aggregate.flushes,

@@ -283,7 +283,7 @@ def test_unweighted_histograms_match_the_weighted_rule(values, percentiles):
 
 
 def test_contexts_past_the_limit_are_folded_not_lost():
-    agg = aggregator(relay__max_contexts=3)
+    agg = aggregator(relay__max_contexts=3, relay__max_contexts_per_metric=3)
     for user in range(10):
         add(agg, "logins", MetricType.COUNTER, 1, 1001, tags=(f"user:{user}", "env:prod"))
     flushed = agg.flush(1010).series
@@ -292,6 +292,34 @@ def test_contexts_past_the_limit_are_folded_not_lost():
     assert agg.stats.aggregate.context_overflow == {("logins", "env"): 7, ("logins", "user"): 7}
     folded = [c for c in agg.context_of if c is not None and "user:overflow" in c.tags]
     assert folded == [Context("logins", "h", ("env:overflow", "user:overflow"))]
+
+
+def test_one_metric_past_its_share_folds_alone_and_the_others_still_get_new_contexts():
+    agg = aggregator(relay__max_contexts=100)  # a metric's share: half of it
+    for request in range(1000):
+        add(agg, "spike.req", MetricType.COUNTER, 1, 1001, tags=(f"request_id:{request}", "env:prod"))
+    for user in range(40):
+        add(agg, "logins", MetricType.COUNTER, 1, 1001, tags=(f"user:{user}",))
+    assert agg.per_metric == {"spike.req": 51, "logins": 40}  # 50, plus the folded one
+    assert agg.stats.aggregate.context_overflow[("spike.req", "request_id")] == 950
+    assert ("logins", "user") not in agg.stats.aggregate.context_overflow
+    flushed = agg.flush(1010).series
+    assert sum(s.points[0][1] for s in flushed if s.context.name == "spike.req") * 10 == pytest.approx(1000)
+
+
+def test_the_memory_guard_holds_new_contexts_until_old_ones_expire():
+    agg = aggregator(relay__max_contexts=1000, dogstatsd_context_expiry_seconds=10)
+    for user in range(10):
+        add(agg, "logins", MetricType.GAUGE, 1, 1001, tags=(f"user:{user}",))
+    agg.hold(True)
+    add(agg, "other", MetricType.GAUGE, 1, 1001, tags=("user:new",))
+    assert agg.contexts == 11 and ("other", "user") in agg.stats.aggregate.context_overflow  # folded, kept
+    agg.flush(1010)
+    agg.flush(1040)  # the 11 expire: room for new ones, still under the hold
+    add(agg, "other", MetricType.GAUGE, 1, 1041, tags=("user:new",))
+    assert Context("other", "h", ("user:new",)) in agg.slot_of
+    agg.hold(False)
+    assert agg.held_at == 0
 
 
 def test_even_folded_contexts_are_bounded():
