@@ -90,7 +90,7 @@ class Budget:
 def plan(config: Config, limit: MemoryLimit, started: int, *, listeners: int = 1, workers: int = 1) -> Budget:
     """Share out the limit; `started`: the resident bytes now. Raises ConfigError naming relay.memory_limit when the
     limit cannot hold the relay's minimum."""
-    baseline = started + STARTUP_GROWTH
+    baseline = (started + STARTUP_GROWTH) * (workers + 1 if workers > 1 else 1)  # each worker is a process
     usable = int(limit.bytes * HEADROOM) - baseline
     minimum = MIN_CONTEXTS * CONTEXT_BYTES + FLUSH_BYTES + 2**20 + MIN_QUEUE * (listeners + 2 * workers)
     if usable < minimum:

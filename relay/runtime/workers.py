@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from relay.config import Config
+from relay.memory import datagram_listeners, limit_of, log_budget, plan, resident_bytes
 from relay.runtime.health import start_front
 from relay.runtime.listen import Listeners
 from relay.runtime.pipes import WorkerFeed, pump
@@ -53,10 +54,19 @@ class ShardedRelay:
     """The main process of a relay with several workers."""
 
     def __init__(self, config: Config, workers: int) -> None:
-        self.config = config
+        """Raises ConfigError (naming relay.memory_limit) when the memory limit cannot hold the relay."""
+        listeners = datagram_listeners(config)
+        budget = plan(config, limit_of(config), resident_bytes(), listeners=listeners, workers=workers)
+        self.config = budget.apply(config)
+        # Each worker holds its share of the contexts; a metric lives in one worker (lines are sharded by name).
+        per_worker = max(budget.contexts // workers, 1)
+        self.worker_contexts = (per_worker, min(config.relay_max_contexts_per_metric or per_worker // 2, per_worker))
+        config = self.config
         self.count = workers
         self.stats = Stats()
         self.stats.describe(config)
+        self.stats.info["memory"] = budget.document(listeners, workers)
+        log_budget(budget)
         self.stats.info["workers"] = workers
         self.local_dropped: Counter[str] = Counter()  # what the main process itself drops
         self.reports: list[dict[str, Any]] = []
@@ -94,7 +104,7 @@ class ShardedRelay:
         return {
             "contexts": self.stats.gauges.contexts(),
             "custom_metrics_estimate": self.stats.gauges.custom_metrics_estimate(),
-            "max_contexts": self.config.relay_max_contexts * self.count,
+            "max_contexts": self.config.relay_max_contexts,
             "workers": self.count,
             "top_metrics": [],
         }
@@ -112,7 +122,9 @@ class ShardedRelay:
             data_main, data_worker = context.Pipe(duplex=False)[::-1]
             reports_main, reports_worker = context.Pipe(duplex=False)
             spool = self.config.spool_path / f"worker-{index}"
-            worker_config = replace(self.config, relay_spool_dir=str(spool))
+            per_worker, per_metric = self.worker_contexts
+            worker_config = replace(self.config, relay_spool_dir=str(spool), relay_max_contexts=per_worker,
+                                    relay_max_contexts_per_metric=per_metric)  # fmt: skip
             if index:  # checks and host collectors run in worker 0 only: one run, one series each
                 worker_config = replace(worker_config, confd_path="", relay_host_collectors=())
             process = context.Process(
