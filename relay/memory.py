@@ -130,7 +130,8 @@ def log_budget(budget: Budget) -> None:
 
 
 def _bounded(configured: int, share: int) -> int:
-    return max(min(configured, share), MIN_QUEUE)
+    """The configured bound, lowered to its share (never below MIN_QUEUE, which the plan's minimum holds)."""
+    return min(configured, max(share, MIN_QUEUE))
 
 
 def _mib(size: float) -> str:
