@@ -31,7 +31,7 @@ from relay.runtime.capture import MAGIC, MAX_BUFFERED, Recorder
 from relay.runtime.listen import Listeners
 from relay.runtime.taps import LineCounter, Tap, Taps
 from relay.telemetry.stats import Stats
-from relay.telemetry.status_document import status_document
+from relay.telemetry.status_document import folding, status_document
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ async def serve_health(
         top = request.query.get("top", "20")
         top_n = min(int(top), 1000) if top.isdigit() else 20
         seconds = _seconds(request, "sample", 0, MAX_SAMPLE_SECONDS)
-        report = cardinality(top=top_n)
+        report = {**cardinality(top=top_n), "folding": folding(stats, top_n)}
         if seconds:
             counter = LineCounter()
             _open(taps, counter)

@@ -43,10 +43,7 @@ def status_document(stats: Stats) -> dict[str, Any]:
         "checks": gauges.checks(),
         "check_errors": dict(stats.check_errors),
         "check_config_errors": dict(stats.check_config_errors),
-        "context_overflow": [
-            {"metric": metric, "tag_key": key, "contexts": count}
-            for (metric, key), count in aggregate.context_overflow.most_common(20)
-        ],
+        "context_overflow": folding(stats, 20),
         "dropped": dict(stats.dropped),
         "memory": {
             **stats.info.get("memory", {}),
@@ -74,6 +71,14 @@ def status_document(stats: Stats) -> dict[str, Any]:
             },
         },
     }
+
+
+def folding(stats: Stats, top: int) -> list[dict[str, Any]]:
+    """The metrics whose new contexts fold (past relay.max_contexts or their share), by tag key, most first."""
+    return [
+        {"metric": metric, "tag_key": key, "contexts": count}
+        for (metric, key), count in stats.aggregate.context_overflow.most_common(top)
+    ]
 
 
 def forwarder_document(stats: Stats) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from relay.config import Config, redact
 from relay.runtime.readers import udp_socket_rows
+from relay.tools.status import mib
 
 Finding = tuple[str, str, str]  # (OK | WARN | FAIL, what was checked, the fix or the figure)
 
@@ -29,6 +30,7 @@ def diagnose(
         _workers(config, status, os.cpu_count() or 1, local_udp_clients(config.dogstatsd_port)),
         _api_key(config, status, probe),
         _spool_disk(config),
+        _memory(status),
     ]
 
 
@@ -148,6 +150,22 @@ def _spool_disk(config: Config) -> Finding:
         return ("FAIL", "spool disk", f"{path} is {ratio:.0%} full: above forwarder_storage_max_disk_ratio "
                 f"{config.forwarder_storage_max_disk_ratio:.0%}, nothing will be spooled during an outage")  # fmt: skip
     return ("OK", "spool disk", f"{usage.free // 2**20:,} MiB free for the spool at {config.spool_path}")
+
+
+def _memory(status: dict[str, Any] | None) -> Finding:
+    """The running relay's memory against its limit, and each holder over its share."""
+    if status is None or "limit_bytes" not in status.get("memory", {}):
+        return ("OK", "memory", "no running relay to look at")
+    memory, degraded = status["memory"], status.get("degraded", [])
+    used, limit = memory["used"], memory["limit_bytes"]
+    full = [holder for holder, share in memory["shares"].items() if holder in used and share and used[holder] >= share]
+    figure = (f"resident {mib(used['resident'])} (peak {mib(used['resident_peak'])}) of {mib(limit)} "
+              f"({memory['source']})")  # fmt: skip
+    if used["resident_peak"] > 0.9 * limit or degraded or full:
+        reasons = "; ".join([*degraded, *(f"{holder} at its share" for holder in full)])
+        return ("WARN", "memory", f"{figure}: {reasons or 'over 90 % of the limit'}. Fix: raise the container's "
+                "limit (or relay.memory_limit), or cut cardinality with metric_tag_filterlist")  # fmt: skip
+    return ("OK", "memory", figure)
 
 
 def http_probe(url: str, headers: dict[str, str]) -> int:

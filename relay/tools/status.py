@@ -17,7 +17,7 @@ def _number(value: Any) -> str:
 def render(status: dict[str, Any]) -> str:
     """The text of `dogstatsd-relay status`, section by section as `datadog-agent status` prints them."""
     lines = []
-    for section in (_header, _listeners, _dogstatsd, _aggregator, _checks, _forwarder):
+    for section in (_header, _listeners, _dogstatsd, _aggregator, _memory, _checks, _forwarder):
         lines += section(status)
     return "\n".join(lines) + "\n"
 
@@ -90,6 +90,32 @@ def _aggregator(status: dict[str, Any]) -> list[str]:
         label = kind.replace("_", " ").title()
         lines.append(f"  {label} Flushed: {_number(aggregator['flushed'].get(kind, 0))}")
     return lines
+
+
+def _memory(status: dict[str, Any]) -> list[str]:
+    """The limit, each holder's use against its share, and what degraded (status['memory'], relay/memory.py)."""
+    memory = status.get("memory", {})
+    if "limit_bytes" not in memory:
+        return []
+    lines = _title("Memory")
+    used = memory.get("used", {})
+    lines.append(f"  Limit: {mib(memory['limit_bytes'])} ({memory['source']}); planned to use "
+                 f"{mib(memory['planned_bytes'])}")  # fmt: skip
+    lines.append(f"  Resident: {mib(used.get('resident', 0))}, peak {mib(used.get('resident_peak', 0))}")
+    lines.append(f"  Context Limit: {_number(memory['max_contexts'])}, {_number(memory['max_contexts_per_metric'])} "
+                 "per metric")  # fmt: skip
+    for holder, share in memory["shares"].items():
+        if share:
+            use = f"{mib(used[holder])} of " if holder in used else ""
+            lines.append(f"    {holder.replace('_', ' ').title()}: {use}{mib(share)}")
+    if memory.get("holds"):
+        lines.append(f"  Memory Guard Holds: {_number(memory['holds'])}")
+    lines += [f"  [DEGRADED] {reason}" for reason in status.get("degraded", [])]
+    return lines
+
+
+def mib(size: float) -> str:
+    return f"{size / 2**20:,.1f} MiB"
 
 
 def _checks(status: dict[str, Any]) -> list[str]:

@@ -39,7 +39,16 @@ def render(report: dict[str, Any], top: int) -> Group:
     for row in report.get("top_metrics", [])[:top]:
         keys = "  ".join(f"{key or '(bare)'}={count:,}" for key, count in list(row["tag_values"].items())[:4])
         by_contexts.add_row(row["metric"], f"{row['contexts']:,}", keys)
-    return Group(header, by_lines, by_contexts)
+    if not report.get("folding"):
+        return Group(header, by_lines, by_contexts)
+    folding = Table(title="folding: new contexts become `overflow` (relay.max_contexts, or the metric's share)",
+                    title_justify="left", expand=False)  # fmt: skip
+    folding.add_column("metric")
+    folding.add_column("tag key")
+    folding.add_column("contexts folded", justify="right")
+    for row in report["folding"][:top]:
+        folding.add_row(row["metric"], row["tag_key"] or "(bare)", f"{row['contexts']:,}")
+    return Group(header, by_lines, by_contexts, folding)
 
 
 def run(url: str, top: int, interval: float, once: bool, console: Console) -> None:
