@@ -136,8 +136,9 @@ static int add_member(PyObject *sets, PyObject *slot, const char *text, Py_ssize
 
 /* The first sight of a context, in C (Ingest._first_sight does the same in Python, and decides the rest).
  *
- * `learner` is (Context, hostname, extra_tags, blocklist, strings, strings_limit, slot, copy_slot, shape_limit):
- * the enricher's plain case (no namespace, mapper or prefix blocklist; relay/pipeline/ingest.py builds it). A line is
+ * `learner` is (Context, hostname, extra_tags, blocklist, strings, strings_limit, slot, copy_slot, shape_limit,
+ * tag_rule_names): the enricher's plain case (no namespace, mapper or prefix blocklist; relay/pipeline/ingest.py
+ * builds it); the metrics of metric_tag_filterlist are left to Python, which caches their shapes cut. A line is
  * learned here only when the reference parser and the enricher would plainly agree: `name:number|type`, then
  * any of `@rate` (a decimal) and `#tags` (valid UTF-8, none empty, none starting with `host:` or `dd.internal.`)
  * and fields the parser ignores; no `T` timestamp, no packed values. Returns the new shape (a borrowed
@@ -214,14 +215,16 @@ done:
 }
 
 typedef struct {
-    PyObject *context_type, *shape_type, *hostname, *extra, *blocklist, *strings, *slot_of, *copy_slot_of;
+    PyObject *context_type, *shape_type, *hostname, *extra, *blocklist, *strings, *slot_of, *copy_slot_of,
+             *tag_rule_names;
     Py_ssize_t strings_limit, shape_limit;
 } Learner;
 
 static int unpack_learner(PyObject *learner, Learner *out) {
-    return PyArg_ParseTuple(learner, "OOOO!O!O!nOOn", &out->context_type, &out->shape_type, &out->hostname, &PyTuple_Type, &out->extra,
+    return PyArg_ParseTuple(learner, "OOOO!O!O!nOOnO!", &out->context_type, &out->shape_type, &out->hostname, &PyTuple_Type, &out->extra,
                             &PyFrozenSet_Type, &out->blocklist, &PyDict_Type, &out->strings, &out->strings_limit,
-                            &out->slot_of, &out->copy_slot_of, &out->shape_limit);
+                            &out->slot_of, &out->copy_slot_of, &out->shape_limit, &PyFrozenSet_Type,
+                            &out->tag_rule_names);
 }
 
 /* tuple.__new__(Shape, fields): the NamedTuple without its Python-level __new__; steals `fields`. */
@@ -276,6 +279,8 @@ static PyObject *learn(const char *line, Py_ssize_t length, const char *colon, c
     PyObject *name = PyUnicode_DecodeUTF8(line, name_length, NULL);
     if (name == NULL) { PyErr_Clear(); return NULL; }
     PyObject *shape = NULL, *context = NULL, *tag_tuple = NULL, *shared_name = NULL, *shared_host = NULL;
+    int ruled = PySet_Contains(learner->tag_rule_names, name);
+    if (ruled != 0) goto done;  /* an error, or a metric_tag_filterlist metric: Python learns it */
     int blocked = PySet_Contains(blocklist, name);
     if (blocked < 0) goto done;
     if (blocked) {

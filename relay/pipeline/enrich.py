@@ -39,6 +39,58 @@ class MapperProfile:
     mappings: tuple[Mapping, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class TagRule:
+    """One metric's metric_tag_filterlist rule (comp/filterlist's tagMatcher): the tag keys it removes (exclude)
+    or the only ones it keeps (include). A tag's key is the text before its first ':', or the whole tag."""
+
+    metric_name: str
+    include: bool
+    keys: frozenset[str]
+
+    @property
+    def action(self) -> str:
+        return "include" if self.include else "exclude"
+
+    def keeps(self, tag: str) -> bool:
+        return (tag.partition(":")[0] in self.keys) is self.include
+
+    def cut(self, raw_tags: tuple[str, ...]) -> tuple[str, ...]:
+        """The client's tags without those the rule removes; `host:` stays, as it names the host, not a tag.
+        (keeps() inlined: this runs for every line of a filtered metric.)"""
+        keys, include = self.keys, self.include
+        return tuple(tag for tag in raw_tags if (tag.partition(":")[0] in keys) is include or tag.startswith("host:"))
+
+    def cut_shape(self, suffix: bytes) -> bytes:
+        """A line's text after its value, with the tags the rule removes cut from each `#` field (read as parse.py
+        reads them): lines that differ only in those tags share one shape, so one cache entry."""
+        if b"#" not in suffix:
+            return suffix
+        fields = suffix.split(b"|")
+        for index, field in enumerate(fields):
+            if field[:1] == b"#":
+                tags = field[1:].decode("utf-8", "replace").split(",")
+                kept = self.cut(tuple(tags))
+                if len(kept) < len(tags):
+                    fields[index] = ("#" + ",".join(kept)).encode()
+        return b"|".join(fields)
+
+
+def build_tag_rules(entries: tuple[Any, ...]) -> dict[str, TagRule]:
+    """metric_tag_filterlist (already validated by Config) → one rule per metric name. Entries for the same name
+    merge as in the Agent's loadTagFilterList: the same action joins their keys, and exclude wins over include."""
+    merged: dict[str, tuple[bool, frozenset[str]]] = {}
+    for entry in entries:
+        include, keys = entry.get("action", "exclude") == "include", frozenset(entry["tags"])
+        known = merged.get(entry["metric_name"])
+        if known is not None and known[0] == include:
+            keys |= known[1]
+        elif known is not None and include:  # an include after an exclude changes nothing
+            continue
+        merged[entry["metric_name"]] = (include, keys)
+    return {name: TagRule(name, include, keys) for name, (include, keys) in merged.items()}
+
+
 def build_profiles(profiles: tuple[Any, ...]) -> tuple[MapperProfile, ...]:
     """dogstatsd_mapper_profiles (already validated by Config) → compiled profiles."""
     built = []
@@ -70,7 +122,8 @@ def _expand(template: str, match: re.Match[str]) -> str:
 
 
 class Enricher:
-    """Turns a metric's name and raw tags into its Context; None when the name is blocklisted."""
+    """Turns a metric's name and raw tags into its Context; None when the name is blocklisted. The one owner of
+    the tag rules: host and internal tags, dogstatsd_tags, mapper tags and metric_tag_filterlist."""
 
     def __init__(self, config: Config) -> None:
         self.hostname = config.hostname
@@ -85,12 +138,17 @@ class Enricher:
             tuple(config.statsd_metric_blocklist) if config.statsd_metric_blocklist_match_prefix else ()
         )
         self.profiles = build_profiles(config.dogstatsd_mapper_profiles)
+        self.tag_rules = build_tag_rules(config.metric_tag_filterlist)
+        self._rule_of_name: dict[str, TagRule | None] = {}  # a line's name → its metric's rule, with a mapper
         self._cache: dict[tuple[str, tuple[str, ...]], Context | None] = {}
         self.cache_limit = min(_CACHE_LIMIT, 2 * config.relay_max_contexts or _CACHE_LIMIT)
         # One copy of each name and tag (a million contexts share a few); the C fast path shares it too.
         self.strings: dict[str, str] = {}
 
     def context(self, name: str, raw_tags: tuple[str, ...]) -> Context | None:
+        rule = self.tag_rule(name) if self.tag_rules else None
+        if rule is not None:  # the tags a rule removes make no cache entry of their own
+            raw_tags = rule.cut(raw_tags)
         key = (name, raw_tags)
         try:
             return self._cache[key]
@@ -98,20 +156,49 @@ class Enricher:
             pass
         if len(self._cache) >= self.cache_limit:
             self._cache.clear()
-        context = self._cache[key] = self._build(name, raw_tags)
+        context = self._cache[key] = self._build(name, raw_tags, rule)
         return context
 
-    def _build(self, name: str, raw_tags: tuple[str, ...]) -> Context | None:
+    def tag_rule(self, name: str) -> TagRule | None:
+        """The metric_tag_filterlist rule of the metric that a line named `name` becomes (mapper, namespace)."""
+        if not self.profiles and not self.namespace:
+            return self.tag_rules.get(name)
+        try:
+            return self._rule_of_name[name]
+        except KeyError:
+            pass
+        if len(self._rule_of_name) >= self.cache_limit:
+            self._rule_of_name.clear()
+        rule = self._rule_of_name[name] = self.tag_rules.get(self._named(name)[0])
+        return rule
+
+    def tag_filter(self, name: str, raw_tags: tuple[str, ...]) -> tuple[TagRule, tuple[str, ...]] | None:
+        """The rule of a metric line and the tags it removed from its context (for explain); None without one."""
+        rule = self.tag_rule(name) if self.tag_rules else None
+        if rule is None:
+            return None
+        _, mapped_tags = self._named(name)
+        _, tags = self._host_and_tags(raw_tags + mapped_tags, None)
+        return rule, tuple(tag for tag in tags if not rule.keeps(tag))
+
+    def _named(self, name: str) -> tuple[str, tuple[str, ...]]:
+        """The metric's name after the mapper and the namespace, and the tags the mapper adds."""
+        mapped_tags: tuple[str, ...] = ()
         if self.profiles:
             mapped = self._map(name)
             if mapped is not None:
                 name, mapped_tags = mapped
-                raw_tags = raw_tags + mapped_tags
         if self.namespace and not name.startswith(self.namespace_exempt):
             name = self.namespace + name
+        return name, mapped_tags
+
+    def _build(self, name: str, raw_tags: tuple[str, ...], rule: TagRule | None) -> Context | None:
+        name, mapped_tags = self._named(name)
         if name in self.blocklist or (self.blocklist_prefixes and name.startswith(self.blocklist_prefixes)):
             return None
-        host, tags = self._host_and_tags(raw_tags, None)
+        host, tags = self._host_and_tags(raw_tags + mapped_tags, None)
+        if rule is not None:  # the mapper's tags and dogstatsd_tags too, as the Agent filters the whole context
+            tags = tuple(tag for tag in tags if rule.keeps(tag))
         return Context(self._shared(name), self._shared(host), tuple(self._shared(tag) for tag in tags))
 
     def _shared(self, text: str) -> str:

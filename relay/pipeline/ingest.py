@@ -1,10 +1,12 @@
 """Ingest: datagram bytes → parse → enrich → aggregator, where a known line costs a dict lookup and a float().
 
 The line minus its value, `name:rest after the value`, is the key of a shape cache: the reference parser and
-the enricher run once per shape and record (slot, kind, rate). A line whose shape is known, whose value is a
-plain finite number and whose datagram has no CR takes the fast path. Anything else (new shapes, packed
-values, timestamps, events, service checks, errors) goes through the reference path, which is the plain parser,
-so both paths give the same result on any input (tests/pipeline/test_ingest.py checks this with hypothesis).
+the enricher run once per shape and record (slot, kind, rate); a metric of metric_tag_filterlist is keyed without
+the tags its rule removes, so a tag unique to each line (a request id) costs no entry. A line whose shape is
+known, whose value is a plain finite number and whose datagram has no CR takes the fast path. Anything else (new
+shapes, packed values, timestamps, events, service checks, errors) goes through the reference path, which is the
+plain parser, so both paths give the same result on any input (tests/pipeline/test_ingest.py checks this with
+hypothesis).
 
 Why a valid shape stays valid for any value: its name holds no ":" or "|", the value ends at the first "|", and
 a value that float() accepts holds neither, so the reference parser would split the line exactly the same way.
@@ -22,7 +24,7 @@ from relay.pipeline.aggregate import Aggregator
 from relay.pipeline.buckets import NO_SLOT, Bucket, effective_rate
 from relay.pipeline.enrich import Enricher
 from relay.pipeline.model import KIND_OF, Context, Event, Kind, MetricSample, ServiceCheck
-from relay.pipeline.parse import UNTERMINATED, ParseError, parse_datagram, parse_line
+from relay.pipeline.parse import UNTERMINATED, ParseError, datagram_lines, parse_datagram, parse_line
 from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,9 @@ class Ingest:
 
     def _learner(self) -> tuple[Any, ...] | None:
         """What the C fast path needs to learn a context's first sight itself (see learn() in _speedups.c): the
-        enricher's plain case only; with a namespace, mapper profiles or a prefix blocklist, Python learns."""
+        enricher's plain case only; with a namespace, mapper profiles or a prefix blocklist, Python learns. Python
+        also learns the metrics of metric_tag_filterlist (whose names C is given: without a mapper or a namespace,
+        a line's name is its metric's), as it keys them by their cut shape."""
         enricher, aggregator = self.enricher, self.aggregator
         encodable = all(_utf8(text) for text in (enricher.hostname, *enricher.extra_tags))
         if enricher.profiles or enricher.namespace or enricher.blocklist_prefixes or not encodable:
@@ -87,6 +91,7 @@ class Ingest:
         return (
             Context, Shape, enricher.hostname, enricher.extra_tags, enricher.blocklist, enricher.strings,
             enricher.cache_limit, aggregator.slot, aggregator.copy_slot, self.shape_limit,
+            frozenset(enricher.tag_rules),
         )  # fmt: skip
 
     def datagram(self, data: bytes, transport: str, now: float) -> None:
@@ -161,6 +166,10 @@ class Ingest:
     def reference(self, data: bytes, transport: str, now: float) -> None:
         """The plain path: the reference parser, one item at a time."""
         eol = self.eol_required_for(transport)
+        if self.enricher.tag_rules:  # counted line by line, as the fast path counts them
+            for line, _ in datagram_lines(data):
+                name, _, rest = line.partition(b":")
+                self._cut_tags(name + b":" + rest.partition(b"|")[2])
         self._handle(parse_datagram(data, eol_required=eol, timestamps=self.timestamps), now)
 
     def _line(self, line: bytes, now: float) -> None:
@@ -169,7 +178,15 @@ class Ingest:
 
     def _first_sight(self, line: bytes, now: float, key: bytes) -> Shape | None:
         """Learn the shape of a plain metric line and return it (the fast path then takes the line); anything
-        else is handled here through the reference path."""
+        else is handled here through the reference path. A line whose tags a metric_tag_filterlist rule cuts is
+        known by its cut shape, so a tag that differs on every line (a request id) adds no shape."""
+        if self.enricher.tag_rules:
+            cut = self._cut_tags(key)
+            if cut != key:
+                shape = self.shapes.get(cut)
+                if shape is not None:
+                    return shape
+                key = cut
         item = parse_line(line, self.timestamps)
         if type(item) is not MetricSample or item.timestamp or len(item.values) > 1:
             self._handle((item,), now)
@@ -186,6 +203,19 @@ class Ingest:
             shape = Shape(self.aggregator.slot(context), kind, scale, copy)
         self.shapes[key] = shape
         return shape
+
+    def _cut_tags(self, key: bytes) -> bytes:
+        """A line's shape without the tags its metric's metric_tag_filterlist rule removes; each line the rule
+        cuts is counted (parse.tags_filtered, by metric), whatever then becomes of its value."""
+        name, _, suffix = key.partition(b":")
+        rule = self.enricher.tag_rule(name.decode("utf-8", "replace"))
+        if rule is None:
+            return key
+        cut = rule.cut_shape(suffix)
+        if cut == suffix:
+            return key
+        self.stats.parse.tags_filtered[rule.metric_name] += 1
+        return name + b":" + cut
 
     def _handle(self, items: Iterable[MetricSample | Event | ServiceCheck | ParseError], now: float) -> None:
         stats, aggregator, enricher = self.stats, self.aggregator, self.enricher

@@ -1,8 +1,8 @@
 """Explain: one datagram through the real stages, line by line: parse, enrich, aggregate, serialize. Pure.
 
 What `dogstatsd-relay explain '<datagram>'` prints: for each line, what the parser read (or exactly why it was
-rejected), the context it lands in after mapping, namespace, blocklist and host tags, then what a flush of this
-datagram alone would send and the payloads it would make.
+rejected), the context it lands in after mapping, namespace, blocklist, host tags and metric_tag_filterlist (the
+rule and the tags it removed), then what a flush of this datagram alone would send and the payloads it would make.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from relay.config import Config
 from relay.pipeline.assemble import Pipeline
+from relay.pipeline.enrich import Enricher
 from relay.pipeline.model import Event, Flushed, MetricSample, ServiceCheck
 from relay.pipeline.parse import ParseError, datagram_lines, parse_terminated
 
@@ -32,13 +33,7 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
         pipeline.ingest.datagram(raw + b"\n" if terminated else raw, transport, now)
         dropped = Counter(stats.dropped) - before
         if type(item) is MetricSample:
-            context = enricher.context(item.name, item.tags)
-            entry: dict[str, Any] = {"kind": "metric", "parsed": {**item._asdict(), "type": item.type.value}}
-            if context is None:
-                entry["outcome"] = "dropped: the name is in statsd_metric_blocklist"
-            else:
-                entry["context"] = context._asdict()
-                entry["outcome"] = _outcome(item, dropped)
+            entry: dict[str, Any] = _metric(item, enricher, dropped)
         elif type(item) is Event:
             entry = {"kind": "event", "parsed": dataclasses.asdict(enricher.event(item)), "outcome": "sent"}
         elif type(item) is ServiceCheck:
@@ -69,6 +64,24 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
         ],
         "dropped": {reason: count for reason, count in stats.dropped.items() if reason != "unterminated"},
     }
+
+
+def _metric(item: MetricSample, enricher: Enricher, dropped: Counter[str]) -> dict[str, Any]:
+    """A metric line: the context it lands in, and the metric_tag_filterlist rule that cut its tags, if any."""
+    entry: dict[str, Any] = {"kind": "metric", "parsed": {**item._asdict(), "type": item.type.value}}
+    context = enricher.context(item.name, item.tags)
+    if context is None:
+        entry["outcome"] = "dropped: the name is in statsd_metric_blocklist"
+        return entry
+    entry["context"] = context._asdict()
+    entry["outcome"] = _outcome(item, dropped)
+    tag_filter = enricher.tag_filter(item.name, item.tags)
+    if tag_filter is not None:
+        rule, removed = tag_filter
+        entry["tag_filter"] = {
+            "metric_name": rule.metric_name, "action": rule.action, "keys": sorted(rule.keys), "removed": list(removed),
+        }  # fmt: skip
+    return entry
 
 
 def _outcome(item: MetricSample, dropped: Counter[str]) -> str:
@@ -112,6 +125,10 @@ def render(result: dict[str, Any]) -> str:
         if "context" in line:
             context = line["context"]
             out.append(f"  context: name={context['name']!r} host={context['host']!r} tags={list(context['tags'])}")
+        if "tag_filter" in line:
+            rule = line["tag_filter"]
+            removed = f"removed {rule['removed']}" if rule["removed"] else "removed nothing"
+            out.append(f"  metric_tag_filterlist: {rule['metric_name']} {rule['action']} {rule['keys']}: {removed}")
     would = result["would_send"]
     out.append("would send:")
     out += [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pytest
@@ -21,7 +22,12 @@ NAMES = [b"a", b"b.c", b"caf\xc3\xa9", b"_sc", b"_e{1,1}", b"x|y", b"", b"host",
 VALUES = [b"1", b"-2.5", b"0", b" 1", b"1 ", b"nan", b"-inf", b"0x1p3", b"1e309", b"1_0", b"", b"1:2", b"::3",
           b"member", b"+5", b"1e-400", b"abc", b"9" * 400]  # fmt: skip
 SUFFIXES = [b"c", b"g", b"h", b"ms", b"d", b"s", b"c|@0.5", b"h|@0.25", b"d|@0", b"g|#x,y", b"c|#y,x,x",
-            b"c|#host:other", b"g|T1000", b"c|T-1", b"G", b"c|@x", b"s|#", b"ms|@2", b"c|c:abc|card:low", b"x"]  # fmt: skip
+            b"c|#host:other", b"g|T1000", b"c|T-1", b"G", b"c|@x", b"s|#", b"ms|@2", b"c|c:abc|card:low", b"x",
+            b"c|#r:1,x", b"c|#r:2,x", b"c|#x", b"c|#", b"c|#host:r", b"d|#r:3,y:\xff", b"h|#r|#x,r:4",
+            b"g|#host:r,r:5"]  # fmt: skip
+# metric_tag_filterlist rules on some NAMES, to check that a cut shape means what the line means.
+TAG_RULES = [{"metric_name": "a", "tags": ["r"]}, {"metric_name": "caf\u00e9", "action": "include", "tags": ["x", "y"]},
+             {"metric_name": "host", "tags": ["host", "x"]}, {"metric_name": "b.c", "tags": ["r"]}]  # fmt: skip
 lines = st.one_of(
     st.builds(
         lambda n, v, s: n + b":" + v + b"|" + s,
@@ -57,14 +63,17 @@ def outcome(ingest: Ingest) -> tuple[Any, ...]:
     events = [repr(e) for e in flushed.events]
     checks = [repr(c) for c in flushed.service_checks]
     stats = ingest.stats
-    return series, sketches, events, checks, dict(stats.parse.messages), dict(stats.parse.errors), +stats.dropped
+    return (series, sketches, events, checks, dict(stats.parse.messages), dict(stats.parse.errors), +stats.dropped,
+            +stats.parse.tags_filtered)  # fmt: skip
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(datagrams, min_size=1, max_size=8), st.sampled_from(["udp", "uds"]), st.booleans())
-def test_fast_path_equals_reference_path(accelerate, sequence, transport, eol_required):
+@given(st.lists(datagrams, min_size=1, max_size=8), st.sampled_from(["udp", "uds"]), st.booleans(), st.booleans())
+def test_fast_path_equals_reference_path(accelerate, sequence, transport, eol_required, tag_rules):
     overrides = {"dogstatsd_eol_required": "udp uds"} if eol_required else {}
     overrides["histogram_copy_to_distribution"] = "true"
+    if tag_rules:
+        overrides["metric_tag_filterlist"] = json.dumps(TAG_RULES)
     fast, reference = pipeline(accelerate, **overrides), pipeline(**overrides)
     for data in sequence * 2:  # the second time round, every shape is cached
         fast.datagram(data, transport, 1000.0)
@@ -134,3 +143,34 @@ def test_the_shape_cache_is_bounded(monkeypatch):
 def test_the_c_and_python_kinds_are_the_same_numbers(speedups):
     """relay/_speedups.c has its own enum of kinds; model.Kind is the one list, and the two must agree."""
     assert {kind.name: getattr(speedups, kind.name) for kind in Kind} == {kind.name: kind.value for kind in Kind}
+
+
+@pytest.mark.parametrize("namespace", ["", "app"])  # with a namespace, the C fast path learns nothing itself
+def test_a_tag_filtered_out_makes_one_context_one_shape_and_keeps_every_count(accelerate, namespace):
+    rule = {"metric_name": f"{namespace}.spike.req".lstrip("."), "tags": ["request_id"]}
+    cfg = config(hostname="h", statsd_metric_namespace=namespace, metric_tag_filterlist=json.dumps([rule]))
+    pipe = Pipeline(cfg, accelerate=accelerate, out=io.StringIO())
+    for start in range(0, 10_000, 50):
+        lines = [b"spike.req:1|c|#request_id:%d,env:prod" % i for i in range(start, start + 50)]
+        lines.append(b"other:1|c|#request_id:%d" % start)  # no rule: one context each
+        pipe.ingest.datagram(b"\n".join(lines), "udp", 1000.0)
+    assert pipe.aggregator.contexts == 1 + 200 and len(pipe.enricher._cache) <= 1 + 200
+    assert sum(key.startswith(b"spike.req:") for key in pipe.ingest.shapes) == 1
+    assert pipe.stats.parse.tags_filtered == {rule["metric_name"]: 10_000}
+    series = {s.context.name: s for s in pipe.take(1010, force=True).series if s.context.name.endswith("spike.req")}
+    [spike] = series.values()
+    assert spike.context.tags == ("env:prod",) and spike.points == [(1000, 10_000 / spike.interval)]
+
+
+def test_the_c_fast_path_leaves_the_filtered_metrics_to_python(monkeypatch, speedups):
+    fast = pipeline(True, metric_tag_filterlist=json.dumps([{"metric_name": "f", "tags": ["r"]}]))
+    learned_in_python: list[bytes] = []
+    first_sight = fast._first_sight
+    monkeypatch.setattr(
+        fast, "_first_sight", lambda line, *rest: learned_in_python.append(line) or first_sight(line, *rest)
+    )
+    fast.datagram(b"f:1|c|#r:1\nf:1|c|#r:2\ng:1|c|#r:1\nf:1|c|#q", "udp", 1000.0)
+    assert learned_in_python == [b"f:1|c|#r:1", b"f:1|c|#r:2", b"f:1|c|#q"]
+    assert set(fast.shapes) == {b"f:c|#", b"g:c|#r:1", b"f:c|#q"}
+    fast.datagram(b"f:1|c|#q", "udp", 1000.0)  # a filtered metric's line that the rule leaves whole: C takes it
+    assert len(learned_in_python) == 3 and fast.aggregator.bucket(1000).counters == {0: 2.0, 1: 1.0, 2: 2.0}

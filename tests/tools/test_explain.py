@@ -54,3 +54,21 @@ def test_nan_is_dropped_not_aggregated():
         "dropped: 1 value(s) as nan_or_inf", "aggregated; dropped 1 value(s) as nan_or_inf",
     ]  # fmt: skip
     assert "a" not in {s["metric"] for s in result["would_send"]["series"]}
+
+
+def test_a_tag_filterlist_rule_shows_what_it_removed():
+    rules = [{"metric_name": "spike.req", "tags": ["request_id"]}, {"metric_name": "quiet", "tags": ["request_id"]}]
+    cfg = config(hostname="h", metric_tag_filterlist=json.dumps(rules))
+    data = b"spike.req:1|c|#request_id:42,env:prod\nspike.req:2|c|#request_id:43,env:prod\nquiet:1|g|#env:a\nloud:1|g"
+    result = explain(cfg, data, 2000.0)
+    first, second, untouched, no_rule = result["lines"]
+    assert first["tag_filter"] == {
+        "metric_name": "spike.req", "action": "exclude", "keys": ["request_id"], "removed": ["request_id:42"],
+    }  # fmt: skip
+    assert first["context"]["tags"] == ("env:prod",) and second["tag_filter"]["removed"] == ["request_id:43"]
+    assert untouched["tag_filter"]["removed"] == [] and "tag_filter" not in no_rule
+    [series] = [s for s in result["would_send"]["series"] if s["metric"] == "spike.req"]
+    assert series["points"] == [(2000, 0.3)] and series["tags"] == ["env:prod"]  # one context, both counts
+    text = render(result)
+    assert "  metric_tag_filterlist: spike.req exclude ['request_id']: removed ['request_id:42']\n" in text
+    assert "  metric_tag_filterlist: quiet exclude ['request_id']: removed nothing\n" in text
