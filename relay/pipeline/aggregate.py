@@ -45,6 +45,7 @@ from relay.pipeline.sketch import Sample
 from relay.telemetry.stats import Stats
 
 OVERFLOW_METRIC = "dogstatsd_relay.context_overflow"
+NEVER = -(2**63)  # a counter that had no sample (a bucket start can be any int, 0 and negative included)
 FOLD_AT = 4096  # distribution samples of one context kept raw before they are folded into its sketch
 PACK_AT = 64  # histogram samples of one context kept as Python floats before they are packed into doubles
 MAX_PER_FLUSH = 100_000  # events, and service checks, kept between two flushes
@@ -72,7 +73,9 @@ class Aggregator:
         self.context_of: list[Context | None] = []
         self.last_seen = array("q")  # start of the last bucket with a sample, per slot
         self._free_slots: list[int] = []
-        self.counter_last_sampled: dict[int, int] = {}  # slot → start of the last bucket with a sample
+        # Per slot, the start of the last bucket where its counter had a sample, or NEVER: 8 bytes a context where
+        # a dict of the counters cost about 100.
+        self.counter_last_sampled = array("q")
         self.timestamped: list[tuple[int, SeriesType, int, float]] = []
         self.passthrough: list[Series] = []  # series made elsewhere (checks), sent at the next flush as they are
         self.events: list[Event] = []
@@ -93,6 +96,11 @@ class Aggregator:
         """The previous pipeline's state, before anything is ingested here (the slots are its slots)."""
         for name in self.HANDOFF:
             setattr(self, name, state[name])
+        if isinstance(self.counter_last_sampled, dict):  # the state of a relay from before the array
+            sampled = array("q", [NEVER]) * len(self.context_of)
+            for slot, start in self.counter_last_sampled.items():
+                sampled[slot] = start
+            self.counter_last_sampled = sampled
         self.per_metric = Counter(context.name for context in self.slot_of)
 
     @property
@@ -116,6 +124,7 @@ class Aggregator:
                 slot = len(self.context_of)
                 self.context_of.append(context)
                 self.last_seen.append(self.last_cutoff)
+                self.counter_last_sampled.append(NEVER)
             self.slot_of[context] = slot
         return slot
 
@@ -294,8 +303,10 @@ class Aggregator:
         """Step 1, cheap, on the ingest thread: take the closed buckets out and decide the zero points."""
         second = int(now)
         cutoff = second - second % self.interval
+        last_sampled = self.counter_last_sampled
         for start in sorted(self.buckets):  # open buckets too: a counter's last sample may be in one
-            self.counter_last_sampled.update(dict.fromkeys(self.buckets[start].counters, start))
+            for slot in self.buckets[start].counters:
+                last_sampled[slot] = start
         closed = [self.buckets.pop(start) for start in sorted(self.buckets) if force or start + self.interval <= cutoff]
         if closed:
             self.last_flushed_estimate = max(map(self._estimate, closed))
@@ -330,10 +341,11 @@ class Aggregator:
         """Step 3, on the ingest thread: record when each context was last seen, then forget idle ones; returns
         the slots forgotten (their shapes in ingest must go too)."""
         last_seen = self.last_seen
-        for bucket in work.closed:
+        for bucket in work.closed:  # dict by dict: a set of every slot would cost a million ints at the peak
             start = bucket.start
-            for slot in bucket.slots():
-                last_seen[slot] = start
+            for held in bucket.holders():
+                for slot in held:
+                    last_seen[slot] = start
         for slot, _, timestamp, _ in work.timestamped:
             last_seen[slot] = max(last_seen[slot], timestamp)
         return self._expire_contexts(work.cutoff)
@@ -370,18 +382,17 @@ class Aggregator:
                 entry = sketches[slot] = SketchSeries(self._context(slot), [])
             entry.points.append(point)
 
-    def _zero_slots(self, start: int, sampled: dict[int, float]) -> list[int]:
-        """Counters without data in this bucket report 0 until dogstatsd_expiry_seconds after their last sample."""
-        expired, zeros = [], []
-        for slot, last_sampled in self.counter_last_sampled.items():
-            if slot in sampled:
+    def _zero_slots(self, start: int, sampled: dict[int, float]) -> array[int]:
+        """Counters without data in this bucket report 0 until dogstatsd_expiry_seconds after their last sample.
+        In slot order, 8 bytes each (FlushWork.parts cuts them by slot range)."""
+        zeros, expiry, last_sampled = array("q"), self.counter_expiry, self.counter_last_sampled
+        for slot, last in enumerate(last_sampled):
+            if last == NEVER or slot in sampled:
                 continue
-            if last_sampled + self.counter_expiry > start:
+            if last + expiry > start:
                 zeros.append(slot)
             else:
-                expired.append(slot)
-        for slot in expired:
-            del self.counter_last_sampled[slot]
+                last_sampled[slot] = NEVER
         return zeros
 
     def _timestamped_series(self, samples: list[tuple[int, SeriesType, int, float]]) -> list[Series]:
@@ -400,16 +411,14 @@ class Aggregator:
 
     def _expire_contexts(self, cutoff: int) -> set[int]:
         """Forget contexts idle for dogstatsd_context_expiry_seconds, unless a counter still reports zeros."""
-        open_slots = set().union(*(bucket.slots() for bucket in self.buckets.values()))
         horizon = cutoff - self.context_expiry
-        expired = {
+        idle = [
             slot
             for slot, seen in enumerate(self.last_seen)
-            if seen < horizon
-            and self.context_of[slot] is not None
-            and slot not in self.counter_last_sampled
-            and slot not in open_slots
-        }
+            if seen < horizon and self.context_of[slot] is not None and self.counter_last_sampled[slot] == NEVER
+        ]
+        open_holders = [held for bucket in self.buckets.values() for held in bucket.holders()]
+        expired = {slot for slot in idle if not any(slot in held for held in open_holders)}
         per_metric = self.per_metric
         for slot in expired:
             context = self.context_of[slot]

@@ -11,7 +11,8 @@ sample, or 16 with its rate, instead of a Python float in a list.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -78,7 +79,11 @@ class Bucket:
     folded: dict[int, Sketch] = field(default_factory=dict)  # distribution samples already in a sketch
 
     def slots(self) -> set[int]:
-        return set().union(self.gauges, self.counters, self.sets, self.histograms, self.distributions)
+        return set().union(*self.holders())
+
+    def holders(self) -> tuple[Mapping[int, object], ...]:
+        """The dicts keyed by slot that hold a sample (packed and folded samples have theirs in these too)."""
+        return self.gauges, self.counters, self.sets, self.histograms, self.distributions
 
     def part(self, slots: range) -> Bucket:
         """A copy holding only `slots` (a flush built in parts); its lists and sketches are shared, not copied."""
@@ -119,7 +124,7 @@ class FlushWork:
 
     cutoff: int
     closed: list[Bucket]
-    zeros: list[tuple[int, list[int]]]  # (bucket start, counters that report 0 there)
+    zeros: list[tuple[int, array[int]]]  # (bucket start, counters that report 0 there, in slot order)
     timestamped: list[tuple[int, SeriesType, int, float]]
     events: list[Event]
     service_checks: list[ServiceCheck]
@@ -138,14 +143,16 @@ class FlushWork:
         if slot_count <= size:
             yield self
             return
-        zeros = [(start, set(slots)) for start, slots in self.zeros]
         for low in range(0, slot_count, size):
             chosen = range(low, min(low + size, slot_count))
             first = low == 0
             yield FlushWork(
                 self.cutoff,
                 [bucket.part(chosen) for bucket in self.closed],
-                [(start, [slot for slot in chosen if slot in slots]) for start, slots in zeros],
+                [
+                    (start, slots[bisect_left(slots, low) : bisect_left(slots, chosen.stop)])
+                    for start, slots in self.zeros
+                ],
                 self.timestamped if first else [],
                 self.events if first else [],
                 self.service_checks if first else [],
