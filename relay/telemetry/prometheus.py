@@ -87,6 +87,8 @@ class RelayCollector:
     def _parse_and_aggregate(s: Stats) -> Iterator[Metric]:
         yield _counter("relay_messages", "Messages parsed, one per metric value.", ["type", "state"], s.parse.messages)
         yield _counter("relay_parse_errors", "Lines rejected by the parser.", ["reason"], s.parse.errors)
+        yield _counter("relay_tags_filtered", "Lines whose tags a metric_tag_filterlist rule cut, by metric.",
+                       ["metric"], s.parse.tags_filtered)  # fmt: skip
         yield _counter("relay_samples_dropped", "Samples dropped after parsing.", ["reason"], s.dropped)
         yield _gauge("relay_contexts", "Live aggregation contexts.", s.gauges.contexts())
         yield _counter(

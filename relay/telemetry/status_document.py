@@ -40,6 +40,7 @@ def status_document(stats: Stats) -> dict[str, Any]:
         "statsd_forward": dict(listen.forwarded),
         "messages": {kind: {"ok": messages[kind, "ok"], "error": messages[kind, "error"]} for kind in MESSAGE_TYPES},
         "parse_errors": dict(stats.parse.errors),
+        "tags_filtered": dict(stats.parse.tags_filtered.most_common(20)),  # metric_tag_filterlist, lines cut
         "checks": gauges.checks(),
         "check_errors": dict(stats.check_errors),
         "check_config_errors": dict(stats.check_config_errors),

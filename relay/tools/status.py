@@ -67,6 +67,8 @@ def _dogstatsd(status: dict[str, Any]) -> list[str]:
         lines.append(f"  {name} Parse Errors: {_number(counts['error'])}")
     for reason, count in sorted(status["parse_errors"].items()):
         lines.append(f"    {reason}: {_number(count)}")
+    for metric, count in status.get("tags_filtered", {}).items():
+        lines.append(f"  Tags Cut (metric_tag_filterlist): {metric}: {_number(count)} lines")
     if status["dropped"]:
         lines.append("  Samples dropped after parsing:")
         lines += [f"    {reason}: {_number(count)}" for reason, count in sorted(status["dropped"].items())]

@@ -48,3 +48,25 @@ async def test_a_limit_that_cannot_hold_the_relay_stops_it_at_start_with_one_lin
     assert started.returncode == 2
     errors = [line for line in started.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "relay.memory_limit: 48 MiB (relay.memory_limit) cannot hold the relay" in errors[0]
+
+
+async def test_metric_tag_filterlist_makes_one_context_and_status_and_metrics_count_the_cut_lines(intake, tmp_path):
+    stand_in, url = intake
+    rule = '[{"metric_name": "spike.req", "action": "exclude", "tags": ["request_id"]}]'
+    async with run_relay(tmp_path, url, DD_METRIC_TAG_FILTERLIST=rule) as relay:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for start in range(0, 2000, 20):
+                lines = [b"spike.req:1|c|#request_id:%d,env:prod" % n for n in range(start, start + 20)]
+                sock.sendto(b"\n".join(lines), ("127.0.0.1", relay.udp_port))
+        await wait_for(lambda: relay.status()["messages"]["metric"]["ok"] == 2000)
+        status = relay.status()
+        with urllib.request.urlopen(relay.health + "/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        shown = await cli(relay.env, "status")
+        await relay.stop()
+    series = [s for s in stand_in.series if s["metric"] == "spike.req"]
+    assert {tuple(s["tags"]) for s in series} == {("env:prod",)}
+    assert sum(value * s["interval"] for s in series for _, value in s["points"]) == 2000
+    assert status["aggregator"]["contexts"] == 1 and status["tags_filtered"] == {"spike.req": 2000}
+    assert 'relay_tags_filtered_total{metric="spike.req"} 2000.0' in metrics
+    assert "Tags Cut (metric_tag_filterlist): spike.req: 2,000 lines" in shown.stdout
