@@ -19,6 +19,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,9 +173,10 @@ class Relay(Server):
 
     def __init__(
         self, intake_url: str, socket_path: str = "", cpus: set[int] = SERVER_CPU, tree: Path | None = None,
-        **env: str,
+        preexec: Callable[[], None] | None = None, **env: str,
     ) -> None:  # fmt: skip
-        """`tree`: run the relay of another checkout (baseline_tree), not this one."""
+        """`tree`: run the relay of another checkout (baseline_tree), not this one. `preexec`: run in the child
+        before exec, after the pinning (MemoryCgroup.preexec: the relay starts inside that cgroup)."""
         self.port = free_port()
         self.health = free_port(socket.SOCK_STREAM)
         full_env = {
@@ -190,10 +192,11 @@ class Relay(Server):
         }
         if tree is not None:
             full_env["PYTHONPATH"] = str(tree)  # `-m relay` then finds that checkout's package first
+        pin = pinned(cpus)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relay", "run"],
             env=full_env,
-            preexec_fn=pinned(cpus),
+            preexec_fn=pin if preexec is None else lambda: (pin(), preexec()),
             stdout=subprocess.DEVNULL,
             cwd=tree,
         )

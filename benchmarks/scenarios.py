@@ -30,6 +30,7 @@ from benchmarks.load import (
     sweep_default_relay,
     sweep_each,
 )
+from benchmarks.memory_scenarios import memory_spike
 from benchmarks.reader_scenarios import (
     burst,
     client_uds,
@@ -271,4 +272,6 @@ SCENARIOS: dict[str, Callable[[float], Result]] = {
     "distributions": distributions,
     "flush-encoder": flush_encoder,
     "contexts": contexts,
+    "memory-spike": memory_spike,
+    "memory-spike-filterlist": lambda seconds: memory_spike(seconds, filterlist=True),
 }

@@ -104,9 +104,15 @@ class RunningRelay:
 
 @asynccontextmanager
 async def run_relay(
-    tmp_path: Path, intake_url: str | None, *, args: tuple[str, ...] = (), **env: str
+    tmp_path: Path,
+    intake_url: str | None,
+    *,
+    args: tuple[str, ...] = (),
+    preexec: Callable[[], None] | None = None,
+    **env: str,
 ) -> AsyncIterator[RunningRelay]:
-    """Start `python -m relay run [args]` and wait until its health endpoint answers; always stop it."""
+    """Start `python -m relay run [args]` and wait until its health endpoint answers; always stop it. `preexec`
+    runs in the child before exec (benchmarks.cgroup.MemoryCgroup.preexec: the relay starts in that cgroup)."""
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DD_")},
         "DD_DOGSTATSD_PORT": str(free_port()),
@@ -125,7 +131,11 @@ async def run_relay(
         full_env.update(DD_API_KEY=API_KEY, DD_DD_URL=intake_url)
     full_env.update(env)
     process = subprocess.Popen(
-        [sys.executable, "-m", "relay", "run", *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "relay", "run", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=preexec,
     )
     relay = RunningRelay(process, full_env, tmp_path)
     try:
