@@ -24,9 +24,9 @@ from relay.telemetry.stats import Stats
 logger = logging.getLogger(__name__)
 
 HEADROOM = 0.9  # the share of the limit the relay plans to use: the rest is the allocator's slack
-# A context's bytes at the flush peak (ingest's shape, slot and bucket entries plus its share of a flush built in
-# chunks), measured by `python -m benchmarks run --scenario contexts`; planned with margin.
-CONTEXT_BYTES = 800
+# A context's bytes at the flush peak: its shape, slot and bucket entries and its share of a flush built in parts
+# (about 710, `python -m benchmarks run --scenario contexts`), plus the shapes of the lines folded into it.
+CONTEXT_BYTES = 1000
 STARTUP_GROWTH = 16 * 2**20  # what the relay adds after planning: threads, the collectors, the HTTP client
 FLUSH_BYTES = 16 * 2**20  # one flush chunk being built and encoded, and its compressed payloads
 MIN_CONTEXTS = 10_000  # below this the relay cannot do its job: it refuses to start
@@ -89,33 +89,32 @@ class Budget:
 
 def plan(config: Config, limit: MemoryLimit, started: int, *, listeners: int = 1, workers: int = 1) -> Budget:
     """Share out the limit; `started`: the resident bytes now. Raises ConfigError naming relay.memory_limit when the
-    limit cannot hold the relay's minimum."""
+    limit cannot hold the relay's minimum. Of what traffic may use: 15 % for the receive queues (a burst of new
+    contexts parses slower than it arrives), 10 % for the retry queue and its disk writer's backlog, 10 % for the
+    worker queues, at most 12.5 % for one flush part, 2 % for captures, and the rest for contexts."""
     baseline = (started + STARTUP_GROWTH) * (workers + 1 if workers > 1 else 1)  # each worker is a process
     usable = int(limit.bytes * HEADROOM) - baseline
-    minimum = MIN_CONTEXTS * CONTEXT_BYTES + FLUSH_BYTES + 2**20 + MIN_QUEUE * (listeners + 2 * workers)
+    minimum = MIN_CONTEXTS * CONTEXT_BYTES + 2 * MIN_QUEUE * (listeners + 2 + workers)
     if usable < minimum:
         need = (baseline + minimum) / HEADROOM
         raise ConfigError(
             f"relay.memory_limit: {_mib(limit.bytes)} ({limit.source}) cannot hold the relay: it needs at least "
             f"{_mib(need)} ({_mib(baseline)} once started, {_mib(minimum)} for traffic, at 90 % of the limit)"
         )
-    tenth = usable // 10
-    receive = (
-        _bounded(config.relay_receive_queue_bytes, tenth // max(listeners, 1))
-        if config.relay_receive_queue_bytes
-        else 0
+    receive = config.relay_receive_queue_bytes and _bounded(
+        config.relay_receive_queue_bytes, usable * 15 // 100 // listeners
     )
-    worker = (
-        _bounded(config.relay_worker_queue_bytes, tenth // workers) if workers > 1 else config.relay_worker_queue_bytes
-    )
-    retry = _bounded(config.forwarder_retry_queue_payloads_max_size, tenth // 2)
-    taps = max(usable // 50, 2**20)
+    worker = config.relay_worker_queue_bytes
+    if workers > 1:
+        worker = _bounded(worker, usable // 10 // workers)
+    retry = _bounded(config.forwarder_retry_queue_payloads_max_size, usable // 20)
+    flush, taps = min(FLUSH_BYTES, usable // 8), max(usable // 50, MIN_QUEUE)
     queues = receive * listeners + (worker * workers if workers > 1 else 0) + 2 * retry
-    contexts = max((usable - queues - taps - FLUSH_BYTES) // CONTEXT_BYTES, MIN_CONTEXTS)
+    contexts = max((usable - queues - taps - flush) // CONTEXT_BYTES, MIN_CONTEXTS)
     if config.relay_max_contexts:
         contexts = min(contexts, config.relay_max_contexts)
     per_metric = config.relay_max_contexts_per_metric or contexts // 2
-    return Budget(limit, baseline, contexts, min(per_metric, contexts), receive, worker, retry, taps)
+    return Budget(limit, baseline, contexts, min(per_metric, contexts), receive, worker, retry, taps, flush)
 
 
 def datagram_listeners(config: Config) -> int:

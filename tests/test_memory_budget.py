@@ -95,3 +95,28 @@ def test_a_limit_that_cannot_hold_the_relay_is_refused_with_one_line_naming_the_
     message = str(refused.value)
     assert message.startswith("relay.memory_limit: 64 MiB (the cgroup's memory.max) cannot hold the relay")
     assert "\n" not in message
+
+
+def test_the_guard_holds_new_contexts_and_empties_the_caches_past_85_percent_and_lets_go_under_75():
+    from relay.memory import MemoryGuard, resident_bytes
+    from relay.pipeline.assemble import Pipeline
+
+    pipeline = Pipeline(config(relay__host_collectors=""))
+    for user in range(100):
+        pipeline.datagram(b"logins:1|c|#user:%d" % user, "udp")
+    resident = resident_bytes()
+    tight = plan(config(), MemoryLimit(int(resident / 0.8), "test"), started=0)  # resident is 80 % of it
+    guard = MemoryGuard(tight, pipeline.stats, pipeline.hold_memory)
+    guard.check(1000.0)
+    assert not guard.held and pipeline.ingest.shapes  # between 75 and 85 %: as it was
+    guard.limit = int(resident / 0.9)
+    guard.check(1001.0)
+    assert guard.held and pipeline.aggregator.held_at == 100 and not pipeline.ingest.shapes
+    pipeline.datagram(b"logins:1|c|#user:new", "udp")
+    assert pipeline.aggregator.contexts == 101 and pipeline.stats.aggregate.memory_holds == 1  # folded, counted
+    guard.check(1001.5)
+    assert any(reason.startswith("memory: resident") for reason in pipeline.stats.info["degraded"])
+    assert any("contexts folding" in reason for reason in pipeline.stats.info["degraded"])
+    guard.limit = resident * 2
+    guard.check(1002.0)
+    assert not guard.held and pipeline.aggregator.held_at == 0

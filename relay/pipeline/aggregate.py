@@ -62,7 +62,8 @@ class Aggregator:
         # One metric's share: past it only that metric folds, so a spike of one name never starves the others.
         self.max_per_metric = config.relay_max_contexts_per_metric or self.max_contexts // 2
         self.per_metric: Counter[str] = Counter()  # live contexts by metric name
-        self.held_at = 0  # the memory guard's cap on new contexts (runtime/memory_guard.py); 0: none
+        self.held_at = 0  # the memory guard's cap on new contexts (relay/memory.py); 0: none
+        self._folded: dict[tuple[str, str, tuple[str, ...]], Context] = {}  # (name, host, tag keys) → folded
         self.copy_prefix = (
             config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
         )
@@ -143,12 +144,19 @@ class Aggregator:
         says which metric and tag key overflowed. Should even folded contexts grow past a 10 % headroom (random
         metric names), the name is folded too."""
         name, host, tags = context
-        keys = sorted({tag.partition(":")[0] if ":" in tag else "" for tag in tags})
+        keys = tuple(sorted({tag.partition(":")[0] if ":" in tag else "" for tag in tags}))
         overflow = self.stats.aggregate.context_overflow
-        for key in keys or [""]:
-            label = (name, key) if (name, key) in overflow or len(overflow) < OVERFLOW_LABELS else ("other", "other")
+        for key in keys or ("",):
+            label = (name, key)
+            if label not in overflow and len(overflow) >= OVERFLOW_LABELS:
+                label = ("other", "other")
             overflow[label] += 1
-        folded = Context(name, host, tuple(f"{key}:overflow" if key else "overflow" for key in keys))
+        folded = self._folded.get((name, host, keys))
+        if folded is None:  # a flood folds into few contexts: each is built once, not once a line
+            if len(self._folded) >= OVERFLOW_LABELS:
+                self._folded.clear()
+            folded = Context(name, host, tuple(f"{key}:overflow" if key else "overflow" for key in keys))
+            self._folded[name, host, keys] = folded
         if folded not in self.slot_of and len(self.slot_of) >= (self.held_at or self.max_contexts) * 1.1:
             self.stats.dropped["context_overflow_name_folded"] += 1
             folded = Context(OVERFLOW_METRIC, host, ())

@@ -63,6 +63,14 @@ class Pipeline:
         self.checks.load(only=only)
         return self.checks
 
+    def hold_memory(self, held: bool) -> None:
+        """The memory guard (relay/memory.py): while held, new contexts fold, and the caches in front of the
+        contexts are emptied once (they refill with what is live; what was there served lines no longer sent)."""
+        self.aggregator.hold(held)
+        if held:
+            self.ingest.shapes.clear()
+            self.enricher.forget_cached()
+
     def datagram(self, data: bytes, transport: str) -> None:
         """The listeners' callback: nothing in a datagram can stop the relay."""
         try:

@@ -159,6 +159,10 @@ class Enricher:
         context = self._cache[key] = self._build(name, raw_tags, rule)
         return context
 
+    def forget_cached(self) -> None:
+        """Empty the context cache (the memory guard, relay/pipeline/assemble.py): a miss only costs a rebuild."""
+        self._cache.clear()
+
     def tag_rule(self, name: str) -> TagRule | None:
         """The metric_tag_filterlist rule of the metric that a line named `name` becomes (mapper, namespace)."""
         if not self.profiles and not self.namespace:

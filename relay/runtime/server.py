@@ -73,7 +73,7 @@ class Relay:
         config = self.config = self.budget.apply(config)
         self.pipeline = Pipeline(config, out=out)
         self.stats = self.pipeline.stats
-        self.guard = MemoryGuard(self.budget, self.stats, self.pipeline.aggregator.hold)
+        self.guard = MemoryGuard(self.budget, self.stats, self.pipeline.hold_memory)
         self.stats.info["memory"] = self.budget.document(listeners=datagram_listeners(config))
         log_budget(self.budget)
         self.listeners = Listeners(config, self.stats, self.pipeline.datagram)
