@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.footprint_scenarios import idle_footprint
 from benchmarks.harness import (
     SERVER_CPU,
     EtsyStatsd,
@@ -274,4 +275,5 @@ SCENARIOS: dict[str, Callable[[float], Result]] = {
     "contexts": contexts,
     "memory-spike": memory_spike,
     "memory-spike-filterlist": lambda seconds: memory_spike(seconds, filterlist=True),
+    "idle-footprint": idle_footprint,
 }

@@ -17,6 +17,10 @@
  * queue from the thread (the counts are of those datagrams; the thread then has room again), and `more` says
  * whether anything is left, in slices or queued since. It clears the eventfd. `stop()` ends the thread and joins it; what it had
  * queued is still there for the last takes.
+ *
+ * The queue's memory is mapped, not malloc'd, and grows from 64 KiB as datagrams come: an idle reader holds next
+ * to nothing. When a take leaves nothing behind, a buffer over KEEP_BYTES is unmapped, so the memory a burst took
+ * goes back to the system once the burst is delivered (`buffer_bytes` says what both buffers hold).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,11 +34,14 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define BATCH 64
+#define FIRST_BYTES (1 << 16)  /* a buffer's first mapping */
+#define KEEP_BYTES (1 << 20)   /* a drained buffer larger than this is unmapped */
 
 typedef struct {
     char *data;
@@ -58,18 +65,31 @@ typedef struct {
     int started, stopping;
 } Reader;
 
+/* Room for `needed` bytes, doubling the mapping: mremap moves pages, not bytes. 0 when the system refuses. */
+static int buffer_reserve(Buffer *buffer, size_t needed) {
+    if (needed <= buffer->size) return 1;
+    size_t size = buffer->size ? buffer->size : FIRST_BYTES;
+    while (size < needed) size *= 2;
+    void *grown = buffer->data ? mremap(buffer->data, buffer->size, size, MREMAP_MAYMOVE)
+                               : mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (grown == MAP_FAILED) return 0;
+    buffer->data = grown;
+    buffer->size = size;
+    return 1;
+}
+
+/* Give the buffer's memory back to the system (munmap: whatever malloc's arenas would have kept). */
+static void buffer_release(Buffer *buffer) {
+    if (buffer->data != NULL) munmap(buffer->data, buffer->size);
+    buffer->data = NULL;
+    buffer->used = buffer->size = 0;
+}
+
 /* Append one record to the queue, growing it up to its bound; 0 when it does not fit. Called under the lock. */
 static int enqueue(Reader *self, const char *data, uint32_t length) {
     if (self->queued_bytes + length > self->queue_bytes) return 0;  /* the bound counts datagram bytes only */
     size_t needed = self->queue.used + sizeof length + length;
-    if (needed > self->queue.size) {
-        size_t size = self->queue.size ? self->queue.size : 1 << 16;
-        while (size < needed) size *= 2;
-        char *grown = realloc(self->queue.data, size);
-        if (grown == NULL) return 0;
-        self->queue.data = grown;
-        self->queue.size = size;
-    }
+    if (!buffer_reserve(&self->queue, needed)) return 0;
     memcpy(self->queue.data + self->queue.used, &length, sizeof length);
     memcpy(self->queue.data + self->queue.used + sizeof length, data, length);
     self->queue.used = needed;
@@ -321,13 +341,25 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
     self->pending_bytes -= bytes;
     pthread_mutex_lock(&self->lock);
     int more = self->pending_offset < self->pending.used || self->queued_datagrams > 0;
+    if (!more && self->queue.size > KEEP_BYTES) buffer_release(&self->queue);  /* drained: a burst is over */
     pthread_mutex_unlock(&self->lock);
+    if (!more && self->pending.size > KEEP_BYTES) {  /* the thread never touches `pending`: no lock needed */
+        buffer_release(&self->pending);
+        self->pending_offset = 0;
+    }
     return Py_BuildValue("(NKKO)", datagrams, truncated, errors, more ? Py_True : Py_False);
 }
 
 static PyObject *Reader_get_queued_bytes(Reader *self, void *closure) {
     pthread_mutex_lock(&self->lock);
     size_t bytes = self->queued_bytes + self->pending_bytes;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromSize_t(bytes);
+}
+
+static PyObject *Reader_get_buffer_bytes(Reader *self, void *closure) {
+    pthread_mutex_lock(&self->lock);
+    size_t bytes = self->queue.size + self->pending.size;
     pthread_mutex_unlock(&self->lock);
     return PyLong_FromSize_t(bytes);
 }
@@ -350,8 +382,8 @@ static void Reader_dealloc(Reader *self) {
     stop_thread(self);
     if (self->wakeup_fd > 0) close(self->wakeup_fd);
     if (self->stop_fd > 0) close(self->stop_fd);
-    free(self->queue.data);
-    free(self->pending.data);
+    buffer_release(&self->queue);
+    buffer_release(&self->pending);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -368,6 +400,7 @@ static PyMemberDef Reader_members[] = {
 
 static PyGetSetDef Reader_getset[] = {
     {"queued_bytes", (getter)Reader_get_queued_bytes, NULL, "bytes of datagrams waiting for a take", NULL},
+    {"buffer_bytes", (getter)Reader_get_buffer_bytes, NULL, "bytes mapped for the queue's two buffers", NULL},
     {"dropped", (getter)Reader_get_dropped, NULL, "datagrams dropped because the queue was full", NULL},
     {"last_error", (getter)Reader_get_last_error, NULL, "the last read error, or ''", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -1,25 +1,20 @@
-"""CLI: argv → one Config → run | status | config | intake. Prints and sets the exit code; holds no logic."""
+"""CLI: argv → one Config → run | status | config | intake. Prints and sets the exit code; holds no logic.
+
+Each command imports what it needs in its own function: a sidecar's `run` then pays for neither the operator
+tools nor their libraries (rich, protobuf, datadog), and a `health` probe, started every few seconds, for
+nothing but urllib."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from relay import __version__
-from relay.config import Config, ConfigError, find_config, redact
+from relay.config import Config, ConfigError, find_config
 
 EXIT_CONFIG = 2
 EXIT_START = 3
@@ -121,12 +116,16 @@ def _init(config: Config, args: argparse.Namespace) -> int:
 
 
 def _config(config: Config, args: argparse.Namespace) -> int:
+    import yaml
+
     print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
     return 0
 
 
 def _explain(config: Config, args: argparse.Namespace) -> int:
+    import json
     import time
+    from dataclasses import replace
 
     from relay.tools.explain import explain, rejected, render
 
@@ -211,13 +210,16 @@ def _reload(config: Config, timeout: float = 60.0) -> int:
 
 
 def _status(config: Config, as_json: bool) -> int:
+    import json
+    import urllib.request
+
     from relay.tools.status import render
 
     url = _health_url(config, "/status")
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             status = json.load(response)
-    except (urllib.error.URLError, OSError) as error:
+    except OSError as error:  # urllib's URLError too
         return _unreachable("status", url, error)
     print(json.dumps(status, indent=2) if as_json else render(status), end="\n" if as_json else "")
     return 0
@@ -246,7 +248,7 @@ def _top(config: Config, top: int, interval: float, once: bool) -> int:
     url = _health_url(config, "/debug/cardinality")
     try:
         run(url, top, interval, once, Console())
-    except (urllib.error.URLError, OSError) as error:
+    except OSError as error:
         return _unreachable("top", url, error)
     except KeyboardInterrupt:
         pass
@@ -254,6 +256,9 @@ def _top(config: Config, top: int, interval: float, once: bool) -> int:
 
 
 def _capture(config: Config, seconds: float, output: Path) -> int:
+    import urllib.request
+    from collections import Counter
+
     from relay.runtime.capture import read_records
 
     url = _health_url(config, f"/debug/capture?seconds={seconds:g}")
@@ -263,7 +268,7 @@ def _capture(config: Config, seconds: float, output: Path) -> int:
             while chunk := response.read1(65536):  # as it comes: the file grows while recording
                 file.write(chunk)
                 file.flush()
-    except (urllib.error.URLError, OSError) as error:
+    except OSError as error:
         return _unreachable("capture", url, error)
     records = list(read_records(output))
     lines = sum(len(list(filter(None, record.datagram.split(b"\n")))) for record in records)
@@ -296,10 +301,12 @@ def _replay(path: Path, target: str, speed: float) -> int:
 
 
 def _health(config: Config) -> int:
+    import urllib.request
+
     try:
         with urllib.request.urlopen(_health_url(config, "/healthz"), timeout=4):
             return 0
-    except (urllib.error.URLError, OSError) as error:
+    except OSError as error:
         print(f"health: {getattr(error, 'reason', error)}", file=sys.stderr)
         return 1
 
@@ -333,6 +340,11 @@ def _provision(config: Config, dry_run: bool, with_downtimes: bool, notify: tupl
 
 
 def _intake(host: str, port: int, keep: int, api_key: str) -> int:
+    import asyncio
+    import contextlib
+
+    from relay.config import redact
+
     try:
         import google.protobuf  # noqa: F401  (the stand-in decodes payloads with Google's runtime)
 

@@ -109,6 +109,30 @@ async def test_stop_delivers_what_the_queue_and_the_socket_still_hold():
     assert len(lines(received)) == 5000
 
 
+def test_the_queue_maps_memory_as_datagrams_come_and_gives_a_burst_back_once_delivered(native_reader_module):
+    """relay.receive_queue_bytes is a bound, not an allocation: nothing is mapped before the first datagram, and
+    the megabytes a burst took are unmapped once the loop has taken it all."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        server.bind(("127.0.0.1", 0))
+        reader = native_reader_module.Reader(server.fileno(), 8192, 64 * 2**20)
+        try:
+            assert reader.buffer_bytes == 0
+            for _ in range(100_000):  # 2 MB queued, while nothing is taken (the kernel may drop some meanwhile)
+                if reader.queued_bytes >= 2 * 2**20:
+                    break
+                client.sendto(b"burst:1|c|#" + b"x" * 989, server.getsockname())
+            burst = reader.buffer_bytes
+            while reader.take(256 * 1024)[3]:
+                pass
+            drained = reader.buffer_bytes
+        finally:
+            reader.stop()
+    assert burst >= 2 * 2**20 and drained <= 2 * 2**20  # each buffer keeps at most 1 MiB
+
+
 async def test_the_event_loop_reader_stays_for_relay_receive_queue_bytes_0():
     received: list[bytes] = []
     listeners, stats = await start(received, relay__receive_queue_bytes=0)
