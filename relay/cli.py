@@ -170,6 +170,9 @@ def _run(config: Config) -> int:
     except (ListenError, OSError) as error:
         logging.getLogger("relay").error("cannot start: %s", error)
         return EXIT_START
+    except ConfigError as error:  # a key only the running relay can judge (relay.memory_limit against the memory)
+        print(f"config: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 
