@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay.config import Config
@@ -47,6 +47,7 @@ class TagRule:
     metric_name: str
     include: bool
     keys: frozenset[str]
+    encoded_keys: frozenset[bytes] = field(init=False)  # the keys as UTF-8, for the lines' bytes
 
     @property
     def action(self) -> str:
@@ -63,17 +64,22 @@ class TagRule:
 
     def cut_shape(self, suffix: bytes) -> bytes:
         """A line's text after its value, with the tags the rule removes cut from each `#` field (read as parse.py
-        reads them): lines that differ only in those tags share one shape, so one cache entry."""
+        reads them): lines that differ only in those tags share one shape, so one cache entry. In bytes, as the
+        line came (a tag's key compared encoded): this runs for every line of a filtered metric."""
         if b"#" not in suffix:
             return suffix
+        keys, include = self.encoded_keys, self.include
         fields = suffix.split(b"|")
-        for index, field in enumerate(fields):
-            if field[:1] == b"#":
-                tags = field[1:].decode("utf-8", "replace").split(",")
-                kept = self.cut(tuple(tags))
+        for index, text in enumerate(fields):
+            if text[:1] == b"#":
+                tags = text[1:].split(b",")
+                kept = [tag for tag in tags if (tag.partition(b":")[0] in keys) is include or tag[:5] == b"host:"]
                 if len(kept) < len(tags):
-                    fields[index] = ("#" + ",".join(kept)).encode()
+                    fields[index] = b"#" + b",".join(kept)
         return b"|".join(fields)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoded_keys", frozenset(key.encode() for key in self.keys))
 
 
 def build_tag_rules(entries: tuple[Any, ...]) -> dict[str, TagRule]:
