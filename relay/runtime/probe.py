@@ -14,26 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import multiprocessing
+import mmap
 import os
-import signal
-import socket
-import time
+import subprocess
+import sys
+import tempfile
 from collections import deque
 from operator import methodcaller
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
+from relay.runtime.probe_sender import MARK, Address
 from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
 
-MARK = b"\0dogstatsd-relay-probe "
+SENDER = Path(__file__).with_name("probe_sender.py")
 TIMEOUT = 5.0
 WINDOW = 60
 _is_probe = methodcaller("startswith", MARK)
 
-Address = str | tuple[str, int]
+
+def _shared_file() -> IO[bytes]:
+    """A file in memory only where Linux offers one (memfd_create), else an unlinked temporary file."""
+    if hasattr(os, "memfd_create"):
+        return os.fdopen(os.memfd_create("dogstatsd-relay-probe", 0), "w+b")
+    return tempfile.TemporaryFile()
 
 
 class Probe:
@@ -44,7 +52,7 @@ class Probe:
         self.resolved: list[int] = []  # per target: the highest sequence known received or lost
         self.outcomes: dict[str, deque[bool]] = {}  # per listener, True for a probe lost
         self.sent: Any = None  # shared with the sender: probes sent per target
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         stats.gauges.probe_loss = self.loss_ratios
 
     def add_target(self, listener: str, family: int, address: Address) -> None:
@@ -94,14 +102,16 @@ class Probe:
         return {listener: sum(lost) / len(lost) if lost else 0.0 for listener, lost in self.outcomes.items()}
 
     async def run(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        try:  # shared memory needs /dev/shm or a writable temporary directory
-            self.sent = context.RawArray("q", len(self.targets))
-            targets = [(family, address) for _, family, address in self.targets]
-            self.process = context.Process(
-                target=send_probes, args=(targets, self.interval, self.sent, os.getpid()), name="probe", daemon=True
-            )
-            self.process.start()
+        """The sender is a bare interpreter (python -I -S) running probe_sender.py; the counters it shares are
+        one page of a memory file (memfd), mapped by both: no filesystem needed, so a read-only root is fine."""
+        try:
+            with _shared_file() as counters:
+                counters.truncate(8 * len(self.targets))
+                self.sent = memoryview(mmap.mmap(counters.fileno(), 8 * len(self.targets))).cast("q")
+                targets = json.dumps([(family, address) for _, family, address in self.targets])
+                command = [sys.executable, "-I", "-S", str(SENDER), str(counters.fileno()), targets,
+                           str(self.interval), str(os.getpid())]  # fmt: skip
+                self.process = subprocess.Popen(command, pass_fds=(counters.fileno(),), stdin=subprocess.DEVNULL)
         except OSError as error:
             logger.error("loss self-probe off: cannot start its sender (%s); set relay.probe_interval: 0", error)
             self.stats.gauges.probe_loss = lambda: {}
@@ -112,18 +122,5 @@ class Probe:
                 self.expire()
         finally:
             self.process.terminate()
-            await asyncio.to_thread(self.process.join, 5)
-
-
-def send_probes(targets: list[tuple[int, Address]], interval: float, sent: Any, parent: int) -> None:
-    """The sender process: one probe per target every `interval`, for as long as the relay lives."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the relay decides when the probe stops
-    sockets = [socket.socket(family, socket.SOCK_DGRAM) for family, _ in targets]
-    for sock in sockets:
-        sock.setblocking(False)
-    while os.getppid() == parent:
-        for index, ((_, address), sock) in enumerate(zip(targets, sockets, strict=True)):
-            sent[index] += 1
-            with contextlib.suppress(OSError):  # a full Unix datagram queue refuses: a gap, counted as lost
-                sock.sendto(MARK + b"%d %d" % (index, sent[index]), address)
-        time.sleep(interval)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.process.wait, 5)

@@ -449,11 +449,10 @@ async def test_debug_endpoints_refuse_bad_durations(tmp_path):
 async def test_a_probe_that_cannot_start_turns_itself_off_and_says_so(monkeypatch, caplog):
     from relay.runtime import probe as probe_module
 
-    class NoSharedMemory:
-        def RawArray(self, *args: Any) -> Any:
-            raise OSError("no /dev/shm and a read-only /tmp")
+    def no_shared_file(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no memory file, and a read-only /tmp")
 
-    monkeypatch.setattr(probe_module.multiprocessing, "get_context", lambda kind: NoSharedMemory())
+    monkeypatch.setattr(probe_module, "_shared_file", no_shared_file)
     stats = Stats()
     probe = probe_module.Probe(stats, 0.1)
     probe.add_target("udp", socket.AF_INET, ("127.0.0.1", 9))
