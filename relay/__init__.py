@@ -1,8 +1,5 @@
 """dogstatsd-relay: a DogStatsD-compatible metrics relay."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("dogstatsd-relay")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+source"
+# The one place the version is written: pyproject.toml reads it from here (dynamic), so an installed relay and a
+# source tree agree, and nothing imports importlib.metadata to learn it.
+__version__ = "0.1.0"
