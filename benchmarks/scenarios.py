@@ -127,10 +127,11 @@ def contexts(seconds: float, counts: tuple[int, ...] = (1_000, 100_000, 1_000_00
                 status = relay.status() or {}
                 live = status.get("aggregator", {}).get("contexts", 0)
                 _, rss = process_usage(relay.process.pid)
-                flushes = status["aggregator"]["flushes"]
+                flushes, peak = status["aggregator"]["flushes"], rss
                 deadline = time.monotonic() + 60
                 while (relay.status() or {})["aggregator"]["flushes"] < flushes + 2 and time.monotonic() < deadline:
-                    time.sleep(0.2)  # wait for the flush of the filled bucket
+                    time.sleep(0.05)  # wait for the flush of the filled bucket, watching its peak
+                    peak = max(peak, process_usage(relay.process.pid)[1])
                 flush = (relay.status() or {})["aggregator"]
             finally:
                 relay.stop()
@@ -140,6 +141,7 @@ def contexts(seconds: float, counts: tuple[int, ...] = (1_000, 100_000, 1_000_00
                 "rss_mib": round(rss / 2**20),
                 "rss_empty_mib": round(rss_empty / 2**20),
                 "bytes_per_context": round((rss - rss_empty) / max(live, 1)),
+                "bytes_per_context_at_flush_peak": round((peak - rss_empty) / max(live, 1)),
                 "ingest_kernel_drops": window.kernel_drops,
                 "last_flush_seconds": flush["last_flush_seconds"],
                 "series_flushed": flush["flushed"].get("series", 0),
