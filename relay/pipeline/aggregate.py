@@ -61,7 +61,7 @@ class Aggregator:
         self.max_contexts = config.relay_max_contexts
         # One metric's share: past it only that metric folds, so a spike of one name never starves the others.
         self.max_per_metric = config.relay_max_contexts_per_metric or self.max_contexts // 2
-        self.per_metric: Counter[str] = Counter()  # live contexts by metric name
+        self.per_metric: dict[str, int] = {}  # live contexts by metric name
         self.held_at = 0  # the memory guard's cap on new contexts (relay/memory.py); 0: none
         self._folded: dict[tuple[str, str, tuple[str, ...]], Context] = {}  # (name, host, tag keys) → folded
         self.copy_prefix = (
@@ -102,7 +102,7 @@ class Aggregator:
             for slot, start in self.counter_last_sampled.items():
                 sampled[slot] = start
             self.counter_last_sampled = sampled
-        self.per_metric = Counter(context.name for context in self.slot_of)
+        self.per_metric = dict(Counter(context.name for context in self.slot_of))
 
     @property
     def contexts(self) -> int:
@@ -112,28 +112,28 @@ class Aggregator:
         """The slot of a context, made on first sight; past relay.max_contexts, the metric's share of it or the
         memory guard's hold, the context is folded first."""
         slot = self.slot_of.get(context)
-        if slot is None and self._full(context.name):
+        if slot is not None:
+            return slot
+        live, per_metric = len(self.slot_of), self.per_metric
+        if (
+            self.max_contexts and (live >= self.max_contexts or per_metric.get(context.name, 0) >= self.max_per_metric)
+        ) or (self.held_at and live >= self.held_at):
             context = self._fold(context)
             slot = self.slot_of.get(context)
-        if slot is None:
-            self.per_metric[context.name] += 1
-            if self._free_slots:
-                slot = self._free_slots.pop()
-                self.context_of[slot] = context
-                self.last_seen[slot] = self.last_cutoff  # so that a slot never used still expires
-            else:
-                slot = len(self.context_of)
-                self.context_of.append(context)
-                self.last_seen.append(self.last_cutoff)
-                self.counter_last_sampled.append(NEVER)
-            self.slot_of[context] = slot
+            if slot is not None:
+                return slot
+        per_metric[context.name] = per_metric.get(context.name, 0) + 1
+        if self._free_slots:
+            slot = self._free_slots.pop()
+            self.context_of[slot] = context
+            self.last_seen[slot] = self.last_cutoff  # so that a slot never used still expires
+        else:
+            slot = len(self.context_of)
+            self.context_of.append(context)
+            self.last_seen.append(self.last_cutoff)
+            self.counter_last_sampled.append(NEVER)
+        self.slot_of[context] = slot
         return slot
-
-    def _full(self, name: str) -> bool:
-        contexts = len(self.slot_of)
-        if self.max_contexts and (contexts >= self.max_contexts or self.per_metric[name] >= self.max_per_metric):
-            return True
-        return bool(self.held_at) and contexts >= self.held_at
 
     def hold(self, held: bool) -> None:
         """The memory guard: while held, no context is added beyond those live now (expired ones make room)."""
