@@ -158,14 +158,21 @@ def _answers(relay: RunningRelay) -> bool:
         return False
 
 
+@asynccontextmanager
+async def serving(stand_in: Intake) -> AsyncIterator[str]:
+    """An intake stand-in served in the test's loop on a free port: its URL, and always cleaned up."""
+    runner, port = await stand_in.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def intake() -> AsyncIterator[tuple[Intake, str]]:
     stand_in = Intake(api_key=API_KEY)
-    runner, port = await stand_in.start()
-    try:
-        yield stand_in, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(stand_in) as url:
+        yield stand_in, url
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks.cgroup import MemoryCgroup, cgroup_unavailable
 from benchmarks.memory_scenarios import FILTERLIST, STEADY, TallyIntake
-from tests.conftest import API_KEY, RunningRelay, run_relay, wait_for
+from tests.conftest import API_KEY, RunningRelay, run_relay, serving, wait_for
 
 LIMIT = 128 * 2**20
 STEADY_RATE = 200  # counts/s, one a datagram
@@ -45,11 +45,8 @@ def cgroup() -> Iterator[MemoryCgroup]:
 async def tally() -> AsyncIterator[tuple[TallyIntake, str]]:
     """The intake stand-in summing counts per metric without keeping 400,000 series."""
     stand_in = TallyIntake(api_key=API_KEY)
-    runner, port = await stand_in.start()
-    try:
-        yield stand_in, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(stand_in) as url:
+        yield stand_in, url
 
 
 def spike_datagrams(count: int = SPIKE) -> list[bytes]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.config import Config
 from relay.pipeline.model import Context, Event, ServiceCheck
 
+K = TypeVar("K")
+V = TypeVar("V")
 _STRIPPED_TAG_PREFIXES = ("dd.internal.entity_id:", "dd.internal.card:", "dd.internal.jmx_check_name:")
 _GROUP_REFERENCE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 # Context cache entries, cleared when full (a miss only costs a rebuild). Known metric lines never get here (the
@@ -127,6 +130,18 @@ def _expand(template: str, match: re.Match[str]) -> str:
     return _GROUP_REFERENCE.sub(group, template)
 
 
+def _cached(cache: dict[K, V], key: K, limit: int, build: Callable[[], V]) -> V:
+    """A bounded cache: cleared when full, since a miss only costs a rebuild."""
+    try:
+        return cache[key]
+    except KeyError:
+        pass
+    if len(cache) >= limit:
+        cache.clear()
+    value = cache[key] = build()
+    return value
+
+
 class Enricher:
     """Turns a metric's name and raw tags into its Context; None when the name is blocklisted. The one owner of
     the tag rules: host and internal tags, dogstatsd_tags, mapper tags and metric_tag_filterlist."""
@@ -155,15 +170,7 @@ class Enricher:
         rule = self.tag_rule(name) if self.tag_rules else None
         if rule is not None:  # the tags a rule removes make no cache entry of their own
             raw_tags = rule.cut(raw_tags)
-        key = (name, raw_tags)
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        if len(self._cache) >= self.cache_limit:
-            self._cache.clear()
-        context = self._cache[key] = self._build(name, raw_tags, rule)
-        return context
+        return _cached(self._cache, (name, raw_tags), self.cache_limit, lambda: self._build(name, raw_tags, rule))
 
     def forget_cached(self) -> None:
         """Empty the context cache (the memory guard, relay/pipeline/assemble.py): a miss only costs a rebuild."""
@@ -173,14 +180,7 @@ class Enricher:
         """The metric_tag_filterlist rule of the metric that a line named `name` becomes (mapper, namespace)."""
         if not self.profiles and not self.namespace:
             return self.tag_rules.get(name)
-        try:
-            return self._rule_of_name[name]
-        except KeyError:
-            pass
-        if len(self._rule_of_name) >= self.cache_limit:
-            self._rule_of_name.clear()
-        rule = self._rule_of_name[name] = self.tag_rules.get(self._named(name)[0])
-        return rule
+        return _cached(self._rule_of_name, name, self.cache_limit, lambda: self.tag_rules.get(self._named(name)[0]))
 
     def tag_filter(self, name: str, raw_tags: tuple[str, ...]) -> tuple[TagRule, tuple[str, ...]] | None:
         """The rule of a metric line and the tags it removed from its context (for explain); None without one."""

@@ -7,8 +7,8 @@ would only get to send when the reader lets go of the GIL, that is right after i
 and would never see the queue full. Probes carry a sequence number per listener and a listener's queue is
 FIFO: a gap is a loss. A probe not back `TIMEOUT` seconds after it was sent is lost too (the sender's counters
 are a memory file both map; the sender is a bare interpreter running probe_sender.py, with the standard library
-only, so it costs no second relay). Listeners strip probes before counting, capture or parsing: a probe starts with a NUL
-byte, which no DogStatsD line does. `relay_probe_loss_ratio` is the share lost among the last `WINDOW`.
+only, so it costs no second relay). Listeners strip probes before counting, capture or parsing: a probe starts
+with a NUL byte, which no DogStatsD line does. `relay_probe_loss_ratio` is the share lost among the last `WINDOW`.
 """
 
 from __future__ import annotations
