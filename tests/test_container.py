@@ -126,6 +126,7 @@ def test_compose_file_validates_and_waits_for_what_each_service_needs():
     for name in ("demo-app", "prometheus"):
         assert services[name]["depends_on"] == {"relay": {"condition": "service_healthy"}}
     assert services["relay"]["read_only"] is True
+    assert str(services["relay"]["sysctls"]["net.unix.max_dgram_qlen"]) == "512"
     mounts = [v.split(":") if isinstance(v, str) else [v["source"], v["target"], "ro" if v.get("read_only") else "rw"]
               for v in services["relay"]["volumes"]]  # fmt: skip
     volumes = {mount[1] for mount in mounts if mount[2:] != ["ro"]}
@@ -138,6 +139,30 @@ def test_kubernetes_manifests_render_and_validate_against_the_schemas(variant, t
     documents = rendered(variant)
     path = tmp_path / f"{variant}.yaml"
     path.write_text(yaml.safe_dump_all(documents))
+    result = subprocess.run([validate, "--strict", "--quiet", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant", ["daemonset", "sidecar"])
+def test_the_unix_queue_component_sets_the_sysctl_on_each_relays_pod_and_still_validates(variant, tmp_path):
+    """deploy/kubernetes/unix-queue, as its comment says to use it: added to a relay's kustomization."""
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(KUSTOMIZATIONS, tree)
+    (tree / "with-queue").mkdir()
+    (tree / "with-queue" / "kustomization.yaml").write_text(
+        f"resources:\n  - ../{variant}\ncomponents:\n  - ../unix-queue\n"
+    )
+    kubectl = tool("kubectl", "apt-get install kubernetes-client")
+    out = subprocess.run([kubectl, "kustomize", str(tree / "with-queue")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    documents = [document for document in yaml.safe_load_all(out.stdout) if document]
+    pods = [d["spec"]["template"]["spec"] for d in documents if d["kind"] in ("DaemonSet", "Deployment")]
+    assert pods and all(
+        pod["securityContext"]["sysctls"] == [{"name": "net.unix.max_dgram_qlen", "value": "512"}] for pod in pods
+    )
+    path = tmp_path / "rendered.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    validate = tool("kubernetes-validate", "pip install kubernetes-validate")
     result = subprocess.run([validate, "--strict", "--quiet", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
