@@ -29,6 +29,7 @@ from relay.pipeline.buckets import (
     histogram_points,
     sketch_of,
 )
+from relay.pipeline.client_telemetry import ClientDrops
 from relay.pipeline.model import (
     KIND_OF,
     Context,
@@ -64,6 +65,7 @@ class Aggregator:
         self.per_metric: dict[str, int] = {}  # live contexts by metric name
         self.held_at = 0  # the memory guard's cap on new contexts (relay/memory.py); 0: none
         self._folded: dict[tuple[str, str, tuple[str, ...]], Context] = {}  # (name, host, tag keys) → folded
+        self.client_drops = ClientDrops(stats.listen.client_drops)
         self.copy_prefix = (
             config.histogram_copy_to_distribution_prefix if config.histogram_copy_to_distribution else None
         )
@@ -103,6 +105,8 @@ class Aggregator:
                 sampled[slot] = start
             self.counter_last_sampled = sampled
         self.per_metric = dict(Counter(context.name for context in self.slot_of))
+        for context, slot in self.slot_of.items():
+            self.client_drops.watch(slot, context)
 
     @property
     def contexts(self) -> int:
@@ -133,6 +137,7 @@ class Aggregator:
             self.last_seen.append(self.last_cutoff)
             self.counter_last_sampled.append(NEVER)
         self.slot_of[context] = slot
+        self.client_drops.watch(slot, context)
         return slot
 
     def hold(self, held: bool) -> None:
@@ -318,6 +323,8 @@ class Aggregator:
         closed = [self.buckets.pop(start) for start in sorted(self.buckets) if force or start + self.interval <= cutoff]
         if closed:
             self.last_flushed_estimate = max(map(self._estimate, closed))
+        for bucket in closed:
+            self.client_drops.read(bucket)
         zeros = [(bucket.start, self._zero_slots(bucket.start, bucket.counters)) for bucket in closed]
         if not closed and not self.buckets and cutoff - self.last_cutoff >= self.interval:
             # No bucket pending at all: one zero point for the interval that just ended (Agent quirk:
@@ -432,6 +439,7 @@ class Aggregator:
             context = self.context_of[slot]
             assert context is not None
             del self.slot_of[context]
+            self.client_drops.forget(slot)
             per_metric[context.name] -= 1
             if not per_metric[context.name]:
                 del per_metric[context.name]

@@ -20,6 +20,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +79,14 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
         "retry_queue_bytes": int(backlog),
         "flush_lag_seconds": round(lag, 1),
     }
+
+
+def unix_dgram_qlen() -> int | None:
+    """net.unix.max_dgram_qlen: how many datagrams a Unix datagram socket holds before its senders fail."""
+    try:
+        return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _open(taps: Taps, tap: Tap) -> None:
@@ -199,6 +208,8 @@ async def start_front(
     health = await serve_health(config, stats, registry, cardinality, listeners.taps, listeners.health_socket())
     await listeners.start()
     stats.info["listeners"] = dict(listeners.addresses)
+    if "uds" in listeners.addresses:  # the queue of the relay's own network namespace, where its socket is
+        stats.info["unix_dgram_qlen"] = unix_dgram_qlen()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, should_exit.set)

@@ -42,6 +42,9 @@ class RelayCollector:
             s.listen.truncated,
         )
         yield _counter("relay_packet_read_errors", "Socket read errors.", ["transport"], s.listen.read_errors)
+        yield _counter("relay_client_packets_dropped", "Datagrams the clients could not send, from their own telemetry "
+                       "(total, writer: the send failed, queue: the client's queue was full).",
+                       ["transport", "client", "kind"], s.listen.client_drops)  # fmt: skip
         yield _counter(
             "relay_kernel_drops",
             "Datagrams the kernel dropped because the socket's receive buffer was full.",

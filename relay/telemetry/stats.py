@@ -27,6 +27,8 @@ class ListenCounters:
     forwarded: Counter[str] = field(default_factory=Counter)  # statsd_forward tee: sent | error
     probes: Counter[str] = field(default_factory=Counter)  # loss self-probes sent, by listener
     probes_lost: Counter[str] = field(default_factory=Counter)
+    # (transport, client, total|writer|queue): datagrams the clients themselves dropped, from their own telemetry
+    client_drops: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     taps_paused: Counter[str] = field(default_factory=Counter)  # datagrams a capture skipped: its memory share full
 
 
@@ -108,6 +110,7 @@ class Info(TypedDict, total=False):
     workers: int
     worker_pids: list[int]
     listeners: dict[str, Any]  # name → address
+    unix_dgram_qlen: int | None  # net.unix.max_dgram_qlen where the relay's Unix datagram socket is
     health: str  # host:port of the health endpoint
     receive_buffers: dict[str, int]
     receive_buffers_wanted: dict[str, int]

@@ -38,6 +38,8 @@ def status_document(stats: Stats) -> dict[str, Any]:
             for listener, ratio in gauges.probe_loss().items()
         },
         "statsd_forward": dict(listen.forwarded),
+        # what the official clients say they could not send (their telemetry), by transport
+        "client_drops": _client_drops(listen.client_drops),
         "messages": {kind: {"ok": messages[kind, "ok"], "error": messages[kind, "error"]} for kind in MESSAGE_TYPES},
         "parse_errors": dict(stats.parse.errors),
         "tags_filtered": dict(stats.parse.tags_filtered.most_common(20)),  # metric_tag_filterlist, lines cut
@@ -94,6 +96,14 @@ def forwarder_document(stats: Stats) -> dict[str, Any]:
         "spool_bytes": gauges.spool_bytes(),
         "spool_payloads": gauges.spool_payloads(),
     }
+
+
+def _client_drops(counted: Counter[tuple[str, str, str]]) -> dict[str, dict[str, dict[str, int]]]:
+    """{transport: {client: {total, writer, queue}}}."""
+    nested: dict[str, dict[str, dict[str, int]]] = {}
+    for (transport, client, kind), count in sorted(counted.items()):
+        nested.setdefault(transport, {}).setdefault(client, {})[kind] = count
+    return nested
 
 
 def _nested(counter: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:

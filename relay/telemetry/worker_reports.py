@@ -12,6 +12,7 @@ from relay.telemetry.stats import Stats
 WORKER_COUNTERS = (
     "parse.messages", "parse.errors", "dropped", "aggregate.flushed", "forward.payloads", "forward.payload_bytes",
     "forward.http_errors", "forward.spooled", "aggregate.context_overflow", "parse.tags_filtered",
+    "listen.client_drops",
 )  # fmt: skip
 WORKER_GAUGES = (
     "contexts", "custom_metrics_estimate", "retry_queue_bytes", "retry_queue_payloads", "spool_bytes", "spool_payloads",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Config, redact
+from relay.runtime.health import unix_dgram_qlen
 from relay.runtime.readers import udp_socket_rows
 from relay.tools.status import mib
 
@@ -31,6 +32,7 @@ def diagnose(
         _api_key(config, status, probe),
         _spool_disk(config),
         _memory(status),
+        *_unix_clients(config, status),
     ]
 
 
@@ -150,6 +152,30 @@ def _spool_disk(config: Config) -> Finding:
         return ("FAIL", "spool disk", f"{path} is {ratio:.0%} full: above forwarder_storage_max_disk_ratio "
                 f"{config.forwarder_storage_max_disk_ratio:.0%}, nothing will be spooled during an outage")  # fmt: skip
     return ("OK", "spool disk", f"{usage.free // 2**20:,} MiB free for the spool at {config.spool_path}")
+
+
+UNIX_QUEUE_WANTED = 512  # datagrams: what the compose file and deploy/kubernetes/unix-queue set
+
+
+def _unix_clients(config: Config, status: dict[str, Any] | None) -> list[Finding]:
+    """A Unix datagram socket whose kernel queue is short, and the drops only the clients saw (their telemetry)."""
+    findings: list[Finding] = []
+    # The running relay's own namespace; with none running, this one's (likely the same: the relay's container)
+    qlen = status.get("info", {}).get("unix_dgram_qlen") if status else unix_dgram_qlen()
+    if config.dogstatsd_socket and qlen is not None and qlen < UNIX_QUEUE_WANTED:
+        findings.append(("WARN", "unix socket queue", f"net.unix.max_dgram_qlen is {qlen}: a client that sends a "
+                         "datagram per metric (the official Python client's default) drops metrics whenever the "
+                         f"relay is not scheduled at once. Fix: sysctl -w net.unix.max_dgram_qlen={UNIX_QUEUE_WANTED} "
+                         "in the relay's network namespace (compose: sysctls; Kubernetes: the unix-queue component "
+                         "and the kubelet's --allowed-unsafe-sysctls)"))  # fmt: skip
+    for transport, clients in (status or {}).get("client_drops", {}).items():
+        for client, kinds in clients.items():
+            if kinds.get("total"):
+                findings.append(("FAIL", f"{transport} client drops", f"the {client} client reported "
+                                 f"{kinds['total']} datagrams it could not send over {transport} ({kinds}): "
+                                 + ("raise net.unix.max_dgram_qlen, or turn on the client's buffering"
+                                    if transport == "uds" else "its own queue or socket was full")))  # fmt: skip
+    return findings
 
 
 def _memory(status: dict[str, Any] | None) -> Finding:

@@ -53,6 +53,11 @@ def _listeners(status: dict[str, Any]) -> list[str]:
                 f"    [WARNING] receive buffer {_number(granted[transport])} bytes, clamped from "
                 f"dogstatsd_so_rcvbuf {_number(wanted[transport])}: raise net.core.rmem_max"
             )
+    for transport, clients in status.get("client_drops", {}).items():
+        for client, kinds in clients.items():
+            detail = ", ".join(f"{kind} {_number(count)}" for kind, count in kinds.items() if kind != "total")
+            lines.append(f"  Client-side drops over {transport} ({client} client's telemetry): "
+                         f"{_number(kinds.get('total', 0))}" + (f" ({detail})" if detail else ""))  # fmt: skip
     if status.get("statsd_forward"):
         sent, failed = (_number(status["statsd_forward"].get(result, 0)) for result in ("sent", "error"))
         lines.append(f"  statsd_forward: {sent} packets teed, {failed} failed")
