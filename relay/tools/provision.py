@@ -111,9 +111,11 @@ class ProvisionError(Exception):
 
 
 def _checked(response: Any, call: str) -> Any:
-    """The datadog package returns Datadog's errors as {'errors': [...]} rather than raising."""
+    """The datadog package returns Datadog's errors as {'errors': [...]} rather than raising, and its own (Datadog
+    could not be reached) as {'errors': 'Could not ...'}: a string, not a list of them."""
     if isinstance(response, dict) and response.get("errors"):
-        errors = "; ".join(map(str, response["errors"]))
+        found = response["errors"]
+        errors = found if isinstance(found, str) else "; ".join(map(str, found))
         hint = " (check DD_API_KEY, DD_APP_KEY and site)" if "Forbidden" in errors or "403" in errors else ""
         raise ProvisionError(f"{call}: Datadog answered: {errors}{hint}")
     return response

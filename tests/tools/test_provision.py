@@ -92,3 +92,13 @@ def test_provision_needs_both_keys():
     env = {k: v for k, v in os.environ.items() if not k.startswith("DD_")}
     result = subprocess.run([sys.executable, "-m", "relay", "provision"], env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "DD_APP_KEY" in result.stderr
+
+
+def test_a_datadog_that_cannot_be_reached_is_one_readable_line(tmp_path):
+    """The datadog package says "could not connect" as one string, not a list of errors."""
+    from tests.conftest import free_port
+
+    result = provision(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("provision: list dashboards: Datadog answered: ") and "; o; " not in line, line
