@@ -27,7 +27,7 @@ test: lint
 fuzz: $(INSTALLED)
 	FUZZ_CASES=1000000 FUZZ_SECONDS=600 $(BIN)/python -m pytest -p no:logging -q -s tests/pipeline/test_fuzz.py
 
-# The scenarios behind the README's Reliability section, with the figures they print.
+# The scenarios behind docs/OPERATIONS.md's Reliability section, with the figures they print.
 reliability: $(INSTALLED)
 	$(BIN)/python -m pytest -q -s tests/test_abuse.py tests/test_faults.py tests/test_flood.py tests/test_reload.py \
 		"tests/test_e2e.py::test_outage_then_restart_delivers_everything_exactly_once" | grep -E "reliability:|passed|failed"

@@ -44,8 +44,9 @@ def _counting_drops(client: DogStatsd) -> list[int]:
 
 
 async def test_reload_under_load_from_the_official_client_loses_and_duplicates_nothing(intake, short_tmp):
-    """10,000 lines/s for 30 s from the official client with its defaults (half over UDP, half over a Unix
-    datagram socket), a reload in the middle that changes dogstatsd_tags: every line is counted once at the intake,
+    """10,000 lines/s for 30 s from the official client (half over UDP at its defaults, half over a Unix datagram
+    socket with its buffering on: unbuffered, the kernel's 10-datagram queue refuses sends whatever the relay does,
+    see tests/test_client_drops.py), a reload in the middle that changes dogstatsd_tags: every line is counted once at the intake,
     the points after the reload carry the new tag, and neither client saw a send error."""
     stand_in, url = intake
     config_path, uds = short_tmp / "datadog.yaml", short_tmp / "dsd.socket"
@@ -55,7 +56,7 @@ async def test_reload_under_load_from_the_official_client_loses_and_duplicates_n
         pid = relay.status()["info"]["pid"]
         # UDP with the client's defaults (a datagram a line); over the Unix socket with the client's buffering, as
         # its documentation advises there: unbuffered, at 5,000 datagrams/s, a queue of net.unix.max_dgram_qlen
-        # (10 here) refuses a few percent of sends with or without a reload (see the README's Reliability section).
+        # (10 here) refuses a few percent of sends with or without a reload (see docs/OPERATIONS.md, Unix datagram clients).
         udp_client = DogStatsd(port=relay.udp_port)
         uds_client = DogStatsd(socket_path=str(uds), disable_buffering=False)
         drops_udp, drops_uds = _counting_drops(udp_client), _counting_drops(uds_client)

@@ -230,7 +230,8 @@ class Enricher:
         return None
 
     def _host_and_tags(self, raw_tags: tuple[str, ...], explicit_host: str | None) -> tuple[str, tuple[str, ...]]:
-        """`host:` sets the host (empty allowed); dd.internal.* and empty tags go; dogstatsd_tags are added."""
+        """`host:` sets the host (empty allowed); dd.internal.entity_id, .card and .jmx_check_name and empty tags go
+        (other dd.internal.* tags stay, as in the Agent); dogstatsd_tags are added."""
         host = None
         kept = set(raw_tags)
         kept.update(self.extra_tags)

@@ -58,7 +58,7 @@ def write_config(path: Path, site: str, api_key: str, dd_url: str) -> None:
     if dd_url:
         document["dd_url"] = dd_url
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = "# Written by `dogstatsd-relay init`: datadog.yaml keys (see the README's Configuration table).\n"
+    header = "# Written by `dogstatsd-relay init`: datadog.yaml keys (see docs/CONFIGURATION.md).\n"
     write_atomically(path, (header + yaml.safe_dump(document, sort_keys=False)).encode(), 0o600)
 
 
