@@ -142,7 +142,7 @@ def _doctor(config: Config, args: argparse.Namespace) -> int:
     from relay.tools.doctor import diagnose, http_probe, status_of
     from relay.tools.doctor import render as render_findings
 
-    findings = diagnose(config, status_of(_health_url(config, "/status")), http_probe)
+    findings = diagnose(config, status_of(_health_url(config, "/status"), _auth(config)), http_probe)
     print(render_findings(findings), end="")
     return 1 if any(state == "FAIL" for state, _, _ in findings) else 0
 
@@ -184,8 +184,8 @@ def _reload(config: Config, timeout: float = 60.0) -> int:
 
     from relay.tools.doctor import status_of
 
-    url = _health_url(config, "/status")
-    status = status_of(url)
+    url, auth = _health_url(config, "/status"), _auth(config)
+    status = status_of(url, auth)
     if status is None:
         print(f"reload: no relay answers at {url}; is it running?", file=sys.stderr)
         return 1
@@ -200,7 +200,7 @@ def _reload(config: Config, timeout: float = 60.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        info = (status_of(url) or {}).get("info", {})
+        info = (status_of(url, auth) or {}).get("info", {})
         now = (info.get("reloads", 0), info.get("last_reload"))
         if now[1] and now != before:
             if now[1]["result"] != "ok":
@@ -220,7 +220,7 @@ def _status(config: Config, as_json: bool) -> int:
 
     url = _health_url(config, "/status")
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=_auth(config)), timeout=5) as response:
             status = json.load(response)
     except OSError as error:  # urllib's URLError too
         return _unreachable("status", url, error)
@@ -238,7 +238,22 @@ def _health_url(config: Config, path: str) -> str:
     return f"http://{host}:{config.relay_health_port}{path}"
 
 
+def _auth(config: Config) -> dict[str, str]:
+    """The header /status and /debug/* ask of a peer that is not loopback: the token the running relay keeps under
+    run_path (none where this user cannot read it; from loopback none is needed)."""
+    from relay.files import auth_token
+
+    token = auth_token(config.run_directory)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _unreachable(command: str, url: str, error: Exception) -> int:
+    import urllib.error
+
+    if isinstance(error, urllib.error.HTTPError):  # it answers, and refuses: say why, in its words
+        print(f"{command}: {url} answered {error.code}: {error.read().decode(errors='replace').strip()}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     print(f"{command}: no relay answers at {url} ({getattr(error, 'reason', error)}); is it running?", file=sys.stderr)
     return 1
 
@@ -250,7 +265,7 @@ def _top(config: Config, top: int, interval: float, once: bool) -> int:
 
     url = _health_url(config, "/debug/cardinality")
     try:
-        run(url, top, interval, once, Console())
+        run(url, _auth(config), top, interval, once, Console())
     except OSError as error:
         return _unreachable("top", url, error)
     except KeyboardInterrupt:
@@ -267,7 +282,8 @@ def _capture(config: Config, seconds: float, output: Path) -> int:
     url = _health_url(config, f"/debug/capture?seconds={seconds:g}")
     print(f"capture: recording {seconds:g} s from {url.split('/debug')[0]} to {output}", file=sys.stderr)
     try:
-        with urllib.request.urlopen(url, timeout=seconds + 30) as response, output.open("wb") as file:
+        request = urllib.request.Request(url, headers=_auth(config))
+        with urllib.request.urlopen(request, timeout=seconds + 30) as response, output.open("wb") as file:
             while chunk := response.read1(65536):  # as it comes: the file grows while recording
                 file.write(chunk)
                 file.flush()
@@ -279,7 +295,7 @@ def _capture(config: Config, seconds: float, output: Path) -> int:
     print(f"capture: {len(records):,} datagrams ({lines:,} lines; {by_transport or 'none'}) written to {output}")
     from relay.tools.doctor import status_of
 
-    info = (status_of(_health_url(config, "/status")) or {}).get("info", {})
+    info = (status_of(_health_url(config, "/status"), _auth(config)) or {}).get("info", {})
     dropped = (info.get("last_capture") or {}).get("dropped")
     if dropped:
         print(f"capture: {dropped:,} datagrams not recorded: this reader was too slow", file=sys.stderr)

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import stat
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
 
+from relay.intake.server import Intake
 from tests.conftest import API_KEY, run_relay, wait_for
+
+HEALTH_SOURCE = (Path(__file__).resolve().parent.parent / "relay" / "runtime" / "health.py").read_text()
+RELAY_PATHS = ("/metrics", "/healthz", "/ready", "/status", "/debug/cardinality", "/debug/capture?seconds=0.2")
+INTAKE_BODIES = {  # a body each receiving route decodes without error; the others take JSON
+    "/api/v2/series": b"", "/api/beta/sketches": b"", "/api/v1/series": b'{"series": []}',
+    "/api/v1/check_run": b"[]", "/intake/": b'{"events": {}}',
+}  # fmt: skip
 
 
 async def test_the_api_key_never_appears_in_logs_status_metrics_or_config(intake, tmp_path):
@@ -32,6 +42,46 @@ async def test_the_api_key_never_appears_in_logs_status_metrics_or_config(intake
         assert API_KEY not in text
     assert API_KEY[-5:] in status and "***" + API_KEY[-5:] in config
     assert "API key" in err and "403" in err
+
+
+async def _answers(session: ClientSession, method: str, url: str, body: bytes | None = None) -> bytes:
+    """The whole answer, headers and body, to one request that carries the key as the relay sends it."""
+    async with session.request(method, url, data=body, headers={"DD-API-KEY": API_KEY}) as response:
+        assert response.status != 500, (method, url)  # answered, not crashed (/ready may say 503)
+        return str(response.headers).encode() + await response.read()
+
+
+async def _every_answer(session: ClientSession, intake_url: str, health: str) -> dict[str, bytes]:
+    """Every route of the intake stand-in (its router, so a new route is covered) and of the relay's health."""
+    answers = {}
+    for route in Intake().app().router.routes():
+        path = route.resource.canonical.replace("{id}", "1") if route.resource else ""
+        body = None if route.method == "GET" else INTAKE_BODIES.get(path, b"{}")
+        answers[f"intake {route.method} {path}"] = await _answers(session, route.method, intake_url + path, body)
+    for path in RELAY_PATHS:
+        answers[f"relay {path}"] = await _answers(session, "GET", health + path)
+    return answers
+
+
+async def test_no_answer_of_the_intake_stand_in_or_the_relay_holds_the_api_key(intake, tmp_path):
+    """Each endpoint, while the intake takes the key and after it refuses it (the key then shows in error paths)."""
+    served = {path.split("?")[0] for path in RELAY_PATHS}
+    assert set(re.findall(r'add_get\("([^"]+)"', HEALTH_SOURCE)) == served, "a health endpoint is not checked here"
+    stand_in, url = intake
+    async with run_relay(tmp_path, url) as relay, ClientSession() as session:
+        relay.send_udp(b"leak.check:1|c\nleak.dist:2|d")
+        await wait_for(lambda: stand_in.series and stand_in.sketches and stand_in.requests)
+        accepted = await _every_answer(session, url, relay.health)
+        stand_in.api_key = "some-other-key"
+        relay.send_udp(b"leak.check:1|c")
+        await wait_for(lambda: relay.status()["info"]["api_key_valid"] is False)
+        refused = await _every_answer(session, url, relay.health)
+        await relay.stop()
+    assert any(r.api_key == API_KEY for r in stand_in.requests)  # it was sent, and kept
+    for where, answer in [*accepted.items(), *refused.items()]:
+        assert API_KEY.encode() not in answer, where
+    assert b"***" + API_KEY[-5:].encode() in accepted["intake GET /_received"]
+    assert b"***" + API_KEY[-5:].encode() in refused["relay /ready"]
 
 
 async def test_unix_sockets_are_created_0660_unless_configured(intake, short_tmp):

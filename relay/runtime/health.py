@@ -7,19 +7,25 @@
 /status       the JSON behind `dogstatsd-relay status`
 /debug/cardinality   contexts per metric, tag values per key, a custom-metric estimate; `?sample=S` adds lines/s
 /debug/capture?seconds=S   raw datagrams with their timing, in the capture format of relay/runtime/capture.py
+
+The probes and /metrics answer anyone. /status and /debug/* hand out what apps send (tag values, datagrams):
+they answer a loopback peer, or a request with `Authorization: Bearer <token>`, the token the relay keeps in
+run_path's auth_token file (0600, made at the first start), which the CLI reads, as the Agent guards its API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
+import ipaddress
 import logging
 import math
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from relay import __version__
 from relay.config import Config
+from relay.files import auth_token
 from relay.runtime.capture import MAGIC, MAX_BUFFERED, Recorder
 from relay.runtime.listen import Listeners
 from relay.runtime.taps import LineCounter, Tap, Taps
@@ -40,6 +47,10 @@ MAX_CAPTURE_SECONDS = 600
 MAX_SAMPLE_SECONDS = 10
 MAX_OPEN_TAPS = 8  # captures and samplings at once (and the tee): each holds memory and costs every datagram
 
+
+OPEN_PATHS = frozenset({"/metrics", "/healthz", "/ready"})  # the kubelet's probes and Prometheus: anyone
+REFUSED = ("forbidden: from an address that is not loopback, send the header `Authorization: Bearer <token>`, "
+           "the token in the file auth_token under run_path (the dogstatsd-relay commands send it)\n")  # fmt: skip
 
 REJECTED_IN_A_ROW = 3  # payloads answered 400, 403 or 413 one after the other: the relay is not doing its job
 
@@ -87,6 +98,37 @@ def unix_dgram_qlen() -> int | None:
         return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
     except (OSError, ValueError):
         return None
+
+
+def allowed(path: str, remote: str | None, authorization: str, token: str | None) -> bool:
+    """An open path, a loopback peer, or the token: what may read the relay's traffic."""
+    if path in OPEN_PATHS:
+        return True
+    try:
+        peer = ipaddress.ip_address(remote or "")
+    except ValueError:  # no peer address: not loopback
+        peer = None
+    mapped = getattr(peer, "ipv4_mapped", None)  # ::ffff:127.0.0.1, on a dual-stack socket
+    if peer is not None and (peer.is_loopback or (mapped is not None and mapped.is_loopback)):
+        return True
+    return token is not None and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
+def _guard(config: Config) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The middleware that refuses /status and /debug/* to a peer that is neither loopback nor holds the token."""
+    try:
+        token = auth_token(config.run_directory, create=True)
+    except OSError as error:
+        token = None
+        logger.warning("no auth token under run_path (%s): /status and /debug/* answer loopback only", error)
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if not allowed(request.path, request.remote, request.headers.get("Authorization", ""), token):
+            raise web.HTTPForbidden(text=REFUSED)
+        return await handler(request)
+
+    return guard
 
 
 def _open(taps: Taps, tap: Tap) -> None:
@@ -161,7 +203,7 @@ async def serve_health(
         await response.write_eof()
         return response
 
-    app = web.Application()
+    app = web.Application(middlewares=[_guard(config)])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ready", ready)

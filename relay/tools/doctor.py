@@ -208,9 +208,10 @@ def render(findings: list[Finding]) -> str:
     return "".join(f"[{state:4}] {what}: {detail}\n" for state, what, detail in findings)
 
 
-def status_of(url: str) -> dict[str, Any] | None:
+def status_of(url: str, headers: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The running relay's status; `headers` carry its token (relay/files.py auth_token) where one is needed."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
             return json.load(response)
     except OSError:
         return None

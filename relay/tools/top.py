@@ -15,8 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 
-def fetch(url: str, top: int, sample: float) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}?top={top}&sample={sample:g}", timeout=sample + 10) as response:
+def fetch(url: str, headers: dict[str, str], top: int, sample: float) -> dict[str, Any]:
+    request = urllib.request.Request(f"{url}?top={top}&sample={sample:g}", headers=headers)
+    with urllib.request.urlopen(request, timeout=sample + 10) as response:
         return json.load(response)
 
 
@@ -51,14 +52,14 @@ def render(report: dict[str, Any], top: int) -> Group:
     return Group(header, by_lines, by_contexts, folding)
 
 
-def run(url: str, top: int, interval: float, once: bool, console: Console) -> None:
+def run(url: str, headers: dict[str, str], top: int, interval: float, once: bool, console: Console) -> None:
     """One frame (`once`), or a frame every `interval` seconds until interrupted. Each frame samples the traffic
     for up to one second, so that lines per second are measured, not guessed."""
     sample = min(interval, 1.0)
     if once:
-        console.print(render(fetch(url, top, sample), top))
+        console.print(render(fetch(url, headers, top, sample), top))
         return
-    with Live(render(fetch(url, top, sample), top), console=console, auto_refresh=False) as live:
+    with Live(render(fetch(url, headers, top, sample), top), console=console, auto_refresh=False) as live:
         while True:
             time.sleep(max(interval - sample, 0))
-            live.update(render(fetch(url, top, sample), top), refresh=True)
+            live.update(render(fetch(url, headers, top, sample), top), refresh=True)
