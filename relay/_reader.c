@@ -1,11 +1,12 @@
 /* A datagram socket drained by a native thread, so that the kernel queue empties while Python is busy
  * (relay/runtime/listen.py). Optional and Linux-only: without it, the event loop reads the socket itself.
  *
- *   Reader(fd, max_size, queue_bytes)
+ *   Reader(fd, max_size, queue_bytes, threads=1)
  *
  * starts a thread that waits on `fd` with poll() and empties it with recvmmsg(), 64 datagrams at a time, without
- * the GIL (it never touches a Python object). Each datagram is appended to an in-memory queue bounded at
- * `queue_bytes`. A full queue stops the reading until the next take (see wait_for_room); a datagram of the last
+ * the GIL (it never touches a Python object); with threads=2 (for a Unix datagram socket: see PLACEMENT) two
+ * threads do, each kept to its half of the process's CPUs. Each datagram is appended to an in-memory queue bounded
+ * at `queue_bytes`. A full queue stops the reading until the next take (see wait_for_room); a datagram of the last
  * batch that does not fit is dropped and counted (`dropped`). A datagram
  * longer than `max_size` keeps its first `max_size` bytes and is counted in `truncated`, as the Agent's reader cuts
  * it at dogstatsd_buffer_size. The first datagram queued after a `take` writes to `wakeup_fd` (an eventfd), so
@@ -28,14 +29,16 @@
 
 #ifdef __linux__  /* Python.h defines _GNU_SOURCE, which recvmmsg needs */
 #include <errno.h>
-#include <math.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,7 +51,17 @@ typedef struct {
     size_t used, size;
 } Buffer;
 
+#define MAX_THREADS 2
+
+typedef struct Reader Reader;
+
 typedef struct {
+    Reader *reader;
+    int index;
+    pthread_t thread;
+} Drainer;
+
+struct Reader {
     PyObject_HEAD
     int fd, wakeup_fd, stop_fd;
     size_t max_size, queue_bytes;
@@ -61,9 +74,9 @@ typedef struct {
     int woken;                  /* wakeup_fd written since the last take */
     unsigned long long truncated, errors, dropped;  /* under `lock`; the first two since the last take */
     int last_errno;
-    pthread_t thread;
-    int started, stopping;
-} Reader;
+    Drainer drainers[MAX_THREADS];
+    int threads, started, stopping;
+};
 
 /* Room for `needed` bytes, doubling the mapping: mremap moves pages, not bytes. 0 when the system refuses. */
 static int buffer_reserve(Buffer *buffer, size_t needed) {
@@ -122,13 +135,45 @@ static void wake(Reader *self) {
  * leaves the cores to this thread and the clients while the burst lasts. */
 #define WAKE_DELAY 0.002
 #define WAKE_BYTES (256 * 1024)
-/* A client without buffering sends a datagram every few microseconds, and a Unix socket holds only
- * net.unix.max_dgram_qlen of them (often 10): a thread that sleeps as soon as the socket is empty wakes too late
- * (tens of microseconds, milliseconds on a busy hypervisor) and the client's sends fail. So after a datagram the
- * thread keeps looking for SPIN seconds before it sleeps, within a budget of SPIN_SHARE of its time (5 % of a core
- * at most, under steady light traffic; nothing when idle). */
-#define SPIN 0.0005
-#define SPIN_SHARE 0.05
+/* PLACEMENT. A client without buffering sends a datagram every few microseconds, and a Unix socket holds only
+ * net.unix.max_dgram_qlen of them (often 10): the reader must run within ~200 us of the first one, all burst long.
+ * A Unix socket's send wakes the reader synchronously, and the scheduler then puts the reader on the sender's own
+ * CPU, where it waits for the sender's time slice to end (milliseconds) while another core idles: the sends fail
+ * meanwhile. A thread that spins instead of sleeping does no better: it waits there as well, and spinning spends
+ * the credit that lets it preempt. So:
+ *  - with threads=2, both threads poll the socket, each allowed on one half of the CPUs: whichever CPU the sender
+ *    runs on, one of them is woken elsewhere and reads at once (the other finds the socket empty, or reads too);
+ *  - each thread asks for a short time slice (SLICE_NS, sched_setattr's sched_runtime for SCHED_OTHER, Linux
+ *    6.12+, no privilege needed), so that when it does wake on a busy CPU it preempts the running task sooner;
+ *  - nothing is held between recvmmsg and the queue's lock, so a preempted thread never stops the other one;
+ *  - the relay's other threads are put below them (relay/runtime/readers.py, ReaderPriority).
+ * Two threads may each enqueue datagrams they read at the same moment in either order; a client sees no order
+ * between its datagrams either (the Agent's workers do not keep one). */
+#define SLICE_NS 400000ULL  /* under the default 0.7-3 ms, over a long read of a burst (100 us: preempted mid-burst) */
+
+/* Ask for a short slice; older kernels ignore sched_runtime for SCHED_OTHER, others refuse it: no harm either way. */
+static void ask_short_slice(void) {
+    struct {
+        uint32_t size, policy;
+        uint64_t flags;
+        int32_t nice;
+        uint32_t priority;
+        uint64_t runtime, deadline, period;
+    } attributes = {.size = sizeof attributes, .policy = SCHED_OTHER, .runtime = SLICE_NS};
+    attributes.nice = getpriority(PRIO_PROCESS, 0);  /* keep this thread's nice */
+    (void)syscall(SYS_sched_setattr, 0, &attributes, 0);
+}
+
+/* Thread `index` of `count` keeps to every count-th CPU the process may use (from the index-th on). */
+static void keep_to_share(int index, int count) {
+    cpu_set_t allowed, share;
+    if (count < 2 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+    CPU_ZERO(&share);
+    for (int cpu = 0, rank = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (CPU_ISSET(cpu, &allowed) && rank++ % count == index) CPU_SET(cpu, &share);
+    }
+    if (CPU_COUNT(&share) > 0) pthread_setaffinity_np(pthread_self(), sizeof share, &share);
+}
 
 /* A full queue means ingest is behind: the thread then wakes the loop and stops reading until it takes the
  * queue, and what comes meanwhile waits in the socket's buffer (or is dropped there, and counted by the kernel).
@@ -156,7 +201,11 @@ static int wait_for_room(Reader *self) {
 }
 
 static void *drain(void *argument) {
-    Reader *self = argument;
+    Drainer *drainer = argument;
+    Reader *self = drainer->reader;
+    pthread_setname_np(pthread_self(), "relay-reader");
+    ask_short_slice();
+    keep_to_share(drainer->index, self->threads);
     size_t slot = self->max_size + 1;  /* one byte more tells a truncated datagram apart */
     char *scratch = malloc(slot * BATCH);
     struct mmsghdr messages[BATCH];
@@ -167,7 +216,7 @@ static void *drain(void *argument) {
         vectors[i].iov_len = slot;
     }
     struct pollfd waits[2] = {{.fd = self->fd, .events = POLLIN}, {.fd = self->stop_fd, .events = POLLIN}};
-    double first_waiting = 0, last_data = 0, spinning_since = 0, spin_budget = SPIN_SHARE, refilled = now_seconds();  /* when the oldest datagram not yet signalled was queued; 0: none */
+    double first_waiting = 0;  /* when the oldest datagram not yet signalled was queued; 0: none */
     while (!__atomic_load_n(&self->stopping, __ATOMIC_ACQUIRE)) {
         int waited = wait_for_room(self);
         if (waited < 0) break;
@@ -178,16 +227,6 @@ static void *drain(void *argument) {
             messages[i].msg_hdr.msg_iovlen = 1;
         }
         int received = recvmmsg(self->fd, messages, BATCH, MSG_DONTWAIT, NULL);
-        double now = now_seconds();
-        if (spinning_since) spin_budget -= now - spinning_since;
-        spinning_since = 0;
-        spin_budget = fmin(SPIN_SHARE, spin_budget + (now - refilled) * SPIN_SHARE);
-        refilled = now;
-        if (received > 0) last_data = now;
-        if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && now - last_data < SPIN && spin_budget > 0) {
-            spinning_since = now;  /* a burst is on: its next datagram comes sooner than a sleeping thread wakes */
-            continue;
-        }
         if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             struct timespec timeout = {0, 0}, *wait_for = NULL;  /* NULL: until a datagram or stop */
             if (first_waiting) {
@@ -238,17 +277,21 @@ static void *drain(void *argument) {
     return NULL;
 }
 
+static void stop_thread(Reader *self);
+
 static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"fd", "max_size", "queue_bytes", NULL};
-    int fd;
+    static char *keywords[] = {"fd", "max_size", "queue_bytes", "threads", NULL};
+    int fd, threads = 1;
     Py_ssize_t max_size, queue_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inn", keywords, &fd, &max_size, &queue_bytes)) return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inn|i", keywords, &fd, &max_size, &queue_bytes, &threads)) {
+        return -1;
+    }
     if (self->started) {
         PyErr_SetString(PyExc_RuntimeError, "a Reader is started once");
         return -1;
     }
-    if (max_size < 1 || max_size > (1 << 24) || queue_bytes < 0) {
-        PyErr_SetString(PyExc_ValueError, "max_size must be 1..16 MiB and queue_bytes >= 0");
+    if (max_size < 1 || max_size > (1 << 24) || queue_bytes < 0 || threads < 1 || threads > MAX_THREADS) {
+        PyErr_SetString(PyExc_ValueError, "max_size must be 1..16 MiB, queue_bytes >= 0 and threads 1 or 2");
         return -1;
     }
     self->fd = fd;
@@ -262,13 +305,20 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
     }
     pthread_mutex_init(&self->lock, NULL);
     pthread_cond_init(&self->room, NULL);
-    int failed = pthread_create(&self->thread, NULL, drain, self);
-    if (failed) {
-        errno = failed;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+    for (int i = 0; i < threads; i++) {
+        self->drainers[i] = (Drainer){.reader = self, .index = i};
+        self->threads = threads;  /* read by the threads: set before the first starts */
+        int failed = pthread_create(&self->drainers[i].thread, NULL, drain, &self->drainers[i]);
+        if (failed) {
+            self->threads = i;
+            self->started = i > 0;
+            stop_thread(self);
+            errno = failed;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        self->started = 1;
     }
-    self->started = 1;
     return 0;
 }
 
@@ -276,13 +326,13 @@ static void stop_thread(Reader *self) {
     if (!self->started) return;
     __atomic_store_n(&self->stopping, 1, __ATOMIC_RELEASE);
     pthread_mutex_lock(&self->lock);
-    pthread_cond_signal(&self->room);
+    pthread_cond_broadcast(&self->room);
     pthread_mutex_unlock(&self->lock);
     uint64_t one = 1;
     ssize_t written = write(self->stop_fd, &one, sizeof one);
     (void)written;
     Py_BEGIN_ALLOW_THREADS
-    pthread_join(self->thread, NULL);
+    for (int i = 0; i < self->threads; i++) pthread_join(self->drainers[i].thread, NULL);
     Py_END_ALLOW_THREADS
     self->started = 0;
 }
@@ -311,7 +361,7 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
         self->queued_datagrams = self->queued_bytes = 0;
         self->truncated = self->errors = 0;
         self->woken = 0;
-        pthread_cond_signal(&self->room);
+        pthread_cond_broadcast(&self->room);
         pthread_mutex_unlock(&self->lock);
         self->pending_offset = 0;
     }

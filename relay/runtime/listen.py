@@ -18,7 +18,14 @@ from pathlib import Path
 
 from relay.config import Config
 from relay.runtime.probe import Probe
-from relay.runtime.readers import DatagramReader, Handler, ThreadedReader, kernel_drops, native_reader
+from relay.runtime.readers import (
+    DatagramReader,
+    Handler,
+    ThreadedReader,
+    kernel_drops,
+    native_reader,
+    reader_priority,
+)
 from relay.runtime.taps import Taps, Tee
 from relay.telemetry.stats import Stats
 
@@ -38,8 +45,11 @@ class ListenError(Exception):
 class Listeners:
     """Owns every socket of the relay; `start` binds them all or raises ListenError."""
 
-    def __init__(self, config: Config, stats: Stats, handler: Handler) -> None:
+    def __init__(self, config: Config, stats: Stats, handler: Handler, lower_others: bool = False) -> None:
+        """`lower_others`: the relay's own listeners, which put every thread but the readers below them
+        (readers.ReaderPriority); not a test's, which would lower the test runner's threads for good."""
         self.config = config
+        self.lower_others = lower_others
         self.stats = stats
         self.handler = handler
         self.addresses: dict[str, str] = {}
@@ -187,7 +197,7 @@ class Listeners:
         )  # fmt: skip
         reader_type, queue_bytes = native_reader(), self.config.relay_receive_queue_bytes
         reader = (
-            ThreadedReader(reader_type, queue_bytes, *arguments)
+            ThreadedReader(reader_type, queue_bytes, reader_priority() if self.lower_others else None, *arguments)
             if reader_type is not None and queue_bytes
             else DatagramReader(*arguments)
         )

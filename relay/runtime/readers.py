@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from relay.runtime.probe import Probe
@@ -51,6 +54,64 @@ def native_reader() -> type | None:
     except ImportError:
         return None
     return Reader
+
+
+def reader_threads(sock: socket.socket) -> int:
+    """Two reader threads for a Unix datagram socket on two CPUs or more, one otherwise: its queue holds only
+    net.unix.max_dgram_qlen datagrams and a send wakes the reader on the sender's own CPU, behind the sender; the
+    second thread, kept to the other CPUs, reads in time (relay/_reader.c, PLACEMENT). UDP queues bytes, plenty."""
+    several = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
+    return 2 if sock.family == socket.AF_UNIX and several else 1
+
+
+class ReaderPriority:
+    """The reader threads above every other thread of the relay, with no privilege: the others (event loop,
+    flush, checks, forwarder) are moved to SCHED_IDLE, so that a reader woken on their CPU runs at once instead of
+    after their time slice, while the Unix socket's few slots fill. Within the relay's cgroup (its container or
+    service) they still get every cycle the readers leave; they yield only to the readers and to what shares
+    that cgroup.
+
+    An unprivileged thread cannot leave SCHED_IDLE, and a thread is born with its creator's policy: reader
+    threads are therefore created by a thread of their own, `spawner`, that is never moved."""
+
+    def __init__(self) -> None:
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="relay-reader-spawner")
+        self._spawner_id = self._spawner.submit(threading.get_native_id).result()  # born before any lowering
+
+    def create(self, reader_type: type, *arguments: int) -> Any:
+        """A native Reader whose threads have the default policy, whatever the caller's."""
+        return self._spawner.submit(reader_type, *arguments).result()
+
+    def lower_the_rest(self) -> None:
+        """Every thread but the readers and the spawner to SCHED_IDLE; those created later inherit it."""
+        if not hasattr(os, "SCHED_IDLE"):
+            return
+        for task in os.scandir("/proc/self/task"):
+            tid = int(task.name)
+            if tid == self._spawner_id or _thread_name(tid) == "relay-reader":
+                continue
+            try:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            except OSError:  # the thread ended meanwhile
+                continue
+
+
+def _thread_name(tid: int) -> str:
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
+
+
+_PRIORITY: list[ReaderPriority] = []  # one per process, made on first use
+
+
+def reader_priority() -> ReaderPriority:
+    """The process's ReaderPriority (its spawner thread is started once)."""
+    if not _PRIORITY:
+        _PRIORITY.append(ReaderPriority())
+    return _PRIORITY[0]
 
 
 class DatagramReader:
@@ -131,9 +192,14 @@ class ThreadedReader(DatagramReader):
     A full queue stops the reading until the loop takes it (the kernel's buffer then fills, and drops what
     overflows it, counted); a datagram of the thread's last batch that did not fit is counted in queue_drops."""
 
-    def __init__(self, reader_type: type, queue_bytes: int, *args: Any) -> None:
+    def __init__(self, reader_type: type, queue_bytes: int, priority: ReaderPriority | None, *args: Any) -> None:
+        """`priority`: create the threads through it and lower the relay's other threads (the relay's own
+        listeners); None leaves every thread as it is (a test's, a tool's)."""
         super().__init__(*args)
-        self.native = reader_type(self.sock.fileno(), self.max_size, queue_bytes)
+        arguments = (self.sock.fileno(), self.max_size, queue_bytes, reader_threads(self.sock))
+        self.native = reader_type(*arguments) if priority is None else priority.create(reader_type, *arguments)
+        if priority is not None:
+            priority.lower_the_rest()
         gauges = self.stats.gauges.listener(self.name)
         gauges.queue_drops = lambda: self.native.dropped
         gauges.queue_bytes = lambda: self.native.queued_bytes

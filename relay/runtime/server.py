@@ -76,7 +76,7 @@ class Relay:
         self.guard = MemoryGuard(self.budget, self.stats, self.pipeline.hold_memory)
         self.stats.info["memory"] = self.budget.document(listeners=datagram_listeners(config))
         log_budget(self.budget)
-        self.listeners = Listeners(config, self.stats, self.pipeline.datagram)
+        self.listeners = Listeners(config, self.stats, self.pipeline.datagram, lower_others=True)
         self.listeners.taps.memory_share = self.budget.taps
         self.stats.gauges.tap_bytes = self.listeners.taps.buffered
         self.registry = build_registry(self.stats)

@@ -71,7 +71,7 @@ class ShardedRelay:
         self.local_dropped: Counter[str] = Counter()  # what the main process itself drops
         self.reports: list[dict[str, Any]] = []
         self.registry = build_registry(self.stats)
-        self.listeners = Listeners(config, self.stats, self.dispatch)
+        self.listeners = Listeners(config, self.stats, self.dispatch, lower_others=True)
         self.shard = _shard_function()
         self._lost: set[int] = set()
         self.feeds: list[WorkerFeed] = []
