@@ -33,7 +33,10 @@ USER 10001:10001
 WORKDIR /var/lib/dogstatsd-relay
 # In a container, loopback is not reachable from other containers: listen on every interface, as the Agent's
 # DogStatsD image does. Set DD_DOGSTATSD_NON_LOCAL_TRAFFIC=false for a sidecar that shares the pod's loopback.
-# DD_RUN_PATH: the only place the relay writes (its disk spool and reload state), a volume, so that the image
+# The health endpoint too, for probes and scrapes from outside: /healthz, /ready and /metrics answer anyone, while
+# /status and /debug/* (the traffic itself) answer loopback (`docker exec ... dogstatsd-relay status`) or a request
+# with `Authorization: Bearer` and the token the relay writes to $DD_RUN_PATH/auth_token.
+# DD_RUN_PATH: the only place the relay writes (its disk spool, reload state and token), a volume, so that the image
 # runs with a read-only root filesystem; /var/run/datadog holds the Unix sockets apps write to.
 ENV DD_DOGSTATSD_NON_LOCAL_TRAFFIC=true \
     DD_RELAY_HEALTH_HOST=0.0.0.0 \

@@ -202,6 +202,97 @@ def test_kubernetes_relays_run_read_only_with_writable_volumes_and_sockets_other
         assert config["dogstatsd_non_local_traffic"] is False
 
 
+def header_commands(variant: str) -> list[tuple[str | None, list[str], dict[str, str]]]:
+    """The `kubectl` commands in the kustomization's comment header, as a reader would run them: each one's -n
+    (None: the current namespace), its other words, and its --from-literal keys with their values."""
+    commands = []
+    for line in (KUSTOMIZATIONS / variant / "kustomization.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("# ")
+        if not text.startswith("kubectl "):
+            continue
+        words = shlex.split(text)
+        namespace, rest, literals = None, [], {}
+        pairs = iter(words[1:])
+        for word in pairs:
+            if word in ("-n", "--namespace"):
+                namespace = next(pairs)
+            elif word.startswith("--from-literal="):
+                key, value = word.removeprefix("--from-literal=").split("=", 1)
+                literals[key] = value
+            else:
+                rest.append(word)
+        commands.append((namespace, rest, literals))
+    return commands
+
+
+def references(pod: dict[str, Any]) -> set[tuple[str, str, str | None]]:
+    """Every Secret and ConfigMap a pod reads: (kind, name, key or None for all of it)."""
+    found: set[tuple[str, str, str | None]] = set()
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        for env in container.get("env", []):
+            source = env.get("valueFrom", {})
+            for field, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+                if field in source:
+                    found.add((kind, source[field]["name"], source[field]["key"]))
+        for source in container.get("envFrom", []):
+            for field, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+                if field in source:
+                    found.add((kind, source[field]["name"], None))
+    for volume in pod.get("volumes", []):
+        sources = [volume, *volume.get("projected", {}).get("sources", [])]
+        found |= {
+            ("Secret", v["secret"].get("secretName") or v["secret"]["name"], None) for v in sources if "secret" in v
+        }
+        found |= {("ConfigMap", v["configMap"]["name"], None) for v in sources if "configMap" in v}
+    found |= {("Secret", secret["name"], None) for secret in pod.get("imagePullSecrets", [])}
+    return found
+
+
+@pytest.mark.parametrize("variant", ["daemonset", "sidecar"])
+def test_every_secret_and_configmap_a_pod_reads_is_in_the_pods_namespace(variant):
+    """Generated beside the pod by the kustomization, or made by the `kubectl create` command its comment gives,
+    in the namespace the pod lands in: a pod reads only its own namespace's. Where the kustomization sets no
+    namespace, the pod lands where `kubectl apply` puts it, and so does the Secret made with the same -n (or none)."""
+    commands = header_commands(variant)
+    applied = [namespace for namespace, rest, _ in commands if rest[:1] == ["apply"]]
+    assert len(applied) == 1, "the header gives one `kubectl apply -k`"
+    made = {("Secret", rest[3]): (namespace, literals) for namespace, rest, literals in commands
+            if rest[:3] == ["create", "secret", "generic"]}  # fmt: skip
+    made |= {("ConfigMap", rest[2]): (namespace, literals) for namespace, rest, literals in commands
+             if rest[:2] == ["create", "configmap"]}  # fmt: skip
+    documents = rendered(variant)
+    beside = {(d["kind"], d["metadata"]["name"]): (d["metadata"].get("namespace") or applied[0], d.get("data", {}))
+              for d in documents if d["kind"] in ("Secret", "ConfigMap")}  # fmt: skip
+    workloads = [d for d in documents if d["kind"] in ("DaemonSet", "Deployment", "StatefulSet", "Job", "CronJob")]
+    assert workloads
+    for workload in workloads:
+        pod_namespace = workload["metadata"].get("namespace") or applied[0]
+        found = references(workload["spec"]["template"]["spec"])
+        assert ("Secret", "datadog-api-key", "api-key") in found
+        for kind, name, key in found:
+            assert (kind, name) in beside or (kind, name) in made, f"{kind} {name}: neither generated nor created"
+            namespace, keys = beside.get((kind, name)) or made[(kind, name)]
+            where = {"secret": namespace or "the current namespace", "pod": pod_namespace or "the current namespace"}
+            assert namespace == pod_namespace, f"{kind} {name} is in {where['secret']}, the pod in {where['pod']}"
+            assert key is None or key in keys, f"{kind} {name} has no key {key}"
+
+
+@pytest.mark.parametrize(("variant", "reports_the_host"), [("daemonset", True), ("sidecar", False)])
+def test_only_the_node_level_relay_runs_the_host_collectors(variant, reports_the_host, tmp_path):
+    """A sidecar with the host collectors would send its node's system.* series once per pod, and describe the
+    container's filesystem as the node's disk: the configuration the pod runs with, as the relay loads it."""
+    from relay.config import Config
+
+    documents = rendered(variant)
+    path = tmp_path / "datadog.yaml"
+    path.write_text(next(d for d in documents if d["kind"] == "ConfigMap")["data"]["datadog.yaml"])
+    pod = next(d for d in documents if d["kind"] in ("DaemonSet", "Deployment"))["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in relay_container(pod)["env"] if "value" in e}
+    assert bool(Config.load(path, env).relay_host_collectors) is reports_the_host
+
+
 def _copy_build_context(destination: Path) -> None:
     """What the build stage COPYs, less what .dockerignore leaves out."""
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()]
