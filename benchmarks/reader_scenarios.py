@@ -20,6 +20,7 @@ from benchmarks.harness import (
     Relay,
     Server,
     Window,
+    compiled,
     free_port,
     measure,
     pinned,
@@ -228,57 +229,136 @@ def histogram_flush(seconds: float) -> Result:
     return Result("histogram-flush", summary, [], {"kind": "none"})
 
 
-def client_uds(seconds: float, tries: int = 11, metrics: int = 600) -> Result:
-    """The official Python client at its defaults sends `metrics` increments in a loop over a Unix datagram socket
-    (its send drops on EAGAIN when the socket's queue, net.unix.max_dgram_qlen, is full): the share that arrives,
-    per try, at the relay before and after and at the C reader. `seconds` is not used."""
+CLIENT_BURSTS = """
+import sys
+from datadog.dogstatsd.base import DogStatsd
+client = DogStatsd(socket_path=sys.argv[1])  # its defaults: no buffering, a non-blocking socket, drops on EAGAIN
+tags = [[f"i:{i}"] for i in range(10)]
+send = (
+    lambda i: client.increment("bench.uds.c", tags=tags[i % 10]),
+    lambda i: client.gauge("bench.uds.g", i, tags=tags[i % 10]),
+    lambda i: client.histogram("bench.uds.h", i, tags=tags[i % 10]),
+    lambda i: client.distribution("bench.uds.d", i, tags=tags[i % 10]),
+    lambda i: client.timing("bench.uds.ms", i, tags=tags[i % 10]),
+    lambda i: client.set("bench.uds.s", i, tags=tags[i % 10]),
+)
+for _ in sys.stdin:  # one burst a line
+    for i in range(int(sys.argv[2])):
+        send[i % 6](i)
+    print(client.packets_sent, flush=True)
+"""
+
+
+class _Client:
+    """The official Python client in a process of its own, sending a burst of `metrics` (c g h d ms s in turn)
+    on each request; unpinned unless `cpus` is given."""
+
+    def __init__(self, path: str, metrics: int, cpus: set[int] | None) -> None:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", CLIENT_BURSTS, path, str(metrics)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, preexec_fn=pinned(cpus) if cpus else None,
+        )  # fmt: skip
+
+    def burst(self) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        self.process.stdout.readline()
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def _bursts(path: str, count: Callable[[], int], metrics: int, bursts: int, cpus: set[int] | None) -> list[float]:
+    """The share of each burst that arrived, in percent; bursts start 1 s apart."""
+    client = _Client(path, metrics, cpus)
+    shares = []
+    try:
+        for _ in range(bursts):
+            started = time.monotonic()
+            before = count()
+            client.burst()
+            time.sleep(0.2)
+            shares.append(round(100 * (count() - before) / metrics, 1))
+            time.sleep(max(0.0, 1 - (time.monotonic() - started)))
+    finally:
+        client.stop()
+    return shares
+
+
+def _mix_load(port: int, seconds: float, lines_per_s: int = 200_000) -> Any:
+    """The 6-type mix at `lines_per_s` over UDP for `seconds`, unpinned (the C generator; None without a
+    compiler)."""
     import subprocess
-    import sys
+
+    binary = compiled("loadgen")
+    if binary is None:
+        return None
+    file = write_datagrams(datagrams(20, 1000, True, 5000))
+    command = [str(binary), "udp", "127.0.0.1", str(port), str(file), str(lines_per_s / 20), str(seconds)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def client_uds(seconds: float, metrics: int = 600, idle_bursts: int = 10, load_bursts: int = 5) -> Result:
+    """The official Python client at its defaults sends bursts of `metrics` metrics (c g h d ms s) over a Unix
+    datagram socket, 1 s apart; its send drops on EAGAIN when the socket's queue (net.unix.max_dgram_qlen) is
+    full. Nothing is pinned, as users run it: the share of each burst that arrives at the relay before and after,
+    idle and while it takes the 6-type mix at 200 k lines/s over UDP, and at the C reader (idle). Then, as a
+    second figure, the relays idle with relay and client pinned to different cores. `seconds` is not used."""
     import tempfile
 
-    sender = (
-        "import sys\nfrom datadog.dogstatsd.base import DogStatsd\n"
-        "client = DogStatsd(socket_path=sys.argv[1])\n"
-        f"for i in range({metrics}):\n    client.increment('bench.uds', tags=['i:%d' % (i % 10)])\n"
-    )
-
-    def burst(path: str) -> None:
-        subprocess.run([sys.executable, "-c", sender, path], check=True, preexec_fn=pinned(LOAD_CPU))
-
+    everywhere = set(os.sched_getaffinity(0))
     summary: dict[str, Any] = {
-        "metrics_per_try": metrics,
+        "metrics_per_burst": metrics,
+        "cpus": len(everywhere),
         "net.unix.max_dgram_qlen": _sysctl("net/unix/max_dgram_qlen"),
     }
     intake = Intake()
     try:
-        for label in [*READERS, "C reader"]:
-            path = str(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "dsd.socket")
-            arrived = []
-            if label == "C reader":
-                reader = CReader(socket_path=path)
+        for label in READERS:
+            for cpus, client_cpus, kind in ((everywhere, None, "unpinned"), (SERVER_CPU, LOAD_CPU, "pinned")):
+                path = str(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "dsd.socket")
+                relay = labelled_relay(intake.url, label, DD_DOGSTATSD_SOCKET=path, cpus=cpus)
                 try:
-                    for _ in range(tries):
-                        burst(path)
-                        time.sleep(0.2)
-                        arrived.append(reader.count())
-                finally:
-                    reader.stop()
-            else:
-                relay = labelled_relay(intake.url, label, DD_DOGSTATSD_SOCKET=path, DD_DOGSTATSD_PORT="0")
-                try:
-                    for _ in range(tries):
-                        before = _uds_packets(relay)
-                        burst(path)
-                        time.sleep(0.2)
-                        arrived.append(_uds_packets(relay) - before)
+                    count = lambda relay=relay: _uds_packets(relay)  # noqa: E731
+                    idle = _bursts(path, count, metrics, idle_bursts if kind == "unpinned" else 5, client_cpus)
+                    _record(summary, f"{label}_{kind}_idle", idle)
+                    if kind == "unpinned":
+                        load = _mix_load(relay.port, load_bursts + 3)
+                        if load is not None:
+                            time.sleep(1)
+                            shares = _bursts(path, count, metrics, load_bursts, None)
+                            _record(summary, f"{label}_unpinned_mix_200k", shares)
+                            load.wait()
                 finally:
                     relay.stop()
-            percents = sorted(round(100 * count / metrics, 1) for count in arrived)
-            summary[f"{label}_arrived_percent"] = percents
-            summary[f"{label}_median_percent"] = percents[len(percents) // 2]
+        path = str(Path(tempfile.mkdtemp(prefix="relay-bench-")) / "dsd.socket")
+        reader = CReader(socket_path=path)
+        try:
+            os.sched_setaffinity(reader.process.pid, everywhere)  # it starts on the server's core
+            reader.count()
+            received = [0]  # it counts since its last count: a running total here
+
+            def total() -> int:
+                received[0] += reader.count()
+                return received[0]
+
+            _record(summary, "C reader_unpinned_idle", _bursts(path, total, metrics, idle_bursts, None))
+        finally:
+            reader.stop()
     finally:
         intake.stop()
     return Result("client-uds", summary, [], {"kind": "none"})
+
+
+def _record(summary: dict[str, Any], key: str, percents: list[float]) -> None:
+    summary[f"{key}_percent"] = percents
+    summary[f"{key}_min_percent"] = min(percents)
 
 
 def burst(seconds: float, count: int = 10_000, per_burst: int = 50) -> Result:
