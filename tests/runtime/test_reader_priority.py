@@ -56,6 +56,7 @@ async def test_the_readers_are_above_the_other_threads_and_the_unix_socket_has_o
     assert [thread["policy"] for thread in others].count(SCHED_OTHER) == 1
     assert {thread["policy"] for thread in others} == {SCHED_OTHER, SCHED_IDLE}
 
+
 async def test_idle_reader_threads_sleep_instead_of_spinning(intake, tmp_path):
     """A thread that polls instead of sleeping would be seen running ('R') in some of the samples."""
     _, url = intake
