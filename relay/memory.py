@@ -53,26 +53,28 @@ class Budget:
     retry_queue: int  # the forwarder's memory queue (its disk writer's backlog is bounded alike)
     taps: int  # all captures together
     flush: int = FLUSH_BYTES
+    listeners: int = 1  # datagram listeners, each with its receive queue
+    workers: int = 1  # relay.workers
 
-    def shares(self, listeners: int = 1, workers: int = 1) -> dict[str, int]:
+    def shares(self) -> dict[str, int]:
         """Each holder's share in bytes, as status and /metrics show it."""
         return {
             "baseline": self.baseline,
             "contexts": self.contexts * CONTEXT_BYTES,
-            "receive_queues": self.receive_queue * listeners,
-            "worker_queues": self.worker_queue * workers if workers > 1 else 0,
+            "receive_queues": self.receive_queue * self.listeners,
+            "worker_queues": self.worker_queue * self.workers if self.workers > 1 else 0,
             "retry_queue": 2 * self.retry_queue,  # the memory queue and the payloads waiting for the disk
             "flush": self.flush,
             "taps": self.taps,
         }
 
-    def document(self, listeners: int = 1, workers: int = 1) -> dict[str, Any]:
+    def document(self) -> dict[str, Any]:
         """What status shows of the plan (JSON-safe)."""
         return {
             "limit_bytes": self.limit.bytes, "source": self.limit.source,
             "planned_bytes": int(self.limit.bytes * HEADROOM),
             "max_contexts": self.contexts, "max_contexts_per_metric": self.contexts_per_metric,
-            "shares": self.shares(listeners, workers),
+            "shares": self.shares(),
         }  # fmt: skip
 
     def apply(self, config: Config) -> Config:
@@ -81,7 +83,7 @@ class Budget:
             config,
             relay_max_contexts=self.contexts,
             relay_max_contexts_per_metric=self.contexts_per_metric,
-            relay_receive_queue_bytes=min(config.relay_receive_queue_bytes, self.receive_queue),
+            relay_receive_queue_bytes=self.receive_queue,
             relay_worker_queue_bytes=self.worker_queue,
             forwarder_retry_queue_payloads_max_size=self.retry_queue,
         )
@@ -114,15 +116,25 @@ def plan(config: Config, limit: MemoryLimit, started: int, *, listeners: int = 1
     if config.relay_max_contexts:
         contexts = min(contexts, config.relay_max_contexts)
     per_metric = config.relay_max_contexts_per_metric or contexts // 2
-    return Budget(limit, baseline, contexts, min(per_metric, contexts), receive, worker, retry, taps, flush)
+    return Budget(
+        limit, baseline, contexts, min(per_metric, contexts), receive, worker, retry, taps, flush, listeners, workers
+    )
 
 
-def datagram_listeners(config: Config) -> int:
+def budget_for(config: Config, workers: int = 1) -> Budget:
+    """The budget of the relay starting now, logged: its limit, its memory so far and its listeners. Raises
+    ConfigError naming relay.memory_limit when the limit cannot hold the relay."""
+    budget = plan(config, limit_of(config), resident_bytes(), listeners=_datagram_listeners(config), workers=workers)
+    _log(budget)
+    return budget
+
+
+def _datagram_listeners(config: Config) -> int:
     """The listeners that have a receive queue each: UDP, the Unix datagram socket, the Unix stream socket."""
     return max(bool(config.dogstatsd_port) + bool(config.dogstatsd_socket) + bool(config.dogstatsd_stream_socket), 1)
 
 
-def log_budget(budget: Budget) -> None:
+def _log(budget: Budget) -> None:
     shares = ", ".join(f"{holder} {_mib(size)}" for holder, size in budget.shares().items() if size)
     logger.info("memory: limit %s (%s); up to %s contexts (%s per metric); shares: %s", _mib(budget.limit.bytes),
                 budget.limit.source, f"{budget.contexts:,}", f"{budget.contexts_per_metric:,}", shares)  # fmt: skip

@@ -9,7 +9,7 @@ import signal
 
 from datadog import DogStatsd
 
-from relay.runtime.health import unix_dgram_qlen
+from relay.runtime.readers import unix_dgram_qlen
 from tests.conftest import run_relay, wait_for
 from tests.tools.test_operator_tools import cli
 

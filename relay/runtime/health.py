@@ -26,7 +26,6 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +36,7 @@ from relay.config import Config
 from relay.files import auth_token
 from relay.runtime.capture import MAGIC, MAX_BUFFERED, Recorder
 from relay.runtime.listen import Listeners
+from relay.runtime.readers import unix_dgram_qlen
 from relay.runtime.taps import LineCounter, Tap, Taps
 from relay.telemetry.stats import Stats
 from relay.telemetry.status_document import folding, status_document
@@ -90,14 +90,6 @@ def readiness(stats: Stats, config: Config, now: float) -> dict[str, Any]:
         "retry_queue_bytes": int(backlog),
         "flush_lag_seconds": round(lag, 1),
     }
-
-
-def unix_dgram_qlen() -> int | None:
-    """net.unix.max_dgram_qlen: how many datagrams a Unix datagram socket holds before its senders fail."""
-    try:
-        return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def allowed(path: str, remote: str | None, authorization: str, token: str | None) -> bool:
@@ -183,7 +175,8 @@ async def serve_health(
 
     async def debug_capture(request: web.Request) -> web.StreamResponse:
         seconds = _seconds(request, "seconds", 30, MAX_CAPTURE_SECONDS)
-        recorder = Recorder(min(MAX_BUFFERED, taps.memory_share // MAX_OPEN_TAPS), stats.listen.taps_paused)
+        share = MAX_BUFFERED if taps.memory_share is None else min(MAX_BUFFERED, taps.memory_share // MAX_OPEN_TAPS)
+        recorder = Recorder(share, stats.listen.taps_paused)
         _open(taps, recorder)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         deadline = time.monotonic() + seconds

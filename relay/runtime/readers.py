@@ -1,6 +1,6 @@
 """Readers: how a datagram socket is drained, on the event loop or by the native reader thread, and the kernel's
-drop counter for it. Each batch is handed to the listener's handler; the listeners (relay/runtime/listen.py) own
-the sockets."""
+drop counter for it, and the Unix datagram queue's length. Each batch is handed to the listener's handler; the
+listeners (relay/runtime/listen.py) own the sockets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from relay.runtime.probe import Probe
@@ -233,3 +234,11 @@ class ThreadedReader(DatagramReader):
         self.native.stop()
         while self._take():  # what the thread had queued
             pass
+
+
+def unix_dgram_qlen() -> int | None:
+    """net.unix.max_dgram_qlen: how many datagrams a Unix datagram socket holds before its senders fail."""
+    try:
+        return int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    except (OSError, ValueError):
+        return None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from relay.config import Config
-from relay.memory import MemoryGuard, datagram_listeners, limit_of, log_budget, plan, resident_bytes
+from relay.memory import MemoryGuard, budget_for
 from relay.pipeline.assemble import Pipeline
 from relay.runtime.handoff import (
     ENVIRONMENT,
@@ -69,13 +69,12 @@ class Relay:
 
     def __init__(self, config: Config, out: TextIO = sys.stdout) -> None:
         """Raises ConfigError (naming relay.memory_limit) when the memory limit cannot hold the relay."""
-        self.budget = plan(config, limit_of(config), resident_bytes(), listeners=datagram_listeners(config))
+        self.budget = budget_for(config)
         config = self.config = self.budget.apply(config)
         self.pipeline = Pipeline(config, out=out)
         self.stats = self.pipeline.stats
         self.guard = MemoryGuard(self.budget, self.stats, self.pipeline.hold_memory)
-        self.stats.info["memory"] = self.budget.document(listeners=datagram_listeners(config))
-        log_budget(self.budget)
+        self.stats.info["memory"] = self.budget.document()
         self.listeners = Listeners(config, self.stats, self.pipeline.datagram, lower_others=True)
         self.listeners.taps.memory_share = self.budget.taps
         self.stats.gauges.tap_bytes = self.listeners.taps.buffered

@@ -27,7 +27,7 @@ class Taps:
 
     def __init__(self) -> None:
         self.open: list[Tap] = []
-        self.memory_share = 64 * 2**20 * 8  # bytes all captures may buffer together (relay/memory.py sets it)
+        self.memory_share: int | None = None  # bytes all captures may buffer together: the budget's, where planned
 
     def add(self, tap: Tap) -> None:
         self.open.append(tap)

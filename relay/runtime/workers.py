@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from relay.config import Config
-from relay.memory import datagram_listeners, limit_of, log_budget, plan, resident_bytes
+from relay.memory import budget_for
 from relay.runtime.health import start_front
 from relay.runtime.listen import Listeners
 from relay.runtime.pipes import WorkerFeed, pump
@@ -55,23 +55,22 @@ class ShardedRelay:
 
     def __init__(self, config: Config, workers: int) -> None:
         """Raises ConfigError (naming relay.memory_limit) when the memory limit cannot hold the relay."""
-        listeners = datagram_listeners(config)
-        budget = plan(config, limit_of(config), resident_bytes(), listeners=listeners, workers=workers)
-        self.config = budget.apply(config)
-        # Each worker holds its share of the contexts; a metric lives in one worker (lines are sharded by name).
+        budget = budget_for(config, workers)
+        # Each worker holds its share of the contexts; a metric lives in one worker (lines are sharded by name), so
+        # its share is the configured one, else half of that worker's.
         per_worker = max(budget.contexts // workers, 1)
         self.worker_contexts = (per_worker, min(config.relay_max_contexts_per_metric or per_worker // 2, per_worker))
-        config = self.config
+        config = self.config = budget.apply(config)
         self.count = workers
         self.stats = Stats()
         self.stats.describe(config)
-        self.stats.info["memory"] = budget.document(listeners, workers)
-        log_budget(budget)
+        self.stats.info["memory"] = budget.document()
         self.stats.info["workers"] = workers
         self.local_dropped: Counter[str] = Counter()  # what the main process itself drops
         self.reports: list[dict[str, Any]] = []
         self.registry = build_registry(self.stats)
         self.listeners = Listeners(config, self.stats, self.dispatch, lower_others=True)
+        self.listeners.taps.memory_share = budget.taps
         self.shard = _shard_function()
         self._lost: set[int] = set()
         self.feeds: list[WorkerFeed] = []

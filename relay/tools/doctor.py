@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Config, redact
-from relay.runtime.health import unix_dgram_qlen
-from relay.runtime.readers import udp_socket_rows
+from relay.runtime.readers import udp_socket_rows, unix_dgram_qlen
 from relay.tools.status import mib
 
 Finding = tuple[str, str, str]  # (OK | WARN | FAIL, what was checked, the fix or the figure)
