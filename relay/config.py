@@ -19,10 +19,24 @@ from typing import Any
 
 import yaml
 
+from relay.config_checks import (
+    additional_endpoints,
+    mapper_profiles,
+    memory_size,
+    not_negative,
+    one_of,
+    percentiles,
+    port,
+    positive,
+    tag_filterlist,
+    url,
+)
+
 COMPRESSOR_KINDS = ("zstd", "zlib", "deflate", "gzip", "none")
 HISTOGRAM_AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
 EOL_TRANSPORTS = ("udp", "uds", "named_pipe")
+TAG_CARDINALITIES = ("none", "low", "orchestrator", "high")  # card: values, in order
 HOST_COLLECTORS = ("cpu", "load", "memory", "uptime", "file_handle", "disk", "io", "network")
 NAMESPACE_BLACKLIST = (
     "datadog.agent", "datadog.dogstatsd", "datadog.process", "datadog.trace_agent", "datadog.tracer",
@@ -40,84 +54,8 @@ def _key(default: Any, key: str = "", check: Callable[[Any], str | None] | None 
     return field(default=default, metadata={"key": key, "check": check}, **kw)
 
 
-def _port(value: int) -> str | None:
-    return None if 0 <= value <= 65535 else "must be 0..65535"
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _not_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be >= 0"
-
-
-def _one_of(allowed: tuple[str, ...]) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        values = value if isinstance(value, tuple) else (value,)
-        bad = [v for v in values if v not in allowed]
-        return f"must be one of {', '.join(allowed)}" if bad else None
-
-    return check
-
-
-def _percentiles(values: tuple[str, ...]) -> str | None:
-    for value in values:
-        try:
-            if 0 <= float(value) <= 1:
-                continue
-        except ValueError:
-            pass
-        return f"{value!r} is not a number in [0, 1]"
-    return None
-
-
-_BYTE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
-
-
-def parse_bytes(text: str) -> int:
-    """A memory size as Kubernetes writes it: bytes, or a number with k/M/G (powers of 1000) or Ki/Mi/Gi (1024);
-    a trailing B is allowed (`512MiB`). Raises ValueError."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?)?[bB]?\s*", text)
-    if match is None:
-        raise ValueError(text)
-    return int(float(match.group(1)) * _BYTE_UNITS[(match.group(2) or "").lower()])
-
-
-def _memory_size(value: str) -> str | None:
-    try:
-        return None if not value or parse_bytes(value) > 0 else "must be > 0"
-    except ValueError:
-        return "must be a size in bytes, like 536870912, 512Mi or 1Gi"
-
-
-def _tag_filterlist(entries: tuple[Any, ...]) -> str | None:
-    """metric_tag_filterlist: [{metric_name, action: include|exclude (default exclude), tags: [tag keys]}]."""
-    for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("metric_name"), str) or not entry["metric_name"]:
-            return "each entry must be a map with metric_name, action and tags"
-        if entry.get("action", "exclude") not in ("include", "exclude"):
-            return f"{entry['metric_name']!r}: action must be include or exclude"
-        if not isinstance(tags := entry.get("tags"), list) or not all(isinstance(tag, str) and tag for tag in tags):
-            return f"{entry['metric_name']!r}: tags must be a list of tag keys"
-    return None
-
-
-def _url(value: str) -> str | None:
-    return None if not value or value.startswith(("http://", "https://")) else "must start with http(s)://"
-
-
 STRUCTURED_FIELDS = ("dogstatsd_mapper_profiles", "metric_tag_filterlist")  # lists of maps: YAML or JSON only
 SECRET_FIELDS = ("api_key", "app_key", "additional_endpoints")  # never echoed in an error
-
-
-def _additional_endpoints(pairs: tuple[Any, ...]) -> str | None:
-    for url, api_key in pairs:
-        if _url(url) or not url:
-            return f"{url!r}: each URL must start with http(s)://"
-        if not api_key:
-            return f"{url!r}: empty API key"
-    return None
 
 
 def _endpoint_pairs(value: Any) -> tuple[tuple[str, str], ...]:
@@ -133,25 +71,6 @@ def _endpoint_pairs(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(dict.fromkeys(pairs))
 
 
-def _mapper_profiles(profiles: tuple[Any, ...]) -> str | None:
-    for profile in profiles:
-        if not isinstance(profile, dict) or not isinstance(profile.get("mappings", []), list):
-            return "each profile must be a map with name, prefix and a list of mappings"
-        for mapping in profile.get("mappings", []):
-            if not isinstance(mapping, dict) or not mapping.get("match") or not mapping.get("name"):
-                return f"profile {profile.get('name')!r}: each mapping needs match and name"
-            if mapping.get("match_type", "wildcard") not in ("wildcard", "regex"):
-                return f"profile {profile.get('name')!r}: match_type must be wildcard or regex"
-            if mapping.get("match_type") == "regex":
-                try:
-                    re.compile(mapping["match"])
-                except re.error as error:
-                    return f"profile {profile.get('name')!r}: bad regex {mapping['match']!r}: {error}"
-            elif not re.fullmatch(r"[a-zA-Z0-9\-_*.]+", str(mapping["match"])):
-                return f"profile {profile.get('name')!r}: wildcard {mapping['match']!r} has invalid characters"
-    return None
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The relay's whole configuration; built once by `load`, never mutated."""
@@ -159,105 +78,119 @@ class Config:
     api_key: str = field(default="", repr=False, metadata={"key": "", "check": lambda v: _not_redacted(v)})
     app_key: str = field(default="", repr=False, metadata={"key": "", "check": lambda v: _not_redacted(v)})
     site: str = _key("datadoghq.com", check=lambda v: None if v else "must not be empty")
-    dd_url: str = _key("", check=_url)
+    dd_url: str = _key("", check=url)
     hostname: str = _key("")
-    log_level: str = _key("info", check=_one_of(LOG_LEVELS))
+    log_level: str = _key("info", check=one_of(LOG_LEVELS))
     tags: tuple[str, ...] = _key(())  # host tags: sent with the host metadata, like the Agent
     extra_tags: tuple[str, ...] = _key(())
     env: str = _key("")
     enable_metadata_collection: bool = _key(True)  # the host metadata payload (host tags)
     skip_ssl_validation: bool = _key(False)
-    proxy_http: str = _key("", key="proxy.http", check=_url)
-    proxy_https: str = _key("", key="proxy.https", check=_url)
+    proxy_http: str = _key("", key="proxy.http", check=url)
+    proxy_https: str = _key("", key="proxy.https", check=url)
     proxy_no_proxy: tuple[str, ...] = _key((), key="proxy.no_proxy")
-    additional_endpoints: tuple[Any, ...] = _key((), check=_additional_endpoints)  # dual shipping {url: [keys]}
+    additional_endpoints: tuple[Any, ...] = _key((), check=additional_endpoints)  # dual shipping {url: [keys]}
     # Listeners
-    dogstatsd_port: int = _key(8125, check=_port)
+    dogstatsd_port: int = _key(8125, check=port)
     bind_host: str = _key("localhost")
     dogstatsd_non_local_traffic: bool = _key(False)
     dogstatsd_socket: str = _key("")
     dogstatsd_stream_socket: str = _key("")
-    dogstatsd_buffer_size: int = _key(8192, check=_positive)
+    dogstatsd_buffer_size: int = _key(8192, check=positive)
     # The Agent leaves 0 (the OS default, 208 KiB on Linux); 4 MiB rides out a few ms of scheduling delay at 1 M
     # lines/s. 0 keeps the OS default.
-    dogstatsd_so_rcvbuf: int = _key(4 * 1024 * 1024, check=_not_negative)
-    dogstatsd_eol_required: tuple[str, ...] = _key((), check=_one_of(EOL_TRANSPORTS))
+    dogstatsd_so_rcvbuf: int = _key(4 * 1024 * 1024, check=not_negative)
+    dogstatsd_eol_required: tuple[str, ...] = _key((), check=one_of(EOL_TRANSPORTS))
     statsd_forward_host: str = _key("")  # tee every packet, as received, to another StatsD server
-    statsd_forward_port: int = _key(0, check=_port)
+    statsd_forward_port: int = _key(0, check=port)
     # Names and tags
     dogstatsd_tags: tuple[str, ...] = _key(())
     statsd_metric_namespace: str = _key("")
     statsd_metric_namespace_blacklist: tuple[str, ...] = _key(NAMESPACE_BLACKLIST)
     statsd_metric_blocklist: tuple[str, ...] = _key(())
     statsd_metric_blocklist_match_prefix: bool = _key(False)
-    dogstatsd_mapper_profiles: tuple[Any, ...] = _key((), check=_mapper_profiles)
+    dogstatsd_mapper_profiles: tuple[Any, ...] = _key((), check=mapper_profiles)
     # Per metric name, the tag keys to drop (exclude) or the only ones to keep (include), before a context is made.
-    metric_tag_filterlist: tuple[Any, ...] = _key((), check=_tag_filterlist)
+    metric_tag_filterlist: tuple[Any, ...] = _key((), check=tag_filterlist)
+    # Origin detection and the container tagger (the Agent's keys and defaults)
+    dogstatsd_origin_detection: bool = _key(False)  # Unix sockets: the sender's pid (SO_PASSCRED) to its container
+    dogstatsd_origin_detection_client: bool = _key(False)  # use the container id a client sends (c:, e:)
+    dogstatsd_tag_cardinality: str = _key("low", check=one_of(TAG_CARDINALITIES[1:]))
+    dogstatsd_entity_id_precedence: bool = _key(False)  # dd.internal.entity_id alone, no other origin's tags
+    kubernetes_kubelet_host: str = _key("")  # the tagger asks this kubelet; on Kubernetes, the node's IP
+    kubernetes_service_host: str = _key("")  # set by Kubernetes in every pod: the tagger is on
+    kubernetes_https_kubelet_port: int = _key(10250, check=port)
+    kubernetes_http_kubelet_port: int = _key(10255, check=port)
+    kubelet_tls_verify: bool = _key(True)
+    kubelet_client_ca: str = _key("")  # "": the service account's ca.crt
+    kubelet_auth_token_path: str = _key("")  # "": the service account's token
+    kubelet_cache_pods_duration: float = _key(5.0, check=positive)
+    docker_host: str = _key("")  # the Docker Engine API (unix:///var/run/docker.sock): the tagger is on
     # Aggregation
-    histogram_aggregates: tuple[str, ...] = _key(("max", "median", "avg", "count"), check=_one_of(HISTOGRAM_AGGREGATES))
-    histogram_percentiles: tuple[str, ...] = _key(("0.95",), check=_percentiles)
+    histogram_aggregates: tuple[str, ...] = _key(("max", "median", "avg", "count"), check=one_of(HISTOGRAM_AGGREGATES))
+    histogram_percentiles: tuple[str, ...] = _key(("0.95",), check=percentiles)
     histogram_copy_to_distribution: bool = _key(False)
     histogram_copy_to_distribution_prefix: str = _key("")
-    dogstatsd_expiry_seconds: int = _key(300, check=_not_negative)
-    dogstatsd_context_expiry_seconds: int = _key(20, check=_not_negative)
+    dogstatsd_expiry_seconds: int = _key(300, check=not_negative)
+    dogstatsd_context_expiry_seconds: int = _key(20, check=not_negative)
     dogstatsd_no_aggregation_pipeline: bool = _key(True)
     # Serializer
-    serializer_compressor_kind: str = _key("zstd", check=_one_of(COMPRESSOR_KINDS))
+    serializer_compressor_kind: str = _key("zstd", check=one_of(COMPRESSOR_KINDS))
     serializer_zstd_compressor_level: int = _key(1, check=lambda v: None if 1 <= v <= 22 else "must be 1..22")
     use_v2_api_series: bool = _key(True, key="use_v2_api.series")
-    serializer_max_series_payload_size: int = _key(512000, check=_positive)
-    serializer_max_series_uncompressed_payload_size: int = _key(5242880, check=_positive)
-    serializer_max_series_points_per_payload: int = _key(10000, check=_positive)
-    serializer_max_payload_size: int = _key(2621440, check=_positive)
-    serializer_max_uncompressed_payload_size: int = _key(4194304, check=_positive)
+    serializer_max_series_payload_size: int = _key(512000, check=positive)
+    serializer_max_series_uncompressed_payload_size: int = _key(5242880, check=positive)
+    serializer_max_series_points_per_payload: int = _key(10000, check=positive)
+    serializer_max_payload_size: int = _key(2621440, check=positive)
+    serializer_max_uncompressed_payload_size: int = _key(4194304, check=positive)
     # Forwarder
-    forwarder_timeout: float = _key(20.0, check=_positive)
-    forwarder_backoff_base: float = _key(2.0, check=_positive)
+    forwarder_timeout: float = _key(20.0, check=positive)
+    forwarder_backoff_base: float = _key(2.0, check=positive)
     forwarder_backoff_factor: float = _key(2.0, check=lambda v: None if v >= 1 else "must be >= 1")
-    forwarder_backoff_max: float = _key(64.0, check=_positive)
-    forwarder_recovery_interval: int = _key(2, check=_not_negative)
-    forwarder_retry_queue_payloads_max_size: int = _key(15 * 1024 * 1024, check=_positive)
-    forwarder_apikey_validation_interval: int = _key(60, check=_positive)
+    forwarder_backoff_max: float = _key(64.0, check=positive)
+    forwarder_recovery_interval: int = _key(2, check=not_negative)
+    forwarder_retry_queue_payloads_max_size: int = _key(15 * 1024 * 1024, check=positive)
+    forwarder_apikey_validation_interval: int = _key(60, check=positive)
     # Disk spool. The Agent's default is 0 (off); the relay spools by default, so that an outage loses nothing.
-    forwarder_storage_max_size_in_bytes: int = _key(512 * 1024 * 1024, check=_not_negative)
+    forwarder_storage_max_size_in_bytes: int = _key(512 * 1024 * 1024, check=not_negative)
     forwarder_storage_max_disk_ratio: float = _key(0.8, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
     run_path: str = _key("")
     # The relay's own keys
-    relay_flush_interval: int = _key(10, key="relay.flush_interval", check=_positive)
+    relay_flush_interval: int = _key(10, key="relay.flush_interval", check=positive)
     relay_health_host: str = _key("127.0.0.1", key="relay.health_host")
-    relay_health_port: int = _key(8127, key="relay.health_port", check=_port)
-    relay_shutdown_timeout: float = _key(10.0, key="relay.shutdown_timeout", check=_not_negative)
+    relay_health_port: int = _key(8127, key="relay.health_port", check=port)
+    relay_shutdown_timeout: float = _key(10.0, key="relay.shutdown_timeout", check=not_negative)
     relay_self_metrics: bool = _key(False, key="relay.self_metrics")
     relay_spool_dir: str = _key("", key="relay.spool_dir")
-    relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=_not_negative)
+    relay_max_contexts: int = _key(1_000_000, key="relay.max_contexts", check=not_negative)
     # One metric's share of the contexts: past it that metric alone folds. 0: half of the context limit.
-    relay_max_contexts_per_metric: int = _key(0, key="relay.max_contexts_per_metric", check=_not_negative)
+    relay_max_contexts_per_metric: int = _key(0, key="relay.max_contexts_per_metric", check=not_negative)
     # The memory the relay may use: "" reads the container's limit (its cgroup), else the host's memory.
-    relay_memory_limit: str = _key("", key="relay.memory_limit", check=_memory_size)
+    relay_memory_limit: str = _key("", key="relay.memory_limit", check=memory_size)
     confd_path: str = _key("")  # checks: conf.d directory ("" = no checks); checks.d is looked for beside it
     additional_checksd: tuple[str, ...] = _key(())
-    relay_checks_base: str = _key("auto", key="relay.checks_base", check=_one_of(("auto", "builtin")))
+    relay_checks_base: str = _key("auto", key="relay.checks_base", check=one_of(("auto", "builtin")))
     relay_host_tags_on_metrics: bool = _key(False, key="relay.host_tags_on_metrics")
     relay_host_collectors: tuple[str, ...] = _key(
-        HOST_COLLECTORS, key="relay.host_collectors", check=_one_of(HOST_COLLECTORS)
+        HOST_COLLECTORS, key="relay.host_collectors", check=one_of(HOST_COLLECTORS)
     )
     relay_workers: str = _key(
         "1",
         key="relay.workers",
         check=lambda v: None if v == "auto" or (v.isdigit() and 1 <= int(v) <= 64) else "must be 1..64 or auto",
     )
-    relay_probe_interval: float = _key(1.0, key="relay.probe_interval", check=_not_negative)  # 0: no probe
+    relay_probe_interval: float = _key(1.0, key="relay.probe_interval", check=not_negative)  # 0: no probe
     relay_ready_max_probe_loss: float = _key(
         0.01, key="relay.ready_max_probe_loss", check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"
     )
     relay_ready_max_retry_queue_bytes: int = _key(
-        12 * 1024 * 1024, key="relay.ready_max_retry_queue_bytes", check=_not_negative
+        12 * 1024 * 1024, key="relay.ready_max_retry_queue_bytes", check=not_negative
     )
-    relay_ready_max_flush_lag: float = _key(30.0, key="relay.ready_max_flush_lag", check=_positive)
+    relay_ready_max_flush_lag: float = _key(30.0, key="relay.ready_max_flush_lag", check=positive)
     # The native reader's queue between the socket and ingest (0: the event loop reads the sockets itself).
-    relay_receive_queue_bytes: int = _key(64 * 1024 * 1024, key="relay.receive_queue_bytes", check=_not_negative)
+    relay_receive_queue_bytes: int = _key(64 * 1024 * 1024, key="relay.receive_queue_bytes", check=not_negative)
     # relay.workers > 1: lines waiting for each worker's pipe (a worker that lags fills this, never the loop).
-    relay_worker_queue_bytes: int = _key(32 * 1024 * 1024, key="relay.worker_queue_bytes", check=_positive)
+    relay_worker_queue_bytes: int = _key(32 * 1024 * 1024, key="relay.worker_queue_bytes", check=positive)
     relay_socket_mode: str = _key(
         "0660",
         key="relay.socket_mode",
@@ -489,7 +422,8 @@ def _show(value: Any, name: str) -> str:
 
 def _env_names(key: str) -> tuple[str, ...]:
     name = "DD_" + key.upper().replace(".", "_")
-    return (name, "DD_URL") if key == "dd_url" else (name,)
+    also = {"dd_url": "DD_URL", "kubernetes_service_host": "KUBERNETES_SERVICE_HOST", "docker_host": "DOCKER_HOST"}
+    return (name, also[key]) if key in also else (name,)
 
 
 KEY_BY_FIELD: dict[str, str] = {f.name: f.metadata["key"] or f.name for f in fields(Config)}

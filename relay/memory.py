@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from relay.config import Config, ConfigError, parse_bytes
+from relay.config import Config, ConfigError
+from relay.config_checks import parse_bytes
 from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
