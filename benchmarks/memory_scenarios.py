@@ -30,7 +30,7 @@ from aiohttp import web
 from benchmarks.cgroup import MemoryCgroup
 from benchmarks.harness import LOAD_CPU, Relay, _wait, free_port, pinned, send, write_datagrams
 from benchmarks.load import BASELINE, Result, labelled_relay
-from relay.config import parse_bytes
+from relay.config_checks import parse_bytes
 from relay.intake.server import Intake
 
 LIMITS_VARIABLE = "RELAY_BENCH_MEMORY_LIMITS"

@@ -15,9 +15,17 @@
  *   take(limit) -> (datagrams: list[bytes], truncated: int, errors: int, more: bool)
  *
  * hands out the queue in slices of about `limit` bytes: the first take after the last slice takes the whole
- * queue from the thread (the counts are of those datagrams; the thread then has room again), and `more` says
+ * queue from the thread (`truncated` counts those datagrams, `errors` the read errors since the last take; the thread then has room again), and `more` says
  * whether anything is left, in slices or queued since. It clears the eventfd. `stop()` ends the thread and joins it; what it had
  * queued is still there for the last takes.
+ *
+ *   Reader(fd, max_size, queue_bytes, 1, stream=True, connections=[(fd, pending bytes), ...])
+ *
+ * serves a listening Unix stream socket instead (see STREAM): the thread accepts its clients and cuts what they
+ * write at the 4-byte little-endian length frames, one queued datagram a frame; `connections` are clients handed
+ * over by a reload, with the start of a frame they had sent. After `stop()`, `hand_over()` gives each client's
+ * socket and unfinished frame to the caller; `read_clients()` queues what they wrote since and
+ * `close_connections()` closes them (a cut frame is an error).
  *
  * The queue's memory is mapped, not malloc'd, and grows from 64 KiB as datagrams come: an idle reader holds next
  * to nothing. When a take leaves nothing behind, a buffer over KEEP_BYTES is unmapped, so the memory a burst took
@@ -28,7 +36,9 @@
 #include <structmember.h>
 
 #ifdef __linux__  /* Python.h defines _GNU_SOURCE, which recvmmsg needs */
+#include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <sched.h>
@@ -56,6 +66,12 @@ typedef struct {
 
 typedef struct Reader Reader;
 
+typedef struct {  /* a stream client and the bytes of its frames not yet whole */
+    int fd;
+    char *data;
+    size_t used, size;
+} Connection;
+
 typedef struct {
     Reader *reader;
     int index;
@@ -77,6 +93,10 @@ struct Reader {
     int last_errno;
     Drainer drainers[MAX_THREADS];
     int threads, started, stopping;
+    int stream;                 /* a listening stream socket: its clients are the thread's alone while it runs */
+    Connection *connections;
+    int connection_count, connection_room;
+    double last_data;           /* CLOCK_MONOTONIC of the last bytes read from a client */
 };
 
 /* Room for `needed` bytes, doubling the mapping: mremap moves pages, not bytes. 0 when the system refuses. */
@@ -99,9 +119,10 @@ static void buffer_release(Buffer *buffer) {
     buffer->used = buffer->size = 0;
 }
 
-/* Append one record to the queue, growing it up to its bound; 0 when it does not fit. Called under the lock. */
-static int enqueue(Reader *self, const char *data, uint32_t length) {
-    if (self->queued_bytes + length > self->queue_bytes) return 0;  /* the bound counts datagram bytes only */
+/* Append one record to the queue, growing it up to its bound (`bounded`; a stream's frames are never dropped: its
+ * thread stops reading instead, see wait_for_room); 0 when it does not fit. Called under the lock. */
+static int enqueue(Reader *self, const char *data, uint32_t length, int bounded) {
+    if (bounded && self->queued_bytes + length > self->queue_bytes) return 0;  /* counts datagram bytes only */
     size_t needed = self->queue.used + sizeof length + length;
     if (!buffer_reserve(&self->queue, needed)) return 0;
     memcpy(self->queue.data + self->queue.used, &length, sizeof length);
@@ -136,6 +157,34 @@ static void wake(Reader *self) {
  * leaves the cores to this thread and the clients while the burst lasts. */
 #define WAKE_DELAY 0.002
 #define WAKE_BYTES (256 * 1024)
+/* After datagrams were queued: wake the loop at once when it was already signalled or WAKE_BYTES wait, else
+ * remember when the first of them came (sleep_limit wakes it WAKE_DELAY later). */
+static void settle(Reader *self, double *first_waiting) {
+    pthread_mutex_lock(&self->lock);
+    int signalled = self->woken, full = self->queued_bytes >= WAKE_BYTES;
+    pthread_mutex_unlock(&self->lock);
+    if (signalled || full) {
+        if (!signalled) wake(self);
+        *first_waiting = 0;  /* the loop takes these with the rest */
+    } else if (!*first_waiting) {
+        *first_waiting = now_seconds();
+    }
+}
+
+/* How long the thread may sleep in ppoll: until WAKE_DELAY after the first datagram not yet signalled, or until
+ * data or stop (NULL). When that moment has passed, the loop is woken now. */
+static struct timespec *sleep_limit(Reader *self, double *first_waiting, struct timespec *timeout) {
+    if (!*first_waiting) return NULL;
+    double left = *first_waiting + WAKE_DELAY - now_seconds();
+    if (left <= 0) {
+        wake(self);
+        *first_waiting = 0;
+        return NULL;
+    }
+    *timeout = (struct timespec){0, (long)(left * 1e9)};
+    return timeout;
+}
+
 /* PLACEMENT. A client without buffering sends a datagram every few microseconds, and a Unix socket holds only
  * net.unix.max_dgram_qlen of them (often 10): the reader must run within ~200 us of the first one, all burst long.
  * A Unix socket's send wakes the reader synchronously, and the scheduler then puts the reader on the sender's own
@@ -247,18 +296,8 @@ static void *drain(void *argument) {
             continue;
         }
         if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            struct timespec timeout = {0, 0}, *wait_for = NULL;  /* NULL: until a datagram or stop */
-            if (first_waiting) {
-                double left = first_waiting + WAKE_DELAY - now_seconds();
-                if (left <= 0) {
-                    wake(self);
-                    first_waiting = 0;
-                    continue;
-                }
-                timeout.tv_nsec = (long)(left * 1e9);
-                wait_for = &timeout;
-            }
-            if (ppoll(waits, 2, wait_for, NULL) < 0 && errno != EINTR) break;
+            struct timespec timeout;
+            if (ppoll(waits, 2, sleep_limit(self, &first_waiting, &timeout), NULL) < 0 && errno != EINTR) break;
             if (waits[1].revents) break;
             continue;
         }
@@ -279,30 +318,212 @@ static void *drain(void *argument) {
                 length = (uint32_t)self->max_size;
                 self->truncated++;
             }
-            if (!enqueue(self, (char *)vectors[i].iov_base, length)) {
+            if (!enqueue(self, (char *)vectors[i].iov_base, length, 1)) {
                 self->dropped++;
             }
         }
-        int signalled = self->woken, full = self->queued_bytes >= WAKE_BYTES;
         pthread_mutex_unlock(&self->lock);
-        if (signalled || full) {
-            if (!signalled) wake(self);
-            first_waiting = 0;  /* the loop takes these with the rest */
-        } else if (!first_waiting) {
-            first_waiting = now_seconds();
-        }
+        settle(self, &first_waiting);
     }
     free(scratch);
     return NULL;
 }
 
+/* STREAM. A Unix stream socket's clients (the Go and Java clients' `unixstream://`) write frames: a 4-byte
+ * little-endian length, then that many bytes of lines. The thread accepts them, reads whatever each wrote, and
+ * queues each whole frame as one datagram (cut at max_size, as a datagram is). A stream is never dropped from:
+ * while the queue is full the thread stops reading, and the clients' writes wait in their sockets' buffers. */
+#define READ_BYTES (128 * 1024)
+#define MAX_FRAME (8 * 1024 * 1024)  /* a frame announced longer is a broken client: its connection is closed */
+
+static void note_error(Reader *self, int error) {
+    pthread_mutex_lock(&self->lock);
+    self->errors++;
+    self->last_errno = error;
+    pthread_mutex_unlock(&self->lock);
+}
+
+/* A client, with the start of a frame it had sent (a reload hands these over); 0 when out of memory. */
+static int add_connection(Reader *self, int fd, const char *pending, size_t length) {
+    if (self->connection_count == self->connection_room) {
+        int room = self->connection_room ? 2 * self->connection_room : 8;
+        Connection *grown = realloc(self->connections, sizeof *grown * (size_t)room);
+        if (grown == NULL) return 0;
+        self->connections = grown;
+        self->connection_room = room;
+    }
+    Connection connection = {.fd = fd};
+    if (length) {
+        if ((connection.data = malloc(length)) == NULL) return 0;
+        memcpy(connection.data, pending, length);
+        connection.used = connection.size = length;
+    }
+    self->connections[self->connection_count++] = connection;
+    return 1;
+}
+
+/* Forget client `index` (the last one takes its place), closing its socket unless it was handed over. */
+static void remove_connection(Reader *self, int index, int close_it) {
+    if (close_it) close(self->connections[index].fd);
+    free(self->connections[index].data);
+    self->connections[index] = self->connections[--self->connection_count];
+}
+
+/* Queue each whole frame of a client's bytes and keep the rest; -1 when it announced a frame over MAX_FRAME. */
+static int cut_frames(Reader *self, Connection *client) {
+    size_t offset = 0;
+    int result = 0;
+    pthread_mutex_lock(&self->lock);
+    self->last_data = now_seconds();
+    while (client->used - offset >= sizeof(uint32_t)) {
+        uint32_t length;
+        memcpy(&length, client->data + offset, sizeof length);
+        length = le32toh(length);
+        if (length > MAX_FRAME) {
+            self->errors++;
+            self->last_errno = EMSGSIZE;
+            result = -1;
+            break;
+        }
+        if (client->used - offset - sizeof length < length) break;
+        uint32_t kept = length;
+        if (kept > self->max_size) {
+            kept = (uint32_t)self->max_size;
+            self->truncated++;
+        }
+        if (!enqueue(self, client->data + offset + sizeof length, kept, 0)) self->dropped++;
+        offset += sizeof length + length;
+    }
+    pthread_mutex_unlock(&self->lock);
+    memmove(client->data, client->data + offset, client->used - offset);
+    client->used -= offset;
+    if (client->used == 0 && client->size > KEEP_BYTES) {  /* a long frame is over: give its memory back */
+        free(client->data);
+        client->data = NULL;
+        client->size = 0;
+    }
+    return result;
+}
+
+/* Read what a client wrote: 1 when it wrote, 0 when it has nothing more for now, -1 when it is gone (closed,
+ * broken, or a frame too long). */
+static int read_client(Reader *self, Connection *client) {
+    if (client->size - client->used < READ_BYTES) {
+        size_t size = client->size * 2 > client->used + READ_BYTES ? client->size * 2 : client->used + READ_BYTES;
+        char *grown = realloc(client->data, size);
+        if (grown == NULL) {
+            note_error(self, ENOMEM);
+            return -1;
+        }
+        client->data = grown;
+        client->size = size;
+    }
+    ssize_t got = read(client->fd, client->data + client->used, client->size - client->used);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
+    if (got <= 0) {
+        if (got < 0 || client->used) note_error(self, got < 0 ? errno : ECONNABORTED);  /* a frame cut short */
+        return -1;
+    }
+    client->used += (size_t)got;
+    return cut_frames(self, client) == 0 ? 1 : -1;
+}
+
+static void accept_clients(Reader *self) {
+    for (;;) {
+        int fd = accept4(self->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                note_error(self, errno);
+                struct timespec pause = {0, 10 * 1000 * 1000};  /* the client waits in the backlog meanwhile */
+                nanosleep(&pause, NULL);
+            }
+            return;
+        }
+        if (!add_connection(self, fd, NULL, 0)) {
+            note_error(self, ENOMEM);
+            close(fd);
+        }
+    }
+}
+
+static void *serve_stream(void *argument) {
+    Reader *self = ((Drainer *)argument)->reader;
+    pthread_setname_np(pthread_self(), "relay-reader");
+    struct pollfd *waits = NULL;
+    int room = 0;
+    double first_waiting = 0;
+    while (!__atomic_load_n(&self->stopping, __ATOMIC_ACQUIRE)) {
+        int waited = wait_for_room(self);
+        if (waited < 0) break;
+        if (waited) first_waiting = 0;
+        int count = self->connection_count + 2;
+        if (count > room) {
+            struct pollfd *grown = realloc(waits, sizeof *grown * (size_t)(count * 2));
+            if (grown == NULL) break;
+            waits = grown;
+            room = count * 2;
+        }
+        waits[0] = (struct pollfd){.fd = self->stop_fd, .events = POLLIN};
+        waits[1] = (struct pollfd){.fd = self->fd, .events = POLLIN};
+        for (int i = 0; i < self->connection_count; i++) {
+            waits[2 + i] = (struct pollfd){.fd = self->connections[i].fd, .events = POLLIN};
+        }
+        struct timespec timeout;
+        if (ppoll(waits, (nfds_t)count, sleep_limit(self, &first_waiting, &timeout), NULL) < 0) {
+            if (errno == EINTR) continue;
+            note_error(self, errno);
+            break;
+        }
+        if (waits[0].revents) break;
+        size_t before = self->queued_datagrams;  /* only this thread adds to it; a take may empty it: compare != */
+        for (int i = count - 3; i >= 0; i--) {  /* from the last: a removed client's place takes one already read */
+            if (waits[2 + i].revents && read_client(self, &self->connections[i]) < 0) remove_connection(self, i, 1);
+        }
+        if (waits[1].revents) accept_clients(self);
+        pthread_mutex_lock(&self->lock);
+        int queued = self->queued_datagrams != before;
+        pthread_mutex_unlock(&self->lock);
+        if (queued) settle(self, &first_waiting);
+    }
+    free(waits);
+    return NULL;
+}
+
+
 static void stop_thread(Reader *self);
 
+/* The clients a reload handed over: [(fd, the start of a frame), ...], made non-blocking. */
+static int adopt_connections(Reader *self, PyObject *connections) {
+    if (connections == NULL || connections == Py_None) return 0;
+    PyObject *items = PySequence_Fast(connections, "connections must be a sequence of (fd, bytes)");
+    if (items == NULL) return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(items); i++) {
+        int fd;
+        const char *pending;
+        Py_ssize_t length;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "iy#", &fd, &pending, &length)) {
+            Py_DECREF(items);
+            return -1;
+        }
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        if (!add_connection(self, fd, pending, (size_t)length)) {
+            Py_DECREF(items);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    Py_DECREF(items);
+    return 0;
+}
+
+
 static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"fd", "max_size", "queue_bytes", "threads", NULL};
-    int fd, threads = 1;
+    static char *keywords[] = {"fd", "max_size", "queue_bytes", "threads", "stream", "connections", NULL};
+    int fd, threads = 1, stream = 0;
     Py_ssize_t max_size, queue_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inn|i", keywords, &fd, &max_size, &queue_bytes, &threads)) {
+    PyObject *connections = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inn|ipO", keywords, &fd, &max_size, &queue_bytes, &threads,
+                                     &stream, &connections)) {
         return -1;
     }
     if (self->started) {
@@ -313,6 +534,11 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "max_size must be 1..16 MiB, queue_bytes >= 0 and threads 1 or 2");
         return -1;
     }
+    if (stream && (threads != 1 || adopt_connections(self, connections) < 0)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a stream socket has one thread");
+        return -1;
+    }
+    self->stream = stream;
     self->fd = fd;
     self->max_size = (size_t)max_size;
     self->queue_bytes = (size_t)queue_bytes;
@@ -327,7 +553,8 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
     for (int i = 0; i < threads; i++) {
         self->drainers[i] = (Drainer){.reader = self, .index = i};
         self->threads = threads;  /* read by the threads: set before the first starts */
-        int failed = pthread_create(&self->drainers[i].thread, NULL, drain, &self->drainers[i]);
+        int failed = pthread_create(&self->drainers[i].thread, NULL, stream ? serve_stream : drain,
+                                    &self->drainers[i]);
         if (failed) {
             self->threads = i;
             self->started = i > 0;
@@ -376,9 +603,8 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
         self->queue = empty;  /* its memory serves the thread again */
         self->pending_bytes = self->queued_bytes;
         truncated = self->truncated;
-        errors = self->errors;
         self->queued_datagrams = self->queued_bytes = 0;
-        self->truncated = self->errors = 0;
+        self->truncated = 0;
         self->woken = 0;
         pthread_cond_broadcast(&self->room);
         pthread_mutex_unlock(&self->lock);
@@ -409,6 +635,8 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
     self->pending_offset = offset;
     self->pending_bytes -= bytes;
     pthread_mutex_lock(&self->lock);
+    errors = self->errors;  /* not of these datagrams: every take reports what happened since the last */
+    self->errors = 0;
     int more = self->pending_offset < self->pending.used || self->queued_datagrams > 0;
     if (!more && self->queue.size > KEEP_BYTES) buffer_release(&self->queue);  /* drained: a burst is over */
     pthread_mutex_unlock(&self->lock);
@@ -447,8 +675,61 @@ static PyObject *Reader_get_last_error(Reader *self, void *closure) {
     return PyUnicode_FromString(error ? strerror(error) : "");
 }
 
+static PyObject *Reader_hand_over(Reader *self, PyObject *unused) {
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "stop the Reader before handing its clients over");
+        return NULL;
+    }
+    PyObject *handed = PyList_New(0);
+    while (handed != NULL && self->connection_count > 0) {
+        Connection *client = &self->connections[self->connection_count - 1];
+        PyObject *item = Py_BuildValue("(iy#)", client->fd, client->data ? client->data : "", (Py_ssize_t)client->used);
+        if (item == NULL || PyList_Append(handed, item) < 0) Py_CLEAR(handed);
+        Py_XDECREF(item);
+        if (handed != NULL) remove_connection(self, self->connection_count - 1, 0);
+    }
+    return handed;
+}
+
+/* At stop, after the thread: the clients waiting to be accepted, and what every client has written, queued. */
+static PyObject *Reader_read_clients(Reader *self, PyObject *unused) {
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "stop the Reader before reading its clients");
+        return NULL;
+    }
+    if (self->stream) accept_clients(self);
+    for (int i = self->connection_count - 1; i >= 0; i--) {
+        int result;
+        while ((result = read_client(self, &self->connections[i])) > 0) continue;
+        if (result < 0) remove_connection(self, i, 1);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_close_connections(Reader *self, PyObject *unused) {
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "stop the Reader before closing its clients");
+        return NULL;
+    }
+    while (self->connection_count > 0) {
+        if (self->connections[self->connection_count - 1].used) note_error(self, ECONNABORTED);  /* a cut frame */
+        remove_connection(self, self->connection_count - 1, 1);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_get_last_data(Reader *self, void *closure) {
+    pthread_mutex_lock(&self->lock);
+    double last = self->last_data;
+    pthread_mutex_unlock(&self->lock);
+    return PyFloat_FromDouble(last);
+}
+
+
 static void Reader_dealloc(Reader *self) {
     stop_thread(self);
+    while (self->connection_count > 0) remove_connection(self, self->connection_count - 1, 1);
+    free(self->connections);
     if (self->wakeup_fd > 0) close(self->wakeup_fd);
     if (self->stop_fd > 0) close(self->stop_fd);
     buffer_release(&self->queue);
@@ -459,6 +740,9 @@ static void Reader_dealloc(Reader *self) {
 static PyMethodDef Reader_methods[] = {
     {"take", (PyCFunction)Reader_take, METH_VARARGS, "A slice of the queue: (datagrams, truncated, errors, more)."},
     {"stop", (PyCFunction)Reader_stop, METH_NOARGS, "End the thread; what it queued stays for a last take."},
+    {"hand_over", (PyCFunction)Reader_hand_over, METH_NOARGS, "After stop: [(fd, unfinished frame)], let go of."},
+    {"read_clients", (PyCFunction)Reader_read_clients, METH_NOARGS, "After stop: queue what the clients wrote."},
+    {"close_connections", (PyCFunction)Reader_close_connections, METH_NOARGS, "After stop: close the clients."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -472,6 +756,7 @@ static PyGetSetDef Reader_getset[] = {
     {"buffer_bytes", (getter)Reader_get_buffer_bytes, NULL, "bytes mapped for the queue's two buffers", NULL},
     {"dropped", (getter)Reader_get_dropped, NULL, "datagrams dropped because the queue was full", NULL},
     {"last_error", (getter)Reader_get_last_error, NULL, "the last read error, or ''", NULL},
+    {"last_data", (getter)Reader_get_last_data, NULL, "when a stream client last wrote (monotonic seconds)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -14,6 +14,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from pathlib import Path
 
 from relay.config import Config
@@ -35,6 +36,7 @@ UDP, UDS, UDS_STREAM = "udp", "uds", "uds_stream"
 HEALTH = "health"  # the health endpoint's socket, handed over at a reload with the others
 _FRAME_HEADER = struct.Struct("<I")
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux's number; Python does not name it
+_STREAM_BACKLOG = 128  # clients waiting to be accepted
 _MAX_FRAME = 8 * 1024 * 1024  # a stream frame claiming more is a broken client: the connection is closed
 
 
@@ -93,14 +95,10 @@ class Listeners:
         if config.dogstatsd_stream_socket:
             path = config.dogstatsd_stream_socket
             sock = self._adopt(UDS_STREAM, path) or self._new_unix(socket.SOCK_STREAM, path)
-            self._stream_socket = sock
-            loop = asyncio.get_running_loop()
-            server = await loop.create_unix_server(lambda: _StreamConnection(self), sock=sock)
-            self._servers.append(server)
-            for fd, pending in self.inherited_connections:
-                await loop.connect_accepted_socket(
-                    functools.partial(_StreamConnection, self, pending), socket.socket(fileno=fd)
-                )
+            if native_reader() is not None and config.relay_receive_queue_bytes:
+                await self._serve_datagrams(sock, UDS_STREAM, self.inherited_connections)
+            else:
+                await self._serve_stream_on_loop(sock)
             self.inherited_connections = []
             self.addresses[UDS_STREAM] = path
         for fd in self.inherited.values():  # the new configuration has no such listener, or another address
@@ -188,16 +186,24 @@ class Listeners:
             raise ListenError(f"{key}: {path}: cannot bind: {error.strerror}") from None
         self._paths.append(path)
 
-    async def _serve_datagrams(self, sock: socket.socket, name: str) -> None:
-        self._set_receive_buffer(sock, name)
+    async def _serve_datagrams(
+        self, sock: socket.socket, name: str, connections: list[tuple[int, bytes]] | None = None
+    ) -> None:
+        """A datagram socket, or a listening stream socket whose clients' frames the native thread cuts into
+        datagrams (`connections`: the clients a reload handed over)."""
+        stream = sock.type == socket.SOCK_STREAM
+        if stream:
+            sock.listen(_STREAM_BACKLOG)  # a second listen() on an inherited socket only sets the backlog again
+        else:
+            self._set_receive_buffer(sock, name)
         sock.setblocking(False)
         join = not self.config.eol_required_for(name)
-        arguments = (
-            sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join, self.probe, self.taps
-        )  # fmt: skip
+        probe = None if stream else self.probe
+        arguments = (sock, name, self.config.dogstatsd_buffer_size, self.handler, self.stats, join, probe, self.taps)
         reader_type, queue_bytes = native_reader(), self.config.relay_receive_queue_bytes
+        priority = reader_priority() if self.lower_others else None
         reader = (
-            ThreadedReader(reader_type, queue_bytes, reader_priority() if self.lower_others else None, *arguments)
+            ThreadedReader(reader_type, queue_bytes, priority, *arguments, connections=connections)
             if reader_type is not None and queue_bytes
             else DatagramReader(*arguments)
         )
@@ -206,15 +212,26 @@ class Listeners:
             address = address[:2]
             inode = os.fstat(sock.fileno()).st_ino
             self.stats.gauges.listener(name).kernel_drops = lambda: kernel_drops(inode)
-        if self.probe is not None:
-            self.probe.add_target(name, sock.family, address)
+        if probe is not None:
+            probe.add_target(name, sock.family, address)
         if not self._held:
             asyncio.get_running_loop().add_reader(reader.wakeup, reader.on_readable)
         self._readers.append(reader)
 
+    async def _serve_stream_on_loop(self, sock: socket.socket) -> None:
+        """Without the native reader: the event loop serves the stream socket's clients."""
+        self._stream_socket = sock
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_unix_server(lambda: _StreamConnection(self), sock=sock))
+        for fd, pending in self.inherited_connections:
+            await loop.connect_accepted_socket(
+                functools.partial(_StreamConnection, self, pending), socket.socket(fileno=fd)
+            )
+
     def datagram_fds(self) -> dict[str, int]:
-        """The datagram sockets' descriptors, by transport: what a reload's bridge reads."""
-        return {reader.name: reader.sock.fileno() for reader in self._readers}
+        """The datagram sockets' descriptors, by transport: what a reload's bridge reads (a stream's clients wait
+        in their sockets)."""
+        return {reader.name: reader.sock.fileno() for reader in self._readers if reader.sock.type == socket.SOCK_DGRAM}
 
     def deliver(self, name: str, datagrams: list[bytes]) -> None:
         """Datagrams read for this listener elsewhere (by the bridge during a reload), through its usual path."""
@@ -256,12 +273,12 @@ class Listeners:
     async def stop(self) -> None:
         """Stop reading: what the sockets and queues hold is delivered first; close every socket, end stream
         connections once they are quiet, remove the socket files."""
-        await self._stop_reading(drain_sockets=True)
-        for reader in self._readers:
-            reader.sock.close()
         for server in self._servers:
             server.close()
         await self._quiet_connections()
+        await self._stop_reading(drain_sockets=True)
+        for reader in self._readers:
+            reader.sock.close()
         for connection in list(self._connections):
             connection.transport.close()
         for server in self._servers:
@@ -285,6 +302,8 @@ class Listeners:
             server.close()
         connections = [connection.hand_over() for connection in list(self._connections)]
         for reader in self._readers:
+            if isinstance(reader, ThreadedReader) and reader.stream:
+                connections += reader.hand_over()
             reader.sock.close()
         self._readers, self._servers, self._paths = [], [], []
         return sockets, connections
@@ -305,7 +324,11 @@ class Listeners:
         """Stream clients may still have frames in flight: wait until each has been silent for `quiet`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + at_most
-        while loop.time() < deadline and any(loop.time() - c.last_data < quiet for c in self._connections):
+        streams = [reader for reader in self._readers if isinstance(reader, ThreadedReader) and reader.stream]
+        while loop.time() < deadline and (
+            any(loop.time() - c.last_data < quiet for c in self._connections)
+            or any(time.monotonic() - reader.last_data < quiet for reader in streams)
+        ):
             await asyncio.sleep(quiet / 2)
 
 

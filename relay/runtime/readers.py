@@ -62,7 +62,7 @@ def reader_threads(sock: socket.socket) -> int:
     net.unix.max_dgram_qlen datagrams and a send wakes the reader on the sender's own CPU, behind the sender; the
     second thread, kept to the other CPUs, reads in time (relay/_reader.c, PLACEMENT). UDP queues bytes, plenty."""
     several = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
-    return 2 if sock.family == socket.AF_UNIX and several else 1
+    return 2 if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_DGRAM and several else 1
 
 
 class ReaderPriority:
@@ -80,7 +80,7 @@ class ReaderPriority:
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="relay-reader-spawner")
         self._spawner_id = self._spawner.submit(threading.get_native_id).result()  # born before any lowering
 
-    def create(self, reader_type: type, *arguments: int) -> Any:
+    def create(self, reader_type: type, *arguments: Any) -> Any:
         """A native Reader whose threads have the default policy, whatever the caller's."""
         return self._spawner.submit(reader_type, *arguments).result()
 
@@ -194,12 +194,18 @@ class ThreadedReader(DatagramReader):
     A full queue stops the reading until the loop takes it (the kernel's buffer then fills, and drops what
     overflows it, counted); a datagram of the thread's last batch that did not fit is counted in queue_drops."""
 
-    def __init__(self, reader_type: type, queue_bytes: int, priority: ReaderPriority | None, *args: Any) -> None:
+    def __init__(
+        self, reader_type: type, queue_bytes: int, priority: ReaderPriority | None, *args: Any,
+        connections: list[tuple[int, bytes]] | None = None,
+    ) -> None:  # fmt: skip
         """`priority`: create the threads through it, and lower the relay's other threads when this socket has
-        two readers (the relay's own listeners); None leaves every thread as it is (a test's, a tool's)."""
+        two readers (the relay's own listeners); None leaves every thread as it is (a test's, a tool's).
+        A listening stream socket's thread accepts its clients and cuts their frames into datagrams;
+        `connections` are the clients a reload handed over, each with the start of a frame."""
         super().__init__(*args)
         threads = reader_threads(self.sock)
-        arguments = (self.sock.fileno(), self.max_size, queue_bytes, threads)
+        self.stream = self.sock.type == socket.SOCK_STREAM
+        arguments = (self.sock.fileno(), self.max_size, queue_bytes, threads, self.stream, connections or [])
         self.native = reader_type(*arguments) if priority is None else priority.create(reader_type, *arguments)
         if priority is not None and threads > 1:
             priority.lower_the_rest()
@@ -234,6 +240,28 @@ class ThreadedReader(DatagramReader):
         self.native.stop()
         while self._take():  # what the thread had queued
             pass
+
+    def drain(self) -> None:
+        """At stop: a stream's clients have been quiet (Listeners.stop waits for it); what they sent is queued."""
+        if not self.stream:
+            return super().drain()
+        self.native.stop()
+        self.native.read_clients()  # what the thread had not read yet, and the clients not yet accepted
+        self.native.close_connections()  # a frame they cut short is counted as a read error
+        while self._take():
+            pass
+
+    @property
+    def last_data(self) -> float:
+        """When a stream client last wrote (the event loop's clock)."""
+        return float(self.native.last_data)
+
+    def hand_over(self) -> list[tuple[int, bytes]]:
+        """At a reload, after take_queued: each stream client's socket and the start of a frame it had sent."""
+        connections: list[tuple[int, bytes]] = self.native.hand_over()
+        for fd, _ in connections:
+            os.set_inheritable(fd, True)
+        return connections
 
 
 def unix_dgram_qlen() -> int | None:
