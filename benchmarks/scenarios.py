@@ -278,4 +278,8 @@ SCENARIOS: dict[str, Callable[[float], Result]] = {
     "memory-spike": memory_spike,
     "memory-spike-filterlist": lambda seconds: memory_spike(seconds, filterlist=True),
     "idle-footprint": idle_footprint,
+    # Issue 26: collectd's statsd plugin beside the relay. Imported on use: it apt-installs collectd when missing.
+    "collectd": lambda seconds: __import__("benchmarks.collectd_scenarios", fromlist=["_"]).collectd_beside_relay(
+        seconds
+    ),
 }
