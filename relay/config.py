@@ -21,6 +21,7 @@ import yaml
 
 from relay.config_checks import (
     additional_endpoints,
+    http_url,
     mapper_profiles,
     memory_size,
     not_negative,
@@ -29,7 +30,6 @@ from relay.config_checks import (
     port,
     positive,
     tag_filterlist,
-    url,
 )
 
 COMPRESSOR_KINDS = ("zstd", "zlib", "deflate", "gzip", "none")
@@ -78,7 +78,7 @@ class Config:
     api_key: str = field(default="", repr=False, metadata={"key": "", "check": lambda v: _not_redacted(v)})
     app_key: str = field(default="", repr=False, metadata={"key": "", "check": lambda v: _not_redacted(v)})
     site: str = _key("datadoghq.com", check=lambda v: None if v else "must not be empty")
-    dd_url: str = _key("", check=url)
+    dd_url: str = _key("", check=http_url)
     hostname: str = _key("")
     log_level: str = _key("info", check=one_of(LOG_LEVELS))
     tags: tuple[str, ...] = _key(())  # host tags: sent with the host metadata, like the Agent
@@ -86,8 +86,8 @@ class Config:
     env: str = _key("")
     enable_metadata_collection: bool = _key(True)  # the host metadata payload (host tags)
     skip_ssl_validation: bool = _key(False)
-    proxy_http: str = _key("", key="proxy.http", check=url)
-    proxy_https: str = _key("", key="proxy.https", check=url)
+    proxy_http: str = _key("", key="proxy.http", check=http_url)
+    proxy_https: str = _key("", key="proxy.https", check=http_url)
     proxy_no_proxy: tuple[str, ...] = _key((), key="proxy.no_proxy")
     additional_endpoints: tuple[Any, ...] = _key((), check=additional_endpoints)  # dual shipping {url: [keys]}
     # Listeners

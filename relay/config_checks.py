@@ -70,13 +70,13 @@ def tag_filterlist(entries: tuple[Any, ...]) -> str | None:
     return None
 
 
-def url(value: str) -> str | None:
+def http_url(value: str) -> str | None:
     return None if not value or value.startswith(("http://", "https://")) else "must start with http(s)://"
 
 
 def additional_endpoints(pairs: tuple[Any, ...]) -> str | None:
     for url, api_key in pairs:
-        if url(url) or not url:
+        if http_url(url) or not url:
             return f"{url!r}: each URL must start with http(s)://"
         if not api_key:
             return f"{url!r}: empty API key"
