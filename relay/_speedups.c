@@ -137,11 +137,11 @@ static int add_member(PyObject *sets, PyObject *slot, const char *text, Py_ssize
 /* The first sight of a context, in C (Ingest._first_sight does the same in Python, and decides the rest).
  *
  * `learner` is (Context, hostname, extra_tags, blocklist, strings, strings_limit, slot, copy_slot, shape_limit,
- * tag_rule_names): the enricher's plain case (no namespace, mapper or prefix blocklist; relay/pipeline/ingest.py
+ * tag_rule_names, origins): the enricher's plain case (no namespace, mapper or prefix blocklist; relay/pipeline/ingest.py
  * builds it); the metrics of metric_tag_filterlist are left to Python, which caches their shapes cut. A line is
  * learned here only when the reference parser and the enricher would plainly agree: `name:number|type`, then
  * any of `@rate` (a decimal) and `#tags` (valid UTF-8, none empty, none starting with `host:` or `dd.internal.`)
- * and fields the parser ignores; no `T` timestamp, no packed values. Returns the new shape (a borrowed
+ * and fields the parser ignores (with `origins`, not c:, e: or card:); no `T` timestamp, no packed values. Returns the new shape (a borrowed
  * reference, stored in `shapes` under `key`), or NULL without an error for a line that Python must learn. */
 static const char *const TYPE_NAMES[] = {"g", "c", "s", "h", "ms", "d"};
 static const int TYPE_KINDS[] = {GAUGE, COUNTER, SET, HISTOGRAM, HISTOGRAM, DISTRIBUTION};
@@ -218,13 +218,20 @@ typedef struct {
     PyObject *context_type, *shape_type, *hostname, *extra, *blocklist, *strings, *slot_of, *copy_slot_of,
              *tag_rule_names;
     Py_ssize_t strings_limit, shape_limit;
+    int origins;  /* a container tagger adds origin tags: a line with c:, e: or card: is Python's to learn */
 } Learner;
 
 static int unpack_learner(PyObject *learner, Learner *out) {
-    return PyArg_ParseTuple(learner, "OOOO!O!O!nOOnO!", &out->context_type, &out->shape_type, &out->hostname, &PyTuple_Type, &out->extra,
+    return PyArg_ParseTuple(learner, "OOOO!O!O!nOOnO!p", &out->context_type, &out->shape_type, &out->hostname, &PyTuple_Type, &out->extra,
                             &PyFrozenSet_Type, &out->blocklist, &PyDict_Type, &out->strings, &out->strings_limit,
                             &out->slot_of, &out->copy_slot_of, &out->shape_limit, &PyFrozenSet_Type,
-                            &out->tag_rule_names);
+                            &out->tag_rule_names, &out->origins);
+}
+
+/* c:, e: or card: (the fields that say where a line comes from). */
+static int origin_field(const char *field, Py_ssize_t length) {
+    return (length >= 2 && field[1] == ':' && (field[0] == 'c' || field[0] == 'e')) ||
+           (length >= 5 && memcmp(field, "card:", 5) == 0);
 }
 
 /* tuple.__new__(Shape, fields): the NamedTuple without its Python-level __new__; steals `fields`. */
@@ -271,6 +278,8 @@ static PyObject *learn(const char *line, Py_ssize_t length, const char *colon, c
             if (!parse_number(field + 1, next - field - 1, &rate)) return NULL;
         } else if (next > field && *field == 'T') {
             return NULL;  /* timestamped: the no-aggregation path */
+        } else if (learner->origins && origin_field(field, next - field)) {
+            return NULL;  /* its origin's tags: Python asks the tagger */
         }
         field = next;
     }

@@ -127,10 +127,14 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
+    from relay.tagger import Tagger
     from relay.tools.explain import explain, rejected, render
 
     data = args.datagram.encode().replace(b"\\n", b"\n")
-    result = explain(replace(config, relay_host_collectors=()), data, time.time())
+    tagger = Tagger.from_config(config)
+    if tagger is not None:
+        tagger.poll()  # one read of the kubelet's pods (or Docker's containers): what the relay knows
+    result = explain(replace(config, relay_host_collectors=()), data, time.time(), tagger=tagger)
     print(
         json.dumps(result, indent=2, default=str) if as_json(args) else render(result),
         end="\n" if as_json(args) else "",

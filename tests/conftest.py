@@ -114,7 +114,12 @@ async def run_relay(
     """Start `python -m relay run [args]` and wait until its health endpoint answers; always stop it. `preexec`
     runs in the child before exec (benchmarks.cgroup.MemoryCgroup.preexec: the relay starts in that cgroup)."""
     full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DD_")},
+        # No DD_ setting of the machine's, nor its Kubernetes or Docker: a container tagger only where asked.
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("DD_") and k not in ("KUBERNETES_SERVICE_HOST", "DOCKER_HOST")
+        },
         "DD_DOGSTATSD_PORT": str(free_port()),
         "DD_RELAY_HEALTH_PORT": str(free_port(socket.SOCK_STREAM)),
         "DD_RELAY_FLUSH_INTERVAL": "1",

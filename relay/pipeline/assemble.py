@@ -26,6 +26,7 @@ from relay.pipeline.enrich import Enricher
 from relay.pipeline.forward import FanOutSink, HttpSink, Sink
 from relay.pipeline.ingest import Ingest
 from relay.pipeline.model import Flushed, Payload
+from relay.pipeline.origin import ContainerTagger, Origins
 from relay.pipeline.serialize import Serializer
 from relay.pipeline.spool import Spool
 from relay.telemetry.self_metrics import SelfMetrics
@@ -36,15 +37,23 @@ FLUSH_PART = 20_000  # contexts built and encoded at a time in a flush (relay/me
 
 class Pipeline:
     def __init__(
-        self, config: Config, *, sink: Sink | None = None, accelerate: bool = True, out: TextIO = sys.stdout
-    ) -> None:
+        self, config: Config, *, sink: Sink | None = None, accelerate: bool = True, out: TextIO = sys.stdout,
+        tagger: ContainerTagger | None = None,
+    ) -> None:  # fmt: skip
         """`sink`: where payloads go; by default the intake (and additional_endpoints), or a dry run without an
-        API key. `accelerate`: the C fast path where it was built."""
+        API key. `accelerate`: the C fast path where it was built. `tagger`: the container tagger (relay/tagger,
+        started by the runtime) whose tags each line's origin adds."""
         self.config = config
         self.out = out
         self.stats = Stats()
         self.stats.describe(config)
-        self.enricher = Enricher(config)
+        self.enricher = Enricher(config, Origins(config, tagger) if tagger is not None else None)
+        if tagger is not None:
+            self.stats.gauges.tagger = lambda: {
+                **tagger.state(),
+                "origins_unresolved": len(self.enricher.unresolved),
+                "untagged": self.enricher.untagged,
+            }
         self.aggregator = Aggregator(config, self.stats)
         self.stats.gauges.contexts = lambda: self.aggregator.contexts
         self.stats.gauges.custom_metrics_estimate = self.aggregator.custom_metrics_estimate

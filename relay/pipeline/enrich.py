@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from relay.config import Config
-from relay.pipeline.model import Context, Event, ServiceCheck
+from relay.pipeline.model import Context, Event, Origin, ServiceCheck
+from relay.pipeline.origin import NOTHING, Origins, Resolved
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -146,7 +147,11 @@ class Enricher:
     """Turns a metric's name and raw tags into its Context; None when the name is blocklisted. The one owner of
     the tag rules: host and internal tags, dogstatsd_tags, mapper tags and metric_tag_filterlist."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, origins: Origins | None = None) -> None:
+        """`origins`: the container tagger's origin rules (relay/pipeline/origin.py), when a tagger runs."""
+        self.origins = origins
+        self.unresolved: set[str] = set()  # origins the tagger did not know when a context was made for them
+        self.untagged = 0  # contexts and events made without their origin's tags (not known yet)
         self.hostname = config.hostname
         # dogstatsd_tags, and the host tags too when relay.host_tags_on_metrics (sidecars without an Agent).
         host_tags = config.host_tags if config.relay_host_tags_on_metrics else ()
@@ -166,11 +171,25 @@ class Enricher:
         # One copy of each name and tag (a million contexts share a few); the C fast path shares it too.
         self.strings: dict[str, str] = {}
 
-    def context(self, name: str, raw_tags: tuple[str, ...]) -> Context | None:
+    def context(self, name: str, raw_tags: tuple[str, ...], origin: Origin | None = None) -> Context | None:
+        if self.origins is not None:
+            raw_tags = raw_tags + self.origin_tags(raw_tags, origin).tags
         rule = self.tag_rule(name) if self.tag_rules else None
         if rule is not None:  # the tags a rule removes make no cache entry of their own
             raw_tags = rule.cut(raw_tags)
         return _cached(self._cache, (name, raw_tags), self.cache_limit, lambda: self._build(name, raw_tags, rule))
+
+    def origin_tags(self, raw_tags: tuple[str, ...], origin: Origin | None) -> Resolved:
+        """The tags of the line's origin; an origin the tagger does not know yet is remembered and counted."""
+        if self.origins is None:
+            return NOTHING
+        resolved = self.origins.resolve(raw_tags, origin)
+        if resolved.unknown:
+            if len(self.unresolved) >= self.cache_limit:
+                self.unresolved.clear()
+            self.unresolved.update(resolved.unknown)
+            self.untagged += 1
+        return resolved
 
     def forget_cached(self) -> None:
         """Empty the context cache (the memory guard, relay/pipeline/assemble.py): a miss only costs a rebuild."""
@@ -248,9 +267,11 @@ class Enricher:
         return (self.hostname if host is None else host), tuple(sorted(kept))
 
     def event(self, event: Event) -> Event:
-        event.host, event.tags = self._host_and_tags(event.tags, event.host)
+        tags = event.tags + self.origin_tags(event.tags, event.origin).tags if self.origins else event.tags
+        event.host, event.tags = self._host_and_tags(tags, event.host)
         return event
 
     def service_check(self, check: ServiceCheck) -> ServiceCheck:
-        check.host, check.tags = self._host_and_tags(check.tags, check.host)
+        tags = check.tags + self.origin_tags(check.tags, check.origin).tags if self.origins else check.tags
+        check.host, check.tags = self._host_and_tags(tags, check.host)
         return check

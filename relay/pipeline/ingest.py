@@ -81,6 +81,7 @@ class Ingest:
         # Metrics whose tags a metric_tag_filterlist rule cuts, as their lines start (without mapper or namespace).
         plain = not (enricher.profiles or enricher.namespace)
         self.cut_names = frozenset(name.encode() for name in enricher.tag_rules) if plain else frozenset()
+        self._origins_seen = self.origins_generation
 
     def _learner(self) -> tuple[Any, ...] | None:
         """What the C fast path needs to learn a context's first sight itself (see learn() in _speedups.c): the
@@ -94,7 +95,7 @@ class Ingest:
         return (
             Context, Shape, enricher.hostname, enricher.extra_tags, enricher.blocklist, enricher.strings,
             enricher.cache_limit, aggregator.slot, aggregator.copy_slot, self.shape_limit,
-            frozenset(enricher.tag_rules),
+            frozenset(enricher.tag_rules), enricher.origins is not None,
         )  # fmt: skip
 
     def datagram(self, data: bytes, transport: str, now: float) -> None:
@@ -124,6 +125,27 @@ class Ingest:
             self.stats.parse.messages["metric", "ok"] += ok
         if blocked:
             self.stats.dropped["blocklist"] += blocked
+
+    @property
+    def origins_generation(self) -> int:
+        """The container tagger's generation (it grows when it learns or forgets an entity); 0 without one."""
+        origins = self.enricher.origins
+        return 0 if origins is None else origins.generation
+
+    def learn_origins_again(self) -> None:
+        """When the tagger knows more (the flush loop asks every half second), the lines of origins it did not
+        know are learned again, now with their tags (a shape holds its context's tags). Every shape goes, since
+        which shape had which origin is not kept; a kubelet that is down changes nothing, so costs nothing."""
+        origins = self.enricher.origins
+        if origins is None or origins.generation == self._origins_seen:
+            return
+        self._origins_seen = origins.generation
+        unresolved = self.enricher.unresolved
+        known = {entity for entity in unresolved if origins.known(entity)}
+        if known:
+            unresolved -= known
+            self.enricher.forget_cached()
+            self.shapes.clear()
 
     def _lines(self, lines: Iterable[bytes], bucket: Bucket, now: float) -> tuple[int, int]:
         """The fast path in Python (relay/_speedups.c does the same in C); returns (accepted, blocklisted)."""
@@ -198,7 +220,7 @@ class Ingest:
             return None
         if len(self.shapes) >= self.shape_limit:
             self.shapes.clear()
-        context = self.enricher.context(item.name, item.tags)
+        context = self.enricher.context(item.name, item.tags, item.origin)
         if context is None:
             shape = Shape(NO_SLOT, BLOCKED, 1.0, NO_SLOT)
         else:
@@ -228,7 +250,7 @@ class Ingest:
             if type(item) is MetricSample:
                 values = len(item.values) or 1
                 stats.parse.messages["metric", "ok"] += values
-                context = enricher.context(item.name, item.tags)
+                context = enricher.context(item.name, item.tags, item.origin)
                 if context is None:
                     stats.dropped["blocklist"] += values
                 else:

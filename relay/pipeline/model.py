@@ -57,6 +57,15 @@ class Context(NamedTuple):
     tags: tuple[str, ...]
 
 
+class Origin(NamedTuple):
+    """Where a line says it comes from: its `c:` (container), `e:` (external data) and `card:` (tag cardinality)
+    fields, as sent (relay/pipeline/origin.py reads them)."""
+
+    container: str = ""
+    external: str = ""
+    cardinality: str = ""
+
+
 class MetricSample(NamedTuple):
     """One parsed metric line; a packed line (v1.1) carries several values."""
 
@@ -67,6 +76,7 @@ class MetricSample(NamedTuple):
     rate: float
     tags: tuple[str, ...]
     timestamp: int  # 0 when the line had no |T field
+    origin: Origin | None = None  # None when the line had no c:, e: or card: field
 
 
 @dataclass(slots=True)
@@ -80,6 +90,7 @@ class Event:
     source_type_name: str = ""
     alert_type: str = "info"
     tags: tuple[str, ...] = ()
+    origin: Origin | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +101,7 @@ class ServiceCheck:
     host: str | None = None
     message: str = ""
     tags: tuple[str, ...] = ()
+    origin: Origin | None = None
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Iterator
 
-from relay.pipeline.model import Event, MetricSample, MetricType, ServiceCheck
+from relay.pipeline.model import Event, MetricSample, MetricType, Origin, ServiceCheck
 
 METRIC, EVENT, SERVICE_CHECK = "metric", "event", "service_check"
 UNTERMINATED = "unterminated"  # dogstatsd_eol_required: counted apart, like the Agent's UnterminatedMetricErrors
@@ -24,6 +24,7 @@ _INT64_MAX = 2**63 - 1
 _PRIORITIES = frozenset(("normal", "low"))
 _ALERT_TYPES = frozenset(("error", "warning", "info", "success"))
 _SERVICE_CHECK_STATUSES = {b"0": 0, b"1": 1, b"2": 2, b"3": 3}
+_ORIGIN_FIELDS = (b"c:", b"e:")  # with card:, the fields that say where a line comes from (protocol v1.2+)
 
 
 class ParseError(Exception):
@@ -94,9 +95,12 @@ def parse_metric(line: bytes, timestamps: bool = True) -> MetricSample:
         raise ParseError(METRIC, "invalid metric type")
     rate, timestamp = 1.0, 0
     tags: tuple[str, ...] = ()
+    origin = None
     for field in fields[2:]:
         prefix = field[:1]
-        if prefix == b"#":
+        if prefix in b"ce" and (field[:2] in _ORIGIN_FIELDS or field[:5] == b"card:"):
+            origin = _origin_field(origin, field)
+        elif prefix == b"#":
             tags = parse_tags(field[1:])
         elif prefix == b"@":
             try:
@@ -108,10 +112,21 @@ def parse_metric(line: bytes, timestamps: bool = True) -> MetricSample:
             if parsed is None or parsed < 1:
                 raise ParseError(METRIC, "dogstatsd timestamp should be > 0")
             timestamp = parsed
-        # Everything else (c:, e:, card:, unknown, empty) is ignored: the relay has no container tagger.
+        # Everything else (unknown, empty) is ignored.
     if metric_type is MetricType.SET:
-        return MetricSample(_text(name), metric_type, (), _text(raw_value), rate, tags, timestamp)
-    return MetricSample(_text(name), metric_type, parse_values(raw_value), "", rate, tags, timestamp)
+        return MetricSample(_text(name), metric_type, (), _text(raw_value), rate, tags, timestamp, origin)
+    return MetricSample(_text(name), metric_type, parse_values(raw_value), "", rate, tags, timestamp, origin)
+
+
+def _origin_field(origin: Origin | None, field: bytes) -> Origin:
+    """`c:` (container), `e:` (external data) or `card:` (cardinality) onto the line's origin; a repeated field
+    overwrites the earlier one, as every field does."""
+    origin = origin or Origin()
+    if field[:2] == b"c:":
+        return origin._replace(container=_text(field[2:]))
+    if field[:2] == b"e:":
+        return origin._replace(external=_text(field[2:]))
+    return origin._replace(cardinality=_text(field[5:]))
 
 
 def parse_values(raw: bytes) -> tuple[float, ...]:
@@ -205,7 +220,8 @@ def parse_event(line: bytes) -> Event:
 
 
 def _shared_field(item: Event | ServiceCheck, field: bytes) -> bool:
-    """`d:`, `h:` and `#` mean the same for events and service checks; True when `field` was one of them.
+    """`d:`, `h:`, `#` and the origin fields mean the same for events and service checks; True when `field` was
+    one of them.
     An invalid timestamp is ignored and the item kept, like the Agent."""
     prefix = field[:2]
     if prefix == b"d:":
@@ -216,6 +232,8 @@ def _shared_field(item: Event | ServiceCheck, field: bytes) -> bool:
         item.host = _text(field[2:])
     elif field[:1] == b"#":
         item.tags = parse_tags(field[1:])
+    elif field[:2] in _ORIGIN_FIELDS or field[:5] == b"card:":
+        item.origin = _origin_field(item.origin, field)
     else:
         return False
     return True

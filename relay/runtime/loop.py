@@ -66,6 +66,7 @@ async def flush_loop(pipeline: Pipeline, should_exit: asyncio.Event, guard: Memo
             if should_exit.is_set():
                 return  # the final flush takes every bucket
             pipeline.aggregator.fold_samples()
+            pipeline.ingest.learn_origins_again()
             collector.freeze()
             if guard is not None:
                 guard.check(time.time())

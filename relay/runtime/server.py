@@ -32,6 +32,7 @@ from relay.runtime.handoff import (
 from relay.runtime.health import HANDLED_SIGNALS, refuse_reload, start_front
 from relay.runtime.listen import Listeners
 from relay.runtime.loop import final_flush, flush_loop
+from relay.tagger import Tagger
 from relay.telemetry.prometheus import build_registry
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class Relay:
         """Raises ConfigError (naming relay.memory_limit) when the memory limit cannot hold the relay."""
         self.budget = budget_for(config)
         config = self.config = self.budget.apply(config)
-        self.pipeline = Pipeline(config, out=out)
+        self.tagger = Tagger.from_config(config)  # on Kubernetes (the kubelet) or with docker_host: origin tags
+        self.pipeline = Pipeline(config, out=out, tagger=self.tagger)
         self.stats = self.pipeline.stats
         self.guard = MemoryGuard(self.budget, self.stats, self.pipeline.hold_memory)
         self.stats.info["memory"] = self.budget.document()
@@ -109,6 +111,11 @@ class Relay:
         if handoff is not None:
             await self._adopt_bridge(handoff)
         await self.pipeline.sink.start()
+        if self.tagger is not None:
+            self.tagger.start()
+        if self.config.dogstatsd_origin_detection:
+            logger.warning("dogstatsd_origin_detection: the Unix socket sender's pid is not read yet; origins come "
+                           "from the clients (c:, DD_ENTITY_ID) with dogstatsd_origin_detection_client")  # fmt: skip
         flusher = asyncio.create_task(flush_loop(self.pipeline, self.should_exit, self.guard), name="flusher")
         runner = self.pipeline.checks
         checks = asyncio.create_task(runner.run(), name="checks") if runner else None
@@ -127,6 +134,8 @@ class Relay:
             checks.cancel()
             await asyncio.gather(checks, return_exceptions=True)
             runner.close()
+        if self.tagger is not None:
+            await asyncio.to_thread(self.tagger.stop)
         if bridge is None:
             await final_flush(self.pipeline, flusher, self.should_exit)
             await health.cleanup()

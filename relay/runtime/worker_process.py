@@ -17,16 +17,22 @@ from relay.logs import setup_logging
 from relay.pipeline.assemble import Pipeline
 from relay.runtime.loop import final_flush, flush_loop, run_loop
 from relay.runtime.pipes import pump
+from relay.tagger import Tagger
 from relay.telemetry.worker_reports import worker_report
 
 
 def worker_main(config: Config, index: int, data: Connection, reports: Connection) -> None:
     """The entry point of a worker process."""
     setup_logging(config.log_level, config.api_key)
-    pipeline = Pipeline(config)
+    tagger = Tagger.from_config(config)  # each worker asks for its own origins' tags
+    pipeline = Pipeline(config, tagger=tagger)
     if config.confd_path or config.relay_host_collectors:
         pipeline.load_checks()
+    if tagger is not None:
+        tagger.start()
     run_loop(run_worker(pipeline, data, reports))
+    if tagger is not None:
+        tagger.stop()
 
 
 async def run_worker(pipeline: Pipeline, data: Connection, reports: Connection) -> None:

@@ -25,6 +25,7 @@ class RelayCollector:
         yield from self._parse_and_aggregate(self.stats)
         yield from self._forward(self.stats)
         yield from self._memory(self.stats)
+        yield from _tagger_families(self.stats.gauges.tagger())
         yield from self._destinations()
 
     @staticmethod
@@ -170,6 +171,22 @@ def _memory_families(s: Stats) -> Iterator[Metric]:
                               "over 85 % of the limit).", value=s.aggregate.memory_holds)  # fmt: skip
     yield _counter("relay_captures_paused", "Datagrams a capture skipped: its share of memory was full.", ["tap"],
                    s.listen.taps_paused)  # fmt: skip
+
+
+def _tagger_families(tagger: Mapping[str, Any]) -> Iterator[Metric]:
+    """The container tagger's state (none without a tagger)."""
+    if not tagger:
+        return
+    yield _gauge("relay_tagger_pods", "Pods the container tagger knows (the kubelet's pod list).", tagger["pods"])
+    yield _gauge("relay_tagger_containers", "Containers the container tagger knows.", tagger["containers"])
+    yield _gauge("relay_tagger_origins_unresolved", "Origins (containers, pods) lines came from that the tagger "
+                 "did not know: their lines went on without those tags.", tagger["origins_unresolved"])  # fmt: skip
+    yield CounterMetricFamily("relay_tagger_untagged", "Contexts, events and service checks made without their "
+                              "origin's tags (it was not known yet).", value=tagger["untagged"])  # fmt: skip
+    yield CounterMetricFamily("relay_tagger_errors", "Failed reads of the kubelet's pods or of Docker's containers.",
+                              value=tagger["errors"])  # fmt: skip
+    yield _gauge("relay_tagger_last_success_timestamp_seconds", "When the tagger last read its source (0: never).",
+                 tagger["last_success_at"] or 0)  # fmt: skip
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:

@@ -91,6 +91,7 @@ class Gauges:
     worker_queues: dict[str, Callable[[], int]] = field(default_factory=dict)  # relay.workers > 1, by worker
     memory_used: Callable[[], dict[str, int]] = dict  # the memory guard: bytes by holder, and resident
     tap_bytes: Callable[[], int] = _zero  # captures' buffers
+    tagger: Callable[[], dict[str, Any]] = dict  # the container tagger's state and the origins it did not know
 
     def listener(self, name: str) -> ListenerGauges:
         return self.listeners.setdefault(name, ListenerGauges())

@@ -40,6 +40,8 @@ def status_document(stats: Stats) -> dict[str, Any]:
         "statsd_forward": dict(listen.forwarded),
         # what the official clients say they could not send (their telemetry), by transport
         "client_drops": _client_drops(listen.client_drops),
+        # the container tagger (on Kubernetes or with docker_host): what it knows, its last error, origins not known
+        "tagger": gauges.tagger(),
         "messages": {kind: {"ok": messages[kind, "ok"], "error": messages[kind, "error"]} for kind in MESSAGE_TYPES},
         "parse_errors": dict(stats.parse.errors),
         "tags_filtered": dict(stats.parse.tags_filtered.most_common(20)),  # metric_tag_filterlist, lines cut

@@ -32,7 +32,24 @@ def diagnose(
         _spool_disk(config),
         _memory(status),
         *_unix_clients(config, status),
+        *_tagger(status),
     ]
+
+
+def _tagger(status: dict[str, Any] | None) -> list[Finding]:
+    """The container tagger: a source it cannot read (no origin tags at all), or origins it does not know."""
+    tagger = (status or {}).get("tagger")
+    if not tagger:
+        return []
+    if tagger["last_error"] and not tagger["pods"] and not tagger["containers"]:
+        return [("FAIL", "tagger", f"{tagger['source']}: {tagger['last_error']}: no line gets its pod's tags. Check "
+                 "the node's IP in DD_KUBERNETES_KUBELET_HOST, the ClusterRole for nodes/pods and the service "
+                 "account token (or docker_host)")]  # fmt: skip
+    known = f"{tagger['pods']} pods, {tagger['containers']} containers known from {tagger['source']}"
+    if tagger["origins_unresolved"]:
+        return [("WARN", "tagger", f"{known}; {tagger['origins_unresolved']} origins the lines named are not among "
+                 "them (not on this node, or not started yet): their lines go without those tags")]  # fmt: skip
+    return [("OK", "tagger", known)]
 
 
 def _receive_buffer(config: Config) -> Finding:

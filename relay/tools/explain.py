@@ -1,8 +1,9 @@
 """Explain: one datagram through the real stages, line by line: parse, enrich, aggregate, serialize. Pure.
 
 What `dogstatsd-relay explain '<datagram>'` prints: for each line, what the parser read (or exactly why it was
-rejected), the context it lands in after mapping, namespace, blocklist, host tags and metric_tag_filterlist (the
-rule and the tags it removed), then what a flush of this datagram alone would send and the payloads it would make.
+rejected), the origin it came from and the tags that added (with a container tagger), the context it lands in
+after mapping, namespace, blocklist, host tags and metric_tag_filterlist (the rule and the tags it removed), then
+what a flush of this datagram alone would send and the payloads it would make.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from relay.config import Config
 from relay.pipeline.assemble import Pipeline
 from relay.pipeline.enrich import Enricher
 from relay.pipeline.model import Event, Flushed, MetricSample, ServiceCheck
+from relay.pipeline.origin import ContainerTagger
 from relay.pipeline.parse import ParseError, datagram_lines, parse_terminated
 
 
-def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> dict[str, Any]:
+def explain(
+    config: Config, data: bytes, now: float, transport: str = "udp", tagger: ContainerTagger | None = None
+) -> dict[str, Any]:
     """Each line goes through the relay's own ingest (fast path and all) into a pipeline of its own; what the
-    parser and the enricher made of it is shown beside what the aggregator kept."""
-    pipeline = Pipeline(replace(config, api_key=""), out=io.StringIO())  # a dry run: nothing is sent
+    parser and the enricher made of it is shown beside what the aggregator kept. `tagger`: the container tagger
+    whose tags the lines' origins add (the relay's, on Kubernetes or with docker_host)."""
+    pipeline = Pipeline(replace(config, api_key=""), out=io.StringIO(), tagger=tagger)  # a dry run: nothing is sent
     stats, enricher = pipeline.stats, pipeline.enricher
     lines = []
     eol_required = config.eol_required_for(transport)
@@ -68,8 +73,15 @@ def explain(config: Config, data: bytes, now: float, transport: str = "udp") -> 
 
 def _metric(item: MetricSample, enricher: Enricher, dropped: Counter[str]) -> dict[str, Any]:
     """A metric line: the context it lands in, and the metric_tag_filterlist rule that cut its tags, if any."""
-    entry: dict[str, Any] = {"kind": "metric", "parsed": {**item._asdict(), "type": item.type.value}}
-    context = enricher.context(item.name, item.tags)
+    parsed = {**item._asdict(), "type": item.type.value, "origin": item.origin._asdict() if item.origin else None}
+    entry: dict[str, Any] = {"kind": "metric", "parsed": parsed}
+    if enricher.origins is not None:
+        resolved = enricher.origin_tags(item.tags, item.origin)
+        entry["origin"] = {
+            "entities": list(resolved.entities), "cardinality": resolved.cardinality, "added": list(resolved.tags),
+            "unknown": list(resolved.unknown),
+        }  # fmt: skip
+    context = enricher.context(item.name, item.tags, item.origin)
     if context is None:
         entry["outcome"] = "dropped: the name is in statsd_metric_blocklist"
         return entry
@@ -125,6 +137,11 @@ def render(result: dict[str, Any]) -> str:
         if "context" in line:
             context = line["context"]
             out.append(f"  context: name={context['name']!r} host={context['host']!r} tags={list(context['tags'])}")
+        if "origin" in line:
+            origin = line["origin"]
+            came = ", ".join(origin["entities"]) or "no origin"
+            unknown = f"; not known yet: {origin['unknown']}" if origin["unknown"] else ""
+            out.append(f"  origin:  {came} ({origin['cardinality']}) added {origin['added']}{unknown}")
         if "tag_filter" in line:
             rule = line["tag_filter"]
             removed = f"removed {rule['removed']}" if rule["removed"] else "removed nothing"

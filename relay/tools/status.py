@@ -17,7 +17,7 @@ def _number(value: Any) -> str:
 def render(status: dict[str, Any]) -> str:
     """The text of `dogstatsd-relay status`, section by section as `datadog-agent status` prints them."""
     lines = []
-    for section in (_header, _listeners, _dogstatsd, _aggregator, _memory, _checks, _forwarder):
+    for section in (_header, _listeners, _dogstatsd, _tagger, _aggregator, _memory, _checks, _forwarder):
         lines += section(status)
     return "\n".join(lines) + "\n"
 
@@ -61,6 +61,23 @@ def _listeners(status: dict[str, Any]) -> list[str]:
     if status.get("statsd_forward"):
         sent, failed = (_number(status["statsd_forward"].get(result, 0)) for result in ("sent", "error"))
         lines.append(f"  statsd_forward: {sent} packets teed, {failed} failed")
+    return lines
+
+
+def _tagger(status: dict[str, Any]) -> list[str]:
+    """The container tagger (on Kubernetes or with docker_host): what it knows, and what it did not."""
+    tagger = status.get("tagger")
+    if not tagger:
+        return []
+    lines = _title("Tagger")
+    lines.append(f"  Source: {tagger['source']}")
+    lines.append(f"  Pods: {_number(tagger['pods'])}  Containers: {_number(tagger['containers'])}")
+    last = tagger.get("last_success_at")
+    lines.append(f"  Last read: {_duration(time.time() - last) + ' ago' if last else 'never'}")
+    lines.append(f"  Origins not known: {_number(tagger['origins_unresolved'])} (contexts made without their "
+                 f"origin's tags: {_number(tagger['untagged'])})")  # fmt: skip
+    if tagger.get("last_error"):
+        lines.append(f"  [WARNING] last error ({_number(tagger['errors'])} in all): {tagger['last_error']}")
     return lines
 
 

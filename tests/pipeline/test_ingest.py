@@ -15,6 +15,7 @@ from relay.pipeline.assemble import Pipeline
 from relay.pipeline.enrich import Enricher
 from relay.pipeline.ingest import COUNTER, SHAPE_CACHE_LIMIT, Ingest
 from relay.pipeline.model import Kind
+from relay.pipeline.origin import Origins
 from relay.telemetry.stats import Stats
 from tests.conftest import config
 
@@ -24,7 +25,8 @@ VALUES = [b"1", b"-2.5", b"0", b" 1", b"1 ", b"nan", b"-inf", b"0x1p3", b"1e309"
 SUFFIXES = [b"c", b"g", b"h", b"ms", b"d", b"s", b"c|@0.5", b"h|@0.25", b"d|@0", b"g|#x,y", b"c|#y,x,x",
             b"c|#host:other", b"g|T1000", b"c|T-1", b"G", b"c|@x", b"s|#", b"ms|@2", b"c|c:abc|card:low", b"x",
             b"c|#r:1,x", b"c|#r:2,x", b"c|#x", b"c|#", b"c|#host:r", b"d|#r:3,y:\xff", b"h|#r|#x,r:4",
-            b"g|#host:r,r:5"]  # fmt: skip
+            b"g|#host:r,r:5", b"c|c:ci-k1", b"g|c:ci-k2|card:orchestrator", b"c|#dd.internal.entity_id:p1",
+            b"h|c:in-7|card:high", b"c|c:ci-k1|#dd.internal.entity_id:p1", b"d|c:ci-unknown", b"c|card:none|c:k1"]  # fmt: skip
 # metric_tag_filterlist rules on some NAMES, to check that a cut shape means what the line means.
 TAG_RULES = [{"metric_name": "a", "tags": ["r"]}, {"metric_name": "caf\u00e9", "action": "include", "tags": ["x", "y"]},
              {"metric_name": "host", "tags": ["host", "x"]}, {"metric_name": "b.c", "tags": ["r"]}]  # fmt: skip
@@ -41,11 +43,38 @@ lines = st.one_of(
 datagrams = st.lists(lines, min_size=1, max_size=12).map(lambda parts: b"\n".join(parts))
 
 
-def pipeline(accelerate: bool = False, **overrides: Any) -> Ingest:
-    cfg = config(hostname="h", statsd_metric_blocklist="b.c", **overrides)
+class Containers:
+    """A container tagger that knows two containers, a pod and a cgroup inode (the real one reads the kubelet:
+    tests/tagger and tests/test_origin.py)."""
+
+    generation = 1
+
+    def __init__(self) -> None:
+        self.known = {
+            "container_id://k1": {"low": ("kube_deployment:one",), "orchestrator": ("pod_name:one-x",)},
+            "container_id://k2": {"low": ("kube_deployment:two",), "orchestrator": ("pod_name:two-x",)},
+            "kubernetes_pod_uid://p1": {"low": ("kube_namespace:pods",), "orchestrator": ()},
+        }
+
+    def tags(self, entity: str, cardinality: str) -> tuple[str, ...] | None:
+        levels = self.known.get(entity)
+        if levels is None:
+            return None
+        return levels["low"] + (levels["orchestrator"] if cardinality != "low" else ())
+
+    def container_of_inode(self, inode: int) -> str | None:
+        return "k2" if inode == 7 else None
+
+    def state(self) -> dict[str, object]:
+        return {}
+
+
+def pipeline(accelerate: bool = False, tagger: bool = False, **overrides: Any) -> Ingest:
+    cfg = config(hostname="h", statsd_metric_blocklist="b.c", dogstatsd_origin_detection_client="true", **overrides)
     stats = Stats()
     aggregator = Aggregator(cfg, stats)
-    return Ingest(cfg, stats, Enricher(cfg), aggregator, accelerate=accelerate)
+    origins = Origins(cfg, Containers()) if tagger else None
+    return Ingest(cfg, stats, Enricher(cfg, origins), aggregator, accelerate=accelerate)
 
 
 @pytest.fixture(params=["python", "c"])
@@ -68,13 +97,15 @@ def outcome(ingest: Ingest) -> tuple[Any, ...]:
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(datagrams, min_size=1, max_size=8), st.sampled_from(["udp", "uds"]), st.booleans(), st.booleans())
-def test_fast_path_equals_reference_path(accelerate, sequence, transport, eol_required, tag_rules):
+@given(st.lists(datagrams, min_size=1, max_size=8), st.sampled_from(["udp", "uds"]), st.booleans(), st.booleans(),
+       st.booleans())  # fmt: skip
+def test_fast_path_equals_reference_path(accelerate, sequence, transport, eol_required, tag_rules, tagger):
+    """With or without a container tagger (origin fields and entity ids then add tags)."""
     overrides = {"dogstatsd_eol_required": "udp uds"} if eol_required else {}
     overrides["histogram_copy_to_distribution"] = "true"
     if tag_rules:
         overrides["metric_tag_filterlist"] = json.dumps(TAG_RULES)
-    fast, reference = pipeline(accelerate, **overrides), pipeline(**overrides)
+    fast, reference = pipeline(accelerate, tagger, **overrides), pipeline(False, tagger, **overrides)
     for data in sequence * 2:  # the second time round, every shape is cached
         fast.datagram(data, transport, 1000.0)
         reference.reference(data, transport, 1000.0)
@@ -176,3 +207,18 @@ def test_the_c_fast_path_leaves_the_filtered_metrics_to_python(monkeypatch, spee
     assert set(fast.shapes) == {b"f:c|#", b"g:c|#r:1", b"f:c|#q"}
     fast.datagram(b"f:1|c|#q", "udp", 1000.0)  # a filtered metric's line that the rule leaves whole: C takes it
     assert len(learned_in_python) == 3 and fast.aggregator.bucket(1000).counters == {0: 2.0, 1: 2.0, 2: 2.0}
+
+
+def test_origin_tags_are_learned_once_per_shape_and_the_c_path_leaves_them_to_python(accelerate):
+    """A line's origin (c:, card:, dd.internal.entity_id) adds its tags on the fast paths as on the reference path:
+    the shape holds them, so a known line costs no lookup."""
+    ingest = pipeline(accelerate, tagger=True)
+    data = b"m:1|c|c:ci-k1\nm:1|c|c:ci-k2|card:orchestrator\nm:1|c|#dd.internal.entity_id:p1\nm:1|c|c:ci-zz\nm:1|c"
+    for _ in range(3):
+        ingest.datagram(data, "udp", 1000.0)
+    counted = {s.context.tags: s.points[0][1] for s in ingest.aggregator.flush(2000, force=True).series}
+    assert counted == {
+        ("kube_deployment:one",): 0.3, ("kube_deployment:two", "pod_name:two-x"): 0.3, ("kube_namespace:pods",): 0.3,
+        (): 0.6,  # the unknown container's lines and the plain ones: one context, no tag lost or added
+    }  # fmt: skip
+    assert ingest.enricher.unresolved == {"container_id://zz"} and len(ingest.shapes) == 5
