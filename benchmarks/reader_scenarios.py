@@ -246,6 +246,8 @@ for _ in sys.stdin:  # one burst a line
     for i in range(int(sys.argv[2])):
         send[i % 6](i)
     print(client.packets_sent, flush=True)
+client._last_flush_time = 0  # at the end, its telemetry now: it rides on the next metric, every 10 s otherwise
+client.increment("bench.uds.end")
 """
 
 
@@ -327,13 +329,16 @@ def client_uds(seconds: float, metrics: int = 600, idle_bursts: int = 10, load_b
                 try:
                     count = lambda relay=relay: _uds_packets(relay)  # noqa: E731
                     idle = _bursts(path, count, metrics, idle_bursts if kind == "unpinned" else 5, client_cpus)
-                    _record(summary, f"{label}_{kind}_idle", idle)
+                    _record(summary, f"{label}_{kind}_idle", idle, metrics, _client_drops(relay))
                     if kind == "unpinned":
                         load = _mix_load(relay.port, load_bursts + 3)
                         if load is not None:
                             time.sleep(1)
+                            before = _client_drops(relay)
                             shares = _bursts(path, count, metrics, load_bursts, None)
-                            _record(summary, f"{label}_unpinned_mix_200k", shares)
+                            _record(
+                                summary, f"{label}_unpinned_mix_200k", shares, metrics, _client_drops(relay) - before
+                            )
                             load.wait()
                 finally:
                     relay.stop()
@@ -356,8 +361,15 @@ def client_uds(seconds: float, metrics: int = 600, idle_bursts: int = 10, load_b
     return Result("client-uds", summary, [], {"kind": "none"})
 
 
-def _record(summary: dict[str, Any], key: str, percents: list[float]) -> None:
+def _record(
+    summary: dict[str, Any], key: str, percents: list[float], metrics: int = 0, client_reported: int | None = None
+) -> None:
+    """The share of each burst that arrived; with the relay, the lines lost against the drops the client itself
+    reported in its telemetry (datadog.dogstatsd.client.packets_dropped, read by the relay)."""
     summary[f"{key}_percent"] = percents
+    if client_reported is not None:
+        summary[f"{key}_lost_lines"] = round(sum(metrics * (100 - share) / 100 for share in percents))
+        summary[f"{key}_client_reported_drops"] = client_reported
     summary[f"{key}_min_percent"] = min(percents)
 
 
@@ -426,6 +438,17 @@ def _metric_lines(relay: Relay) -> int:
 def _intake_total(intake: Intake, metric: str) -> float:
     series = (intake.received() or {}).get("series", [])
     return sum(value * s["interval"] for s in series if s["metric"] == metric for _, value in s["points"])
+
+
+def _client_drops(relay: Relay) -> int:
+    """The drops the clients reported over the Unix socket, once their last telemetry has arrived and a flush
+    has closed its bucket (the relay counts them from closed buckets)."""
+    flushes = lambda: ((relay.status() or {}).get("aggregator") or {}).get("flushes", 0)  # noqa: E731
+    before, deadline = flushes(), time.monotonic() + 12
+    while flushes() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    reported = (relay.status() or {}).get("client_drops", {}).get("uds", {})
+    return sum(kinds.get("total", 0) for kinds in reported.values())
 
 
 def _uds_packets(relay: Relay) -> int:

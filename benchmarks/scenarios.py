@@ -42,16 +42,31 @@ from benchmarks.reader_scenarios import (
     reader_throughput,
 )
 
+# A DaemonSet's relay: client origins on, the tagger on (its kubelet refuses: the lines' containers stay unknown,
+# and take the same path as known ones; a shape holds its tags either way).
+ORIGIN_RELAY = {"DD_DOGSTATSD_ORIGIN_DETECTION_CLIENT": "true", "DD_KUBERNETES_KUBELET_HOST": "127.0.0.1",
+                "DD_KUBERNETES_HTTPS_KUBELET_PORT": "1", "DD_KUBERNETES_HTTP_KUBELET_PORT": "1"}  # fmt: skip
 
-def throughput(name: str, per_datagram: int, mix: bool, peer: bool, seconds: float) -> Result:
+
+def with_origins(grams: list[bytes], containers: int = 8) -> list[bytes]:
+    """Each line with a `c:ci-<container id>` field, as the official clients add it, from `containers` pods."""
+    ids = [b"|c:ci-%064x" % (index + 1) for index in range(containers)]
+    return [b"\n".join(line + ids[n % containers] for n, line in enumerate(gram.split(b"\n"))) for gram in grams]
+
+
+def throughput(name: str, per_datagram: int, mix: bool, peer: bool, seconds: float, origins: bool = False) -> Result:
     """Max sustained rate with < 0.1 % loss for the relay, and for the Etsy statsd daemon fed the same load (and,
-    with --baseline REV, for the relay of that revision)."""
-    file = write_datagrams(datagrams(per_datagram, 1000, mix, 5000))
+    with --baseline REV, for the relay of that revision). `origins`: a `c:` field on every line, to a relay
+    configured as a Kubernetes DaemonSet's."""
+    grams = datagrams(per_datagram, 1000, mix, 5000)
+    file = write_datagrams(with_origins(grams) if origins else grams)
     intake = Intake()
-    summary: dict[str, Any] = {"lines_per_datagram": per_datagram, "contexts": 1000, "type_mix": mix}
-    servers: list[Callable[[], Server]] = [lambda: Relay(intake.url)]
+    summary: dict[str, Any] = {"lines_per_datagram": per_datagram, "contexts": 1000, "type_mix": mix,
+                               "c_field_on_every_line": origins}  # fmt: skip
+    env: dict[str, Any] = dict(ORIGIN_RELAY) if origins else {}
+    servers: list[Callable[[], Server]] = [lambda: Relay(intake.url, **env)]
     if BASELINE["tree"] is not None:  # --baseline REV: that revision's relay too, in the same run
-        servers.append(lambda: labelled_relay(intake.url, "before"))
+        servers.append(lambda: labelled_relay(intake.url, "before", **env))
     if peer:
         servers.append(EtsyStatsd)
     try:
@@ -270,6 +285,8 @@ SCENARIOS: dict[str, Callable[[float], Result]] = {
     "udp-1": lambda seconds: throughput("udp-1", 1, False, peer=False, seconds=seconds),
     "udp-20": lambda seconds: throughput("udp-20", 20, False, peer=True, seconds=seconds),
     "mix": lambda seconds: throughput("mix", 20, True, peer=True, seconds=seconds),
+    "udp-20-origin": lambda seconds: throughput("udp-20-origin", 20, False, peer=False, seconds=seconds, origins=True),
+    "mix-origin": lambda seconds: throughput("mix-origin", 20, True, peer=False, seconds=seconds, origins=True),
     "uds-8k": unix_datagrams,
     "probe-overhead": probe_overhead,
     "distributions": distributions,
