@@ -77,10 +77,10 @@ def _parents() -> list[tuple[_Files, Path]]:
     return sorted(candidates, key=lambda candidate: -candidate[0].version)
 
 
-def _make(files: _Files, parent: Path) -> Path | None:
+def _make(files: _Files, parent: Path, name: str = "") -> Path | None:
     """A new child of `parent`, or None where it cannot be made or lacks the files we read (memory.peak came
     with Linux 5.19: without it a v2 peak could only be sampled, so v1 is then preferred)."""
-    path = parent / f"dogstatsd-relay-{os.getpid()}-{secrets.token_hex(3)}"
+    path = parent / (name or f"dogstatsd-relay-{os.getpid()}-{secrets.token_hex(3)}")
     try:
         path.mkdir()
     except OSError:
@@ -116,14 +116,16 @@ class MemoryCgroup:
     Pass `preexec` to subprocess.Popen(preexec_fn=...): the child joins between fork and exec, so the program
     sees that limit from its first instruction, and all it allocates is charged here."""
 
-    def __init__(self, limit_bytes: int | None) -> None:
+    def __init__(self, limit_bytes: int | None, name: str = "") -> None:
+        """`name`: the directory's (a container's id, say); by default one of its own."""
         self.limit_bytes = limit_bytes
+        self.name = name
         self.path = Path()
         self.files = V1
 
     def __enter__(self) -> MemoryCgroup:
         for files, parent in _parents():
-            path = _make(files, parent)
+            path = _make(files, parent, self.name)
             if path is None:
                 continue
             self.path, self.files = path, files

@@ -12,11 +12,11 @@
  * it at dogstatsd_buffer_size. The first datagram queued after a `take` writes to `wakeup_fd` (an eventfd), so
  * the event loop wakes once per batch, not once per datagram.
  *
- *   take(limit) -> (datagrams: list[bytes], truncated: int, errors: int, more: bool)
+ *   take(limit) -> (datagrams: list[bytes], truncated: int, errors: int, more: bool, pids: list[int] | None)
  *
  * hands out the queue in slices of about `limit` bytes: the first take after the last slice takes the whole
  * queue from the thread (`truncated` counts those datagrams, `errors` the read errors since the last take; the thread then has room again), and `more` says
- * whether anything is left, in slices or queued since. It clears the eventfd. `stop()` ends the thread and joins it; what it had
+ * whether anything is left, in slices or queued since; `pids` are the senders' (credentials=True, see CREDENTIALS). It clears the eventfd. `stop()` ends the thread and joins it; what it had
  * queued is still there for the last takes.
  *
  *   Reader(fd, max_size, queue_bytes, 1, stream=True, connections=[(fd, pending bytes), ...])
@@ -94,6 +94,7 @@ struct Reader {
     Drainer drainers[MAX_THREADS];
     int threads, started, stopping;
     int stream;                 /* a listening stream socket: its clients are the thread's alone while it runs */
+    int credentials;            /* SO_PASSCRED: each record carries its sender's pid (see CREDENTIALS) */
     Connection *connections;
     int connection_count, connection_room;
     double last_data;           /* CLOCK_MONOTONIC of the last bytes read from a client */
@@ -121,12 +122,14 @@ static void buffer_release(Buffer *buffer) {
 
 /* Append one record to the queue, growing it up to its bound (`bounded`; a stream's frames are never dropped: its
  * thread stops reading instead, see wait_for_room); 0 when it does not fit. Called under the lock. */
-static int enqueue(Reader *self, const char *data, uint32_t length, int bounded) {
+static int enqueue(Reader *self, const char *data, uint32_t length, int bounded, int32_t pid) {
     if (bounded && self->queued_bytes + length > self->queue_bytes) return 0;  /* counts datagram bytes only */
-    size_t needed = self->queue.used + sizeof length + length;
+    size_t header = sizeof length + (self->credentials ? sizeof pid : 0);
+    size_t needed = self->queue.used + header + length;
     if (!buffer_reserve(&self->queue, needed)) return 0;
     memcpy(self->queue.data + self->queue.used, &length, sizeof length);
-    memcpy(self->queue.data + self->queue.used + sizeof length, data, length);
+    if (self->credentials) memcpy(self->queue.data + self->queue.used + sizeof length, &pid, sizeof pid);
+    memcpy(self->queue.data + self->queue.used + header, data, length);
     self->queue.used = needed;
     self->queued_datagrams++;
     self->queued_bytes += length;
@@ -256,6 +259,22 @@ static int wait_for_room(Reader *self) {
     return __atomic_load_n(&self->stopping, __ATOMIC_ACQUIRE) ? -1 : 1;
 }
 
+/* CREDENTIALS. With dogstatsd_origin_detection the socket has SO_PASSCRED, and the kernel attaches the sender's
+ * pid (in this process's pid namespace) to each datagram; relay/runtime/readers.py finds its container. A
+ * datagram without one (or whose sender the namespace cannot see) has pid 0: no origin, as in the Agent. */
+static int32_t sender_pid(struct msghdr *header) {
+    if (header->msg_controllen == 0) return 0;
+    for (struct cmsghdr *message = CMSG_FIRSTHDR(header); message != NULL; message = CMSG_NXTHDR(header, message)) {
+        if (message->cmsg_level == SOL_SOCKET && message->cmsg_type == SCM_CREDENTIALS &&
+            message->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
+            struct ucred credentials;
+            memcpy(&credentials, CMSG_DATA(message), sizeof credentials);
+            return credentials.pid;
+        }
+    }
+    return 0;
+}
+
 static void *drain(void *argument) {
     Drainer *drainer = argument;
     Reader *self = drainer->reader;
@@ -266,6 +285,10 @@ static void *drain(void *argument) {
     char *scratch = malloc(slot * BATCH);
     struct mmsghdr messages[BATCH];
     struct iovec vectors[BATCH];
+    union {  /* CREDENTIALS: room for one SCM_CREDENTIALS message per datagram, aligned as cmsghdr wants */
+        char space[CMSG_SPACE(sizeof(struct ucred))];
+        struct cmsghdr align;
+    } controls[BATCH];
     if (scratch == NULL) return NULL;
     for (int i = 0; i < BATCH; i++) {
         vectors[i].iov_base = scratch + slot * i;
@@ -282,6 +305,10 @@ static void *drain(void *argument) {
         for (int i = 0; i < BATCH; i++) {
             messages[i].msg_hdr.msg_iov = &vectors[i];
             messages[i].msg_hdr.msg_iovlen = 1;
+            if (self->credentials) {
+                messages[i].msg_hdr.msg_control = controls[i].space;
+                messages[i].msg_hdr.msg_controllen = sizeof controls[i].space;
+            }
         }
         int received = recvmmsg(self->fd, messages, BATCH, MSG_DONTWAIT, NULL);
         double now = now_seconds();
@@ -318,7 +345,7 @@ static void *drain(void *argument) {
                 length = (uint32_t)self->max_size;
                 self->truncated++;
             }
-            if (!enqueue(self, (char *)vectors[i].iov_base, length, 1)) {
+            if (!enqueue(self, (char *)vectors[i].iov_base, length, 1, sender_pid(&messages[i].msg_hdr))) {
                 self->dropped++;
             }
         }
@@ -391,7 +418,7 @@ static int cut_frames(Reader *self, Connection *client) {
             kept = (uint32_t)self->max_size;
             self->truncated++;
         }
-        if (!enqueue(self, client->data + offset + sizeof length, kept, 0)) self->dropped++;
+        if (!enqueue(self, client->data + offset + sizeof length, kept, 0, 0)) self->dropped++;
         offset += sizeof length + length;
     }
     pthread_mutex_unlock(&self->lock);
@@ -518,12 +545,13 @@ static int adopt_connections(Reader *self, PyObject *connections) {
 
 
 static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"fd", "max_size", "queue_bytes", "threads", "stream", "connections", NULL};
-    int fd, threads = 1, stream = 0;
+    static char *keywords[] = {"fd", "max_size", "queue_bytes", "threads", "stream", "connections", "credentials",
+                               NULL};
+    int fd, threads = 1, stream = 0, credentials = 0;
     Py_ssize_t max_size, queue_bytes;
     PyObject *connections = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inn|ipO", keywords, &fd, &max_size, &queue_bytes, &threads,
-                                     &stream, &connections)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "inn|ipOp", keywords, &fd, &max_size, &queue_bytes, &threads,
+                                     &stream, &connections, &credentials)) {
         return -1;
     }
     if (self->started) {
@@ -539,6 +567,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->stream = stream;
+    self->credentials = credentials && !stream;
     self->fd = fd;
     self->max_size = (size_t)max_size;
     self->queue_bytes = (size_t)queue_bytes;
@@ -612,26 +641,37 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
     }
     /* One slice of about `limit` bytes (one datagram at least): a working set that stays in the CPU's caches. */
     size_t offset = self->pending_offset, count = 0, bytes = 0;
+    size_t header = sizeof(uint32_t) + (self->credentials ? sizeof(int32_t) : 0);
     while (offset < self->pending.used && (count == 0 || bytes < (size_t)limit)) {
         uint32_t length;
         memcpy(&length, self->pending.data + offset, sizeof length);
-        offset += sizeof length + length;
+        offset += header + length;
         bytes += length;
         count++;
     }
     PyObject *datagrams = PyList_New((Py_ssize_t)count);
+    PyObject *pids = self->credentials ? PyList_New((Py_ssize_t)count) : Py_NewRef(Py_None);
+    if (pids == NULL) Py_CLEAR(datagrams);
     for (size_t i = 0, at = self->pending_offset; datagrams != NULL && i < count; i++) {
         uint32_t length;
+        int32_t pid = 0;
         memcpy(&length, self->pending.data + at, sizeof length);
-        PyObject *datagram = PyBytes_FromStringAndSize(self->pending.data + at + sizeof length, length);
-        if (datagram == NULL) {
+        if (self->credentials) memcpy(&pid, self->pending.data + at + sizeof length, sizeof pid);
+        PyObject *datagram = PyBytes_FromStringAndSize(self->pending.data + at + header, length);
+        PyObject *sender = self->credentials ? PyLong_FromLong(pid) : NULL;
+        if (datagram == NULL || (self->credentials && sender == NULL)) {
+            Py_XDECREF(datagram);
             Py_CLEAR(datagrams);
             break;
         }
         PyList_SET_ITEM(datagrams, (Py_ssize_t)i, datagram);
-        at += sizeof length + length;
+        if (sender != NULL) PyList_SET_ITEM(pids, (Py_ssize_t)i, sender);
+        at += header + length;
     }
-    if (datagrams == NULL) return NULL;
+    if (datagrams == NULL) {
+        Py_XDECREF(pids);
+        return NULL;
+    }
     self->pending_offset = offset;
     self->pending_bytes -= bytes;
     pthread_mutex_lock(&self->lock);
@@ -644,7 +684,7 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
         buffer_release(&self->pending);
         self->pending_offset = 0;
     }
-    return Py_BuildValue("(NKKO)", datagrams, truncated, errors, more ? Py_True : Py_False);
+    return Py_BuildValue("(NKKON)", datagrams, truncated, errors, more ? Py_True : Py_False, pids);
 }
 
 static PyObject *Reader_get_queued_bytes(Reader *self, void *closure) {

@@ -11,13 +11,17 @@ and the kube_app_* labels (and kube_qos) are low; pod_name and kube_ownerref_nam
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from datadog.dogstatsd.base import DogStatsd
 
+from benchmarks.cgroup import MemoryCgroup, cgroup_unavailable
 from relay.tools.doctor import diagnose
 from relay.tools.status import render
 from tests.conftest import config, run_relay, wait_for
@@ -213,3 +217,46 @@ def test_the_stand_in_kubelet_refuses_a_request_without_the_token(kubelet):
     assert connection.getresponse().status == 401
     with socket.create_connection(("127.0.0.1", kubelet.port)):
         pass
+
+
+SENDER = """
+import sys
+from datadog.dogstatsd.base import DogStatsd
+# No container id of its own: the relay finds it from the pid. Buffered: a few datagrams, none lost to a full
+# socket queue (that loss is issue 23's, measured by the client-uds benchmark).
+statsd = DogStatsd(socket_path=sys.argv[1], disable_buffering=False)
+for _ in range(100):
+    statsd.increment("sender.count", tags=["route:/pay"])
+statsd.event("deployed", "v2")
+statsd.flush()
+"""
+
+
+@pytest.mark.parametrize("queue_bytes", ["67108864", "0"], ids=["native-reader", "event-loop-reader"])
+async def test_the_unix_socket_senders_container_from_its_pid(intake, kubelet, certificates, short_tmp, queue_bytes):
+    """dogstatsd_origin_detection: a client that names no origin, in a container's cgroup (made here: a directory
+    named by its id, as a container runtime names it), gets its pod's tags from the pid the kernel gives with each
+    datagram (SO_PASSCRED), as the Agent does. A client outside any container gets none, and both count whole."""
+    reason = cgroup_unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"no cgroup in CI ({reason}): the pid origin test did not run")
+        pytest.skip(reason)
+    stand_in, url = intake
+    path = short_tmp / "dsd.socket"
+    async with node_relay(short_tmp, url, kubelet.port, certificates, DD_DOGSTATSD_SOCKET=str(path),
+                          DD_DOGSTATSD_ORIGIN_DETECTION="true", DD_RELAY_RECEIVE_QUEUE_BYTES=queue_bytes) as relay:  # fmt: skip
+        await known_pods(relay, 2)
+        with MemoryCgroup(None, name=WEB) as container:  # the web pod's container
+            contained = subprocess.run([sys.executable, "-c", SENDER, str(path)], preexec_fn=container.preexec,
+                                       capture_output=True, text=True, timeout=60)  # fmt: skip
+        outside = subprocess.run([sys.executable, "-c", SENDER, str(path)], capture_output=True, text=True, timeout=60)
+        assert contained.returncode == 0 and outside.returncode == 0, contained.stderr + outside.stderr
+        await wait_for(lambda: sum(contexts(stand_in.series, "sender.count").values()) == 200)
+        await wait_for(lambda: len([e for e in stand_in.events if e["msg_title"] == "deployed"]) == 2)
+        await relay.stop()
+    assert contexts(stand_in.series, "sender.count") == {
+        frozenset({"route:/pay", *low_tags("web")}): 100, frozenset({"route:/pay"}): 100,
+    }  # fmt: skip
+    tagged = [e for e in stand_in.events if e["msg_title"] == "deployed" and "kube_deployment:web" in e.get("tags", [])]
+    assert len(tagged) == 1

@@ -77,13 +77,18 @@ class Pipeline:
         contexts are emptied once (they refill with what is live; what was there served lines no longer sent)."""
         self.aggregator.hold(held)
         if held:
-            self.ingest.shapes.clear()
-            self.enricher.forget_cached()
+            self.ingest.forget_shapes()
 
-    def datagram(self, data: bytes, transport: str) -> None:
-        """The listeners' callback: nothing in a datagram can stop the relay."""
+    def _container_of(self, pid: int) -> str:
+        origins = self.enricher.origins
+        return origins.container_of_pid(pid) if origins is not None else ""
+
+    def datagram(self, data: bytes, transport: str, sender_pid: int = 0) -> None:
+        """The listeners' callback: nothing in a datagram can stop the relay. `sender_pid`: the process that sent
+        it over a Unix socket (dogstatsd_origin_detection), whose container's tags its lines get."""
         try:
-            self.ingest.datagram(data, transport, time.time())
+            sender = self._container_of(sender_pid) if sender_pid else ""
+            self.ingest.datagram(data, transport, time.time(), sender)
         except Exception:  # a bug must cost one datagram, never the relay
             self.stats.internal_error(f"ingest ({transport})")
 

@@ -171,19 +171,22 @@ class Enricher:
         # One copy of each name and tag (a million contexts share a few); the C fast path shares it too.
         self.strings: dict[str, str] = {}
 
-    def context(self, name: str, raw_tags: tuple[str, ...], origin: Origin | None = None) -> Context | None:
+    def context(
+        self, name: str, raw_tags: tuple[str, ...], origin: Origin | None = None, sender: str = ""
+    ) -> Context | None:
+        """`origin` (a line's c:, e:, card:) and `sender` (a Unix socket sender's container) add origin tags."""
         if self.origins is not None:
-            raw_tags = raw_tags + self.origin_tags(raw_tags, origin).tags
+            raw_tags = raw_tags + self.origin_tags(raw_tags, origin, sender).tags
         rule = self.tag_rule(name) if self.tag_rules else None
         if rule is not None:  # the tags a rule removes make no cache entry of their own
             raw_tags = rule.cut(raw_tags)
         return _cached(self._cache, (name, raw_tags), self.cache_limit, lambda: self._build(name, raw_tags, rule))
 
-    def origin_tags(self, raw_tags: tuple[str, ...], origin: Origin | None) -> Resolved:
+    def origin_tags(self, raw_tags: tuple[str, ...], origin: Origin | None, sender: str = "") -> Resolved:
         """The tags of the line's origin; an origin the tagger does not know yet is remembered and counted."""
         if self.origins is None:
             return NOTHING
-        resolved = self.origins.resolve(raw_tags, origin)
+        resolved = self.origins.resolve(raw_tags, origin, sender)
         if resolved.unknown:
             if len(self.unresolved) >= self.cache_limit:
                 self.unresolved.clear()
@@ -266,12 +269,12 @@ class Enricher:
             host = explicit_host
         return (self.hostname if host is None else host), tuple(sorted(kept))
 
-    def event(self, event: Event) -> Event:
-        tags = event.tags + self.origin_tags(event.tags, event.origin).tags if self.origins else event.tags
+    def event(self, event: Event, sender: str = "") -> Event:
+        tags = event.tags + self.origin_tags(event.tags, event.origin, sender).tags if self.origins else event.tags
         event.host, event.tags = self._host_and_tags(tags, event.host)
         return event
 
-    def service_check(self, check: ServiceCheck) -> ServiceCheck:
-        tags = check.tags + self.origin_tags(check.tags, check.origin).tags if self.origins else check.tags
+    def service_check(self, check: ServiceCheck, sender: str = "") -> ServiceCheck:
+        tags = check.tags + self.origin_tags(check.tags, check.origin, sender).tags if self.origins else check.tags
         check.host, check.tags = self._host_and_tags(tags, check.host)
         return check

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 GAUGE, COUNTER, SET, HISTOGRAM, BLOCKED = (int(k) for k in (Kind.GAUGE, Kind.COUNTER, Kind.SET, Kind.HISTOGRAM,
                                                             Kind.BLOCKED))  # fmt: skip
 SHAPE_CACHE_LIMIT = 2_000_000  # entries; cleared when full (a miss only costs one reference parse)
+SENDERS_LIMIT = 1_000  # Unix socket senders' containers with shapes of their own; all forgotten when more
 
 
 class Shape(NamedTuple):
@@ -73,6 +74,8 @@ class Ingest:
         self.timestamps = config.dogstatsd_no_aggregation_pipeline
         self.eol_required_for = config.eol_required_for
         self.shapes: dict[bytes, Shape] = {}  # b"name:suffix" (a name holds no ":", so the key is unambiguous)
+        # dogstatsd_origin_detection: a Unix socket sender's container's lines have its tags, so shapes of their own
+        self.sender_shapes: dict[str, dict[bytes, Shape]] = {}
         self.accelerated = accelerated_ingest() if accelerate else None
         # Under a flood of new contexts the cache must stay bounded too: twice the context limit is plenty.
         self.shape_limit = min(SHAPE_CACHE_LIMIT, 2 * config.relay_max_contexts or SHAPE_CACHE_LIMIT)
@@ -98,28 +101,31 @@ class Ingest:
             frozenset(enricher.tag_rules), enricher.origins is not None,
         )  # fmt: skip
 
-    def datagram(self, data: bytes, transport: str, now: float) -> None:
-        """The hot path. `transport` is udp, uds or uds_stream; uds_stream follows the uds EOL rule."""
+    def datagram(self, data: bytes, transport: str, now: float, sender: str = "") -> None:
+        """The hot path. `transport` is udp, uds or uds_stream; uds_stream follows the uds EOL rule. `sender`:
+        the container of the process that sent it over a Unix socket (dogstatsd_origin_detection)."""
         if b"\r" in data or (data[-1:] != b"\n" and self.eol_required_for(transport)):
-            self.reference(data, transport, now)
+            self.reference(data, transport, now, sender)
             return
         bucket = self.aggregator.bucket(now)
+        shapes = self._shapes_of(sender) if sender else self.shapes
         if self.accelerated is None:
-            ok, blocked = self._lines(data.split(b"\n"), bucket, now)
+            ok, blocked = self._lines(data.split(b"\n"), bucket, now, sender)
         else:
             ok = blocked = 0
             offset, size = 0, len(data)
+            learner = None if sender else self.learner  # a sender's origin tags: Python learns its shapes
             # The C loop stops at the first line it cannot take; that line goes through _lines, so the lines of a
             # datagram are still applied in order (a gauge keeps its last value).
             while offset < size:
-                done, skipped, offset = self.accelerated(data, offset, self.shapes, bucket, self.learner)
+                done, skipped, offset = self.accelerated(data, offset, shapes, bucket, learner)
                 ok, blocked = ok + done, blocked + skipped
                 if offset < size:
                     end = data.find(b"\n", offset)
                     end = size if end < 0 else end
                     if data[offset : data.find(b":", offset, end)] in self.cut_names:
                         end = size  # a rule cuts its tags in Python: the rest of the datagram too, in one call
-                    done, skipped = self._lines(data[offset:end].split(b"\n"), bucket, now)
+                    done, skipped = self._lines(data[offset:end].split(b"\n"), bucket, now, sender)
                     ok, blocked, offset = ok + done, blocked + skipped, end + 1
         if ok:
             self.stats.parse.messages["metric", "ok"] += ok
@@ -144,12 +150,19 @@ class Ingest:
         known = {entity for entity in unresolved if origins.known(entity)}
         if known:
             unresolved -= known
-            self.enricher.forget_cached()
-            self.shapes.clear()
+            self.forget_shapes()
 
-    def _lines(self, lines: Iterable[bytes], bucket: Bucket, now: float) -> tuple[int, int]:
+    def _shapes_of(self, sender: str) -> dict[bytes, Shape]:
+        shapes = self.sender_shapes.get(sender)
+        if shapes is None:
+            if len(self.sender_shapes) >= SENDERS_LIMIT:
+                self.sender_shapes.clear()
+            shapes = self.sender_shapes[sender] = {}
+        return shapes
+
+    def _lines(self, lines: Iterable[bytes], bucket: Bucket, now: float, sender: str = "") -> tuple[int, int]:
         """The fast path in Python (relay/_speedups.c does the same in C); returns (accepted, blocklisted)."""
-        shapes = self.shapes
+        shapes = self._shapes_of(sender) if sender else self.shapes
         ok = blocked = 0
         for line in lines:
             if not line:
@@ -159,13 +172,13 @@ class Ingest:
             key = name + b":" + suffix
             shape = shapes.get(key)
             if shape is None:
-                shape = self._first_sight(line, now, key)
+                shape = self._first_sight(line, now, key, sender)
                 if shape is None:
                     continue
             slot, kind, scale, copy = shape
             if kind == SET:
                 if not value:
-                    self._line(line, now)
+                    self._line(line, now, sender)
                     continue
                 ok += 1
                 bucket.member(slot, value.decode("utf-8", "replace"))
@@ -173,11 +186,11 @@ class Ingest:
             try:
                 number = float(value)
             except ValueError:
-                self._line(line, now)
+                self._line(line, now, sender)
                 continue
             # NaN, Inf and overflow (x - x is not 0), and whitespace that float() forgives but Go does not.
             if number - number != 0.0 or value[0] <= 32 or value[-1] <= 32:
-                self._line(line, now)
+                self._line(line, now, sender)
                 continue
             ok += 1
             if kind == COUNTER:
@@ -190,37 +203,38 @@ class Ingest:
                 bucket.samples(kind, slot, [number if scale == 1.0 else (number, scale)], copy)
         return ok, blocked
 
-    def reference(self, data: bytes, transport: str, now: float) -> None:
+    def reference(self, data: bytes, transport: str, now: float, sender: str = "") -> None:
         """The plain path: the reference parser, one item at a time."""
         eol = self.eol_required_for(transport)
         if self.enricher.tag_rules:  # counted line by line, as the fast path counts them
             for line, _ in datagram_lines(data):
                 name, _, rest = line.partition(b":")
                 self._cut_tags(name + b":" + rest.partition(b"|")[2])
-        self._handle(parse_datagram(data, eol_required=eol, timestamps=self.timestamps), now)
+        self._handle(parse_datagram(data, eol_required=eol, timestamps=self.timestamps), now, sender)
 
-    def _line(self, line: bytes, now: float) -> None:
+    def _line(self, line: bytes, now: float, sender: str) -> None:
         """One line the fast path cannot take, through the reference parser."""
-        self._handle((parse_line(line, self.timestamps),), now)
+        self._handle((parse_line(line, self.timestamps),), now, sender)
 
-    def _first_sight(self, line: bytes, now: float, key: bytes) -> Shape | None:
+    def _first_sight(self, line: bytes, now: float, key: bytes, sender: str) -> Shape | None:
         """Learn the shape of a plain metric line and return it (the fast path then takes the line); anything
         else is handled here through the reference path. A line whose tags a metric_tag_filterlist rule cuts is
         known by its cut shape, so a tag that differs on every line (a request id) adds no shape."""
+        shapes = self._shapes_of(sender) if sender else self.shapes
         if self.enricher.tag_rules:
             cut = self._cut_tags(key)
             if cut != key:
-                shape = self.shapes.get(cut)
+                shape = shapes.get(cut)
                 if shape is not None:
                     return shape
                 key = cut
         item = parse_line(line, self.timestamps)
         if type(item) is not MetricSample or item.timestamp or len(item.values) > 1:
-            self._handle((item,), now)
+            self._handle((item,), now, sender)
             return None
-        if len(self.shapes) >= self.shape_limit:
-            self.shapes.clear()
-        context = self.enricher.context(item.name, item.tags, item.origin)
+        if len(shapes) >= self.shape_limit:
+            shapes.clear()
+        context = self.enricher.context(item.name, item.tags, item.origin, sender)
         if context is None:
             shape = Shape(NO_SLOT, BLOCKED, 1.0, NO_SLOT)
         else:
@@ -228,7 +242,7 @@ class Ingest:
             scale = 1.0 / effective_rate(item.rate) if kind == COUNTER else item.rate
             copy = self.aggregator.copy_slot(context) if kind == HISTOGRAM else NO_SLOT
             shape = Shape(self.aggregator.slot(context), kind, scale, copy)
-        self.shapes[key] = shape
+        shapes[key] = shape
         return shape
 
     def _cut_tags(self, key: bytes) -> bytes:
@@ -244,23 +258,25 @@ class Ingest:
         self.stats.parse.tags_filtered[rule.metric_name] += 1
         return name + b":" + cut
 
-    def _handle(self, items: Iterable[MetricSample | Event | ServiceCheck | ParseError], now: float) -> None:
+    def _handle(
+        self, items: Iterable[MetricSample | Event | ServiceCheck | ParseError], now: float, sender: str = ""
+    ) -> None:
         stats, aggregator, enricher = self.stats, self.aggregator, self.enricher
         for item in items:
             if type(item) is MetricSample:
                 values = len(item.values) or 1
                 stats.parse.messages["metric", "ok"] += values
-                context = enricher.context(item.name, item.tags, item.origin)
+                context = enricher.context(item.name, item.tags, item.origin, sender)
                 if context is None:
                     stats.dropped["blocklist"] += values
                 else:
                     aggregator.add(context, item.type, item.values, item.set_value, item.rate, item.timestamp, now)
             elif type(item) is Event:
                 stats.parse.messages["event", "ok"] += 1
-                aggregator.add_event(enricher.event(item), now)
+                aggregator.add_event(enricher.event(item, sender), now)
             elif type(item) is ServiceCheck:
                 stats.parse.messages["service_check", "ok"] += 1
-                aggregator.add_service_check(enricher.service_check(item), now)
+                aggregator.add_service_check(enricher.service_check(item, sender), now)
             else:
                 self._count_error(item)  # type: ignore[arg-type]
 
@@ -279,8 +295,18 @@ class Ingest:
             error.reason,
         )
 
+    def forget_shapes(self) -> None:
+        """Every shape and cached context goes (a miss only costs a reference parse): the memory guard, or origins
+        the tagger now knows."""
+        self.shapes.clear()
+        self.sender_shapes.clear()
+        self.enricher.forget_cached()
+
     def forget(self, expired: set[int]) -> None:
         """Expired contexts lose their slots, so the shapes that point at them go too."""
-        self.shapes = {
-            key: shape for key, shape in self.shapes.items() if shape.slot not in expired and shape.copy not in expired
-        }
+        self.shapes = _without(self.shapes, expired)
+        self.sender_shapes = {sender: _without(shapes, expired) for sender, shapes in self.sender_shapes.items()}
+
+
+def _without(shapes: dict[bytes, Shape], expired: set[int]) -> dict[bytes, Shape]:
+    return {key: shape for key, shape in shapes.items() if shape.slot not in expired and shape.copy not in expired}

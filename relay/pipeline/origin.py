@@ -26,6 +26,8 @@ class ContainerTagger(Protocol):
 
     def container_of_inode(self, inode: int) -> str | None: ...
 
+    def container_of_pid(self, pid: int) -> str | None: ...
+
     @property
     def generation(self) -> int: ...
 
@@ -79,6 +81,10 @@ class Origins:
     @property
     def generation(self) -> int:
         return self.tagger.generation
+
+    def container_of_pid(self, pid: int) -> str:
+        """A Unix socket sender's container ("" for a host process, or one gone)."""
+        return self.tagger.container_of_pid(pid) or ""
 
     def known(self, entity: str) -> bool:
         """Whether the tagger knows an entity now (an unknown `c:` inode, kept as itself, is looked up again)."""

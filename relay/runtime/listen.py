@@ -90,6 +90,8 @@ class Listeners:
         if config.dogstatsd_socket:
             path = config.dogstatsd_socket
             sock = self._adopt(UDS, path) or self._new_unix(socket.SOCK_DGRAM, path)
+            # dogstatsd_origin_detection: the kernel attaches each sender's pid (its container: the pipeline's)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, int(config.dogstatsd_origin_detection))
             await self._serve_datagrams(sock, UDS)
             self.addresses[UDS] = config.dogstatsd_socket
         if config.dogstatsd_stream_socket:

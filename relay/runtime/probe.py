@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 SENDER = Path(__file__).with_name("probe_sender.py")
 TIMEOUT = 5.0
 WINDOW = 60
-_is_probe = methodcaller("startswith", MARK)
+is_probe = methodcaller("startswith", MARK)  # a datagram of the probe, not a client
 
 
 def _shared_file() -> IO[bytes]:
@@ -67,7 +67,7 @@ class Probe:
 
     def strip(self, chunks: list[bytes]) -> list[bytes]:
         """The batch without its probes; each probe found settles every sequence up to its own."""
-        if not any(map(_is_probe, chunks)):
+        if not any(map(is_probe, chunks)):
             return chunks
         kept = []
         for chunk in chunks:

@@ -8,19 +8,22 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from relay.runtime.probe import Probe
+from relay.runtime.probe import Probe, is_probe
 from relay.runtime.taps import Taps
 from relay.telemetry.stats import Stats
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[bytes, str], None]  # (datagram, transport)
+# (datagram, transport), or (datagram, transport, sender pid) with dogstatsd_origin_detection on a Unix socket
+Handler = Callable[..., None]
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _BATCH = 64  # datagrams read per wakeup, so one busy socket cannot starve the rest of the loop
 _TAKE_BYTES = 256 * 1024  # the reader thread's queue is handed to ingest in slices of this size
 _TAKES_PER_TURN = 16  # slices per turn of the event loop
@@ -136,6 +139,10 @@ class DatagramReader:
         self.join = join
         self.probe = probe
         self.taps = taps
+        # dogstatsd_origin_detection: the socket has SO_PASSCRED, each datagram comes with its sender's pid
+        self.credentials = sock.family == socket.AF_UNIX and bool(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
+        )
 
     @property
     def wakeup(self) -> socket.socket | int:
@@ -143,14 +150,22 @@ class DatagramReader:
         return self.sock
 
     def on_readable(self) -> None:
-        self.deliver(self._receive())
+        self.deliver(*self._receive())
 
-    def _receive(self) -> list[bytes]:
-        recv, size = self.sock.recv, self.max_size + 1  # one byte more tells a truncated datagram apart
+    def _receive(self) -> tuple[list[bytes], list[int] | None]:
+        """A batch of datagrams, and their senders' pids with credentials."""
+        size = self.max_size + 1  # one byte more tells a truncated datagram apart
         chunks: list[bytes] = []
+        pids: list[int] | None = [] if self.credentials else None
         try:
             for _ in range(_BATCH):
-                chunks.append(recv(size))
+                if pids is None:
+                    chunks.append(self.sock.recv(size))
+                    continue
+                data, control, _, _ = self.sock.recvmsg(size, socket.CMSG_SPACE(_CREDENTIALS.size))
+                chunks.append(data)
+                pids.append(next((_CREDENTIALS.unpack(body[: _CREDENTIALS.size])[0] for level, kind, body in control
+                                  if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), 0))  # fmt: skip
         except BlockingIOError:
             pass
         except OSError as error:
@@ -160,11 +175,15 @@ class DatagramReader:
             # The Agent reads into a dogstatsd_buffer_size buffer: the tail of a longer datagram is lost.
             self.stats.listen.truncated[self.name] += sum(len(chunk) > self.max_size for chunk in chunks)
             chunks = [chunk[: self.max_size] for chunk in chunks]
-        return chunks
+        return chunks, pids
 
-    def deliver(self, chunks: list[bytes]) -> None:
+    def deliver(self, chunks: list[bytes], pids: list[int] | None = None) -> None:
+        """A batch to the handler; `pids`: each datagram's sender (0: not known), with credentials."""
         if self.probe is not None and chunks:
-            chunks = self.probe.strip(chunks)
+            stripped = self.probe.strip(chunks)
+            if pids is not None and len(stripped) < len(chunks):
+                pids = [pid for chunk, pid in zip(chunks, pids, strict=True) if not is_probe(chunk)]
+            chunks = stripped
         if not chunks:
             return
         stats = self.stats
@@ -172,17 +191,28 @@ class DatagramReader:
         stats.listen.bytes[self.name] += sum(map(len, chunks))
         if self.taps.open:
             self.taps(chunks, self.name)
+        if pids is None or not any(pids):
+            self._hand(chunks, 0)
+            return
+        start = 0
+        for end in range(1, len(chunks) + 1):  # runs of datagrams from one sender, each run with its pid
+            if end == len(chunks) or pids[end] != pids[start]:
+                self._hand(chunks[start:end], pids[start])
+                start = end
+
+    def _hand(self, chunks: list[bytes], pid: int) -> None:
+        sender = (pid,) if pid else ()
         if self.join:
-            self.handler(b"\n".join(chunks), self.name)
+            self.handler(b"\n".join(chunks), self.name, *sender)
         else:
             for chunk in chunks:
-                self.handler(chunk, self.name)
+                self.handler(chunk, self.name, *sender)
 
     def drain(self) -> None:
         """At stop: what the socket still holds, read to the end."""
         self.take_queued()
-        while chunks := self._receive():
-            self.deliver(chunks)
+        while (batch := self._receive())[0]:
+            self.deliver(*batch)
 
     def take_queued(self) -> None:
         """At a reload: what was read but not yet delivered (the socket itself is left to the bridge)."""
@@ -205,7 +235,9 @@ class ThreadedReader(DatagramReader):
         super().__init__(*args)
         threads = reader_threads(self.sock)
         self.stream = self.sock.type == socket.SOCK_STREAM
-        arguments = (self.sock.fileno(), self.max_size, queue_bytes, threads, self.stream, connections or [])
+        arguments = (
+            self.sock.fileno(), self.max_size, queue_bytes, threads, self.stream, connections or [], self.credentials
+        )  # fmt: skip
         self.native = reader_type(*arguments) if priority is None else priority.create(reader_type, *arguments)
         if priority is not None and threads > 1:
             priority.lower_the_rest()
@@ -227,13 +259,13 @@ class ThreadedReader(DatagramReader):
 
     def _take(self) -> bool:
         """Deliver one slice; whether more is waiting."""
-        chunks, truncated, errors, more = self.native.take(_TAKE_BYTES)
+        chunks, truncated, errors, more, pids = self.native.take(_TAKE_BYTES)
         if truncated:
             self.stats.listen.truncated[self.name] += truncated
         if errors:
             self.stats.listen.read_errors[self.name] += errors
             logger.warning("%s read error: %s", self.name, self.native.last_error)
-        self.deliver(chunks)
+        self.deliver(chunks, pids)
         return bool(more)
 
     def take_queued(self) -> None:

@@ -113,9 +113,6 @@ class Relay:
         await self.pipeline.sink.start()
         if self.tagger is not None:
             self.tagger.start()
-        if self.config.dogstatsd_origin_detection:
-            logger.warning("dogstatsd_origin_detection: the Unix socket sender's pid is not read yet; origins come "
-                           "from the clients (c:, DD_ENTITY_ID) with dogstatsd_origin_detection_client")  # fmt: skip
         flusher = asyncio.create_task(flush_loop(self.pipeline, self.should_exit, self.guard), name="flusher")
         runner = self.pipeline.checks
         checks = asyncio.create_task(runner.run(), name="checks") if runner else None

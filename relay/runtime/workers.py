@@ -77,8 +77,9 @@ class ShardedRelay:
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.should_exit = asyncio.Event()
 
-    def dispatch(self, data: bytes, transport: str) -> None:
-        """The listeners' callback: split the batch between the workers' feeds; never waits for a worker."""
+    def dispatch(self, data: bytes, transport: str, sender_pid: int = 0) -> None:
+        """The listeners' callback: split the batch between the workers' feeds; never waits for a worker. A Unix
+        socket sender's pid is not passed on: a sharded relay's origins come from the clients (c:, entity id)."""
         if data[-1:] != b"\n" and self.config.eol_required_for(transport):
             data, _, _ = data.rpartition(b"\n")  # the unterminated last line is dropped, as in one process
             self.local_dropped["unterminated"] += 1
