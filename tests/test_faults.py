@@ -54,7 +54,7 @@ def test_a_bug_in_ingest_costs_its_datagram_is_counted_and_logged_with_its_trace
 
     relay = Relay(config(hostname="h", relay__host_collectors=""), out=io.StringIO())
 
-    def broken(data: bytes, transport: str, now: float) -> None:
+    def broken(data: bytes, transport: str, now: float, sender: str = "") -> None:
         raise RuntimeError("injected bug")
 
     relay.pipeline.ingest.datagram = broken  # type: ignore[method-assign]
@@ -129,7 +129,7 @@ async def test_a_bug_at_each_stage_costs_its_item_only_and_is_counted(intake, tm
 
     datagram, histogram_points = pipeline.ingest.datagram, aggregate.histogram_points
 
-    def ingest_bug(data: bytes, transport: str, now: float) -> None:
+    def ingest_bug(data: bytes, transport: str, now: float, sender: str = "") -> None:
         if b"ingest.bug" in data:
             raise RuntimeError("injected ingest bug")
         datagram(data, transport, now)

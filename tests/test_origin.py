@@ -26,6 +26,8 @@ from relay.tools.doctor import diagnose
 from relay.tools.status import render
 from tests.conftest import config, run_relay, wait_for
 from tests.standins import Certificates, make_certificates
+from tests.standins.docker_engine import DockerEngine
+from tests.standins.docker_engine import container as docker_container
 from tests.standins.kubelet import Kubelet, closed_port, container, pod
 
 WEB, API, STRANGER = "a" * 64, "b" * 64, "f" * 64
@@ -260,3 +262,40 @@ async def test_the_unix_socket_senders_container_from_its_pid(intake, kubelet, c
     }  # fmt: skip
     tagged = [e for e in stand_in.events if e["msg_title"] == "deployed" and "kube_deployment:web" in e.get("tags", [])]
     assert len(tagged) == 1
+
+
+async def test_in_the_compose_stack_the_docker_engine_names_the_sender(intake, client, short_tmp):
+    """docker_host: the Docker Engine API (a stand-in on a Unix socket, in the Engine's shape) tags each container's
+    lines: image tags and com.datadoghq.tags.* labels low, the container's name high
+    (https://docs.datadoghq.com/containers/docker/tag/)."""
+    stand_in, url = intake
+    labels = {"com.datadoghq.tags.env": "local", "com.datadoghq.tags.service": "demo"}
+    with DockerEngine(short_tmp / "docker.sock") as engine:
+        engine.add(docker_container(WEB, "demo-app-1", "python:3.11-slim", labels=labels))
+        async with run_relay(short_tmp, url, DD_DOCKER_HOST=engine.url,
+                             DD_DOGSTATSD_ORIGIN_DETECTION_CLIENT="true") as relay:  # fmt: skip
+            await wait_for(lambda: (relay.status().get("tagger") or {}).get("containers") == 1)
+            client(relay.udp_port, container_id=f"ci-{WEB}").increment("demo.count")
+            client(relay.udp_port, container_id=f"ci-{WEB}", cardinality="high").increment("demo.high")
+            await wait_for(lambda: {"demo.count", "demo.high"} <= {s["metric"] for s in stand_in.series})
+            await relay.stop()
+    low = {"env:local", "service:demo", "image_name:python", "short_image:python", "image_tag:3.11-slim"}
+    (tags,) = contexts(stand_in.series, "demo.count")
+    assert low <= tags and "container_name:demo-app-1" not in tags
+    (high,) = contexts(stand_in.series, "demo.high")
+    assert low | {"container_name:demo-app-1", f"container_id:{WEB}"} <= high
+
+
+async def test_explain_shows_the_origin_and_the_tags_it_added(kubelet, certificates, tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DD_")}
+    environment |= {"DD_KUBERNETES_KUBELET_HOST": "127.0.0.1", "DD_KUBERNETES_HTTPS_KUBELET_PORT": str(kubelet.port),
+                    "DD_KUBELET_CLIENT_CA": str(certificates.ca), "DD_KUBELET_AUTH_TOKEN_PATH": str(token),
+                    "DD_DOGSTATSD_ORIGIN_DETECTION_CLIENT": "true", "XDG_CONFIG_HOME": str(tmp_path)}  # fmt: skip
+    command = [sys.executable, "-m", "relay", "explain", f"orders.count:1|c|c:ci-{API}|card:orchestrator"]
+    shown = await asyncio.to_thread(subprocess.run, command, env=environment, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    origin = next(line for line in shown.stdout.splitlines() if line.strip().startswith("origin:"))
+    assert f"container_id://{API}" in origin and "(orchestrator)" in origin
+    assert "kube_deployment:api" in origin and "pod_name:api-7d4b9c6f5d-x2x8q" in origin
