@@ -108,7 +108,6 @@ class Ingest:
             self.reference(data, transport, now, sender)
             return
         bucket = self.aggregator.bucket(now)
-        shapes = self._shapes_of(sender) if sender else self.shapes
         if self.accelerated is None:
             ok, blocked = self._lines(data.split(b"\n"), bucket, now, sender)
         else:
@@ -118,6 +117,7 @@ class Ingest:
             # The C loop stops at the first line it cannot take; that line goes through _lines, so the lines of a
             # datagram are still applied in order (a gauge keeps its last value).
             while offset < size:
+                shapes = self._shapes_of(sender) if sender else self.shapes  # learning may have replaced it
                 done, skipped, offset = self.accelerated(data, offset, shapes, bucket, learner)
                 ok, blocked = ok + done, blocked + skipped
                 if offset < size:
@@ -151,6 +151,16 @@ class Ingest:
         if known:
             unresolved -= known
             self.forget_shapes()
+
+    def _new_shapes(self, sender: str) -> dict[bytes, Shape]:
+        """An empty shape cache in place of a full one. Never cleared in place: the C fast path mirrors the dict
+        it was last given, entries only ever added (_speedups.c, SHAPE CACHE)."""
+        shapes: dict[bytes, Shape] = {}
+        if sender:
+            self.sender_shapes[sender] = shapes
+        else:
+            self.shapes = shapes
+        return shapes
 
     def _shapes_of(self, sender: str) -> dict[bytes, Shape]:
         shapes = self.sender_shapes.get(sender)
@@ -233,7 +243,7 @@ class Ingest:
             self._handle((item,), now, sender)
             return None
         if len(shapes) >= self.shape_limit:
-            shapes.clear()
+            shapes = self._new_shapes(sender)
         context = self.enricher.context(item.name, item.tags, item.origin, sender)
         if context is None:
             shape = Shape(NO_SLOT, BLOCKED, 1.0, NO_SLOT)
@@ -298,8 +308,8 @@ class Ingest:
     def forget_shapes(self) -> None:
         """Every shape and cached context goes (a miss only costs a reference parse): the memory guard, or origins
         the tagger now knows."""
-        self.shapes.clear()
-        self.sender_shapes.clear()
+        self.shapes = {}
+        self.sender_shapes = {}
         self.enricher.forget_cached()
 
     def forget(self, expired: set[int]) -> None:
