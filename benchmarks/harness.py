@@ -115,12 +115,17 @@ def baseline_tree(revision: str) -> Path:
     return tree
 
 
-def send(target: str, datagrams_file: Path, rate: float, seconds: float, clients: int = 1) -> dict[str, float]:
-    """Run the generator on the load core; `target` is "udp:PORT" or "unix:PATH"; rate in datagrams/s, 0 = max.
-    With several clients, that many generators (each its own socket) share the rate."""
+def send(
+    target: str, datagrams_file: Path, rate: float, seconds: float, clients: int = 1,
+    load_cpus: set[int] | None = LOAD_CPU,
+) -> dict[str, float]:  # fmt: skip
+    """Run the generator on the load core (`load_cpus`, None: unpinned); `target` is "udp:PORT" or "unix:PATH";
+    rate in datagrams/s, 0 = max. With several clients, that many generators (each its own socket) share the
+    rate."""
     if clients > 1:
         with ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(lambda _: send(target, datagrams_file, rate / clients, seconds), range(clients)))
+            results = list(pool.map(lambda _: send(target, datagrams_file, rate / clients, seconds, 1, load_cpus),
+                                    range(clients)))  # fmt: skip
         return {"sent": sum(r["sent"] for r in results), "seconds": max(r["seconds"] for r in results)}
     kind, _, where = target.partition(":")
     binary = compiled("loadgen")  # without a compiler, the Python generator
@@ -129,7 +134,8 @@ def send(target: str, datagrams_file: Path, rate: float, seconds: float, clients
         command = [str(binary), *address, str(datagrams_file), str(rate), str(seconds)]
     else:
         command = [sys.executable, str(HERE / "pygen.py"), kind, where, str(datagrams_file), str(rate), str(seconds)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=pinned(LOAD_CPU))
+    pin = pinned(load_cpus) if load_cpus else None
+    result = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=pin)
     return json.loads(result.stdout)
 
 
@@ -333,14 +339,15 @@ class Window:
 
 
 def measure(
-    server: Server, datagrams_file: Path, lines_per_datagram: float, rate: float, seconds: float, clients: int = 1
-) -> Window:
+    server: Server, datagrams_file: Path, lines_per_datagram: float, rate: float, seconds: float, clients: int = 1,
+    load_cpus: set[int] | None = LOAD_CPU,
+) -> Window:  # fmt: skip
     """Send for `seconds`, wait for the server's queue to drain, and read the counters."""
     _, drops_before = udp_socket_stats(server.port)
     own_before, dropped_before = server.own_drops(), server.dropped_lines()
     lines_before = server.accepted_lines()
     cpu_before, _ = process_usage(server.process.pid)
-    result = send(f"udp:{server.port}", datagrams_file, rate, seconds, clients)
+    result = send(f"udp:{server.port}", datagrams_file, rate, seconds, clients, load_cpus)
     deadline = time.monotonic() + 30
     while (udp_socket_stats(server.port)[0] or server.backlog()) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -64,6 +64,35 @@ def reader_fixed_rates(seconds: float, rates: tuple[int, ...] = (300_000, 500_00
     return Result("reader-mix", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]})
 
 
+def mix_at(seconds: float, rate: int = 3_000_000) -> Result:
+    """The 6-type mix at a fixed `rate` lines/s for `seconds`, nothing pinned (relay and generator), to the relay
+    and (with --baseline REV) the relay of that revision: lossless or not, and where it lost."""
+    file = write_datagrams(datagrams(20, 1000, True, 5000))
+    intake = Intake()
+    everywhere = set(os.sched_getaffinity(0))
+    summary: dict[str, Any] = {"lines_per_datagram": 20, "contexts": 1000, "type_mix": True, "offered_lines_per_s":
+                               rate, "seconds": seconds, "pinned": "nothing"}  # fmt: skip
+    windows: list[Window] = []
+    try:
+        for label in READERS:
+            relay = labelled_relay(intake.url, label, cpus=everywhere)
+            try:
+                window = measure(relay, file, 20, rate / 20, seconds, load_cpus=None)
+            finally:
+                relay.stop()
+            windows.append(window)
+            sent_lines = window.sent_datagrams * 20
+            summary[f"{label}_sent_lines_per_s"] = round(sent_lines / window.seconds)
+            summary[f"{label}_accepted_percent"] = round(100 * (1 - window.loss), 3)
+            summary[f"{label}_kernel_drops"], summary[f"{label}_queue_drops"] = window.kernel_drops, window.queue_drops
+    finally:
+        intake.stop()
+        file.unlink()
+    return Result(
+        f"mix-{rate // 1_000_000}m", summary, windows, {"kind": "load", "windows": [w.as_dict() for w in windows]}
+    )
+
+
 def reader_new_contexts(seconds: float, rates: tuple[int, ...] = (50_000, 100_000, 200_000)) -> Result:
     """300,000 counter contexts never seen before, offered once at each rate (lines/s), 20 a datagram, to a fresh
     relay before and after; then 1,000,000 at the highest rate, with the relay's RSS. `seconds` is not used."""

@@ -37,6 +37,7 @@ from benchmarks.reader_scenarios import (
     client_uds,
     first_sight,
     histogram_flush,
+    mix_at,
     reader_fixed_rates,
     reader_new_contexts,
     reader_throughput,
@@ -273,6 +274,7 @@ def from_capture(seconds: float, path: Path) -> Result:
 
 SCENARIOS: dict[str, Callable[[float], Result]] = {
     "reader-mix": reader_fixed_rates,
+    "mix-3m": lambda seconds: mix_at(max(seconds, 15)),
     "reader-new-contexts": reader_new_contexts,
     "reader-udp-1": lambda seconds: reader_throughput(seconds, 1),
     "reader-udp-20": lambda seconds: reader_throughput(seconds, 20),
