@@ -12,11 +12,13 @@
  * it at dogstatsd_buffer_size. The first datagram queued after a `take` writes to `wakeup_fd` (an eventfd), so
  * the event loop wakes once per batch, not once per datagram.
  *
- *   take(limit) -> (datagrams: list[bytes], truncated: int, errors: int, more: bool, pids: list[int] | None)
+ *   take(limit, join=False, mark=b"") -> (datagrams: list[bytes] | bytes, truncated, errors, more, pids, count)
  *
  * hands out the queue in slices of about `limit` bytes: the first take after the last slice takes the whole
  * queue from the thread (`truncated` counts those datagrams, `errors` the read errors since the last take; the thread then has room again), and `more` says
- * whether anything is left, in slices or queued since; `pids` are the senders' (credentials=True, see CREDENTIALS). It clears the eventfd. `stop()` ends the thread and joins it; what it had
+ * whether anything is left, in slices or queued since; `pids` are the senders' (credentials=True, see CREDENTIALS).
+ * With `join`, the slice's `count` datagrams come as one bytes joined with "\n" (not with credentials, nor when
+ * one starts with `mark`: then as a list). It clears the eventfd. `stop()` ends the thread and joins it; what it had
  * queued is still there for the last takes.
  *
  *   Reader(fd, max_size, queue_bytes, 1, stream=True, connections=[(fd, pending bytes), ...])
@@ -617,9 +619,38 @@ static PyObject *Reader_stop(Reader *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* The slice from `at` (`count` datagrams, `bytes` of them) as one bytes, joined with "\n" as the Agent's packet
+ * assembler joins them: one copy and one object, where a list costs an object a datagram and the join a copy more.
+ * NULL without an error when a datagram starts with `mark` (the loss probe's, which the caller strips). */
+static PyObject *joined_slice(Reader *self, size_t at, size_t count, size_t bytes, const char *mark,
+                              Py_ssize_t mark_length) {
+    size_t header = sizeof(uint32_t);
+    for (size_t i = 0, scan = at; mark_length > 0 && i < count; i++) {
+        uint32_t length;
+        memcpy(&length, self->pending.data + scan, sizeof length);
+        if (length >= (size_t)mark_length && memcmp(self->pending.data + scan + header, mark, mark_length) == 0)
+            return NULL;
+        scan += header + length;
+    }
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(bytes + (count ? count - 1 : 0)));
+    if (joined == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(joined);
+    for (size_t i = 0; i < count; i++) {
+        uint32_t length;
+        memcpy(&length, self->pending.data + at, sizeof length);
+        if (i > 0) *out++ = '\n';
+        memcpy(out, self->pending.data + at + header, length);
+        out += length;
+        at += header + length;
+    }
+    return joined;
+}
+
 static PyObject *Reader_take(Reader *self, PyObject *args) {
-    Py_ssize_t limit;
-    if (!PyArg_ParseTuple(args, "n", &limit)) return NULL;
+    Py_ssize_t limit, mark_length = 0;
+    int join = 0;
+    const char *mark = NULL;
+    if (!PyArg_ParseTuple(args, "n|py#", &limit, &join, &mark, &mark_length)) return NULL;
     uint64_t ignored;
     ssize_t cleared = read(self->wakeup_fd, &ignored, sizeof ignored);
     (void)cleared;  /* EAGAIN: nothing to clear */
@@ -649,10 +680,16 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
         bytes += length;
         count++;
     }
-    PyObject *datagrams = PyList_New((Py_ssize_t)count);
+    PyObject *datagrams = NULL;
+    if (join && !self->credentials) {
+        datagrams = joined_slice(self, self->pending_offset, count, bytes, mark, mark_length);
+        if (datagrams == NULL && PyErr_Occurred()) return NULL;
+    }
+    int listed = datagrams == NULL;
+    if (listed) datagrams = PyList_New((Py_ssize_t)count);
     PyObject *pids = self->credentials ? PyList_New((Py_ssize_t)count) : Py_NewRef(Py_None);
     if (pids == NULL) Py_CLEAR(datagrams);
-    for (size_t i = 0, at = self->pending_offset; datagrams != NULL && i < count; i++) {
+    for (size_t i = 0, at = self->pending_offset; listed && datagrams != NULL && i < count; i++) {
         uint32_t length;
         int32_t pid = 0;
         memcpy(&length, self->pending.data + at, sizeof length);
@@ -684,7 +721,7 @@ static PyObject *Reader_take(Reader *self, PyObject *args) {
         buffer_release(&self->pending);
         self->pending_offset = 0;
     }
-    return Py_BuildValue("(NKKON)", datagrams, truncated, errors, more ? Py_True : Py_False, pids);
+    return Py_BuildValue("(NKKONn)", datagrams, truncated, errors, more ? Py_True : Py_False, pids, (Py_ssize_t)count);
 }
 
 static PyObject *Reader_get_queued_bytes(Reader *self, void *closure) {

@@ -131,9 +131,19 @@ static int apply_number(int kind, double number, PyObject *slot, PyObject *rate,
         return failed;
     }
     default: {  /* histogram or distribution: a float, or (value, rate) when the rate is not 1 */
-        PyObject *sample = PyFloat_AS_DOUBLE(rate) == 1.0
-            ? PyFloat_FromDouble(number)
-            : Py_BuildValue("(dO)", number, rate);
+        PyObject *sample = PyFloat_FromDouble(number);
+        if (sample != NULL && PyFloat_AS_DOUBLE(rate) != 1.0) {  /* (value, rate): two floats, never in a cycle */
+            PyObject *pair = PyTuple_New(2);
+            if (pair != NULL) {
+                Py_INCREF(rate);
+                PyTuple_SET_ITEM(pair, 0, sample);
+                PyTuple_SET_ITEM(pair, 1, rate);
+                PyObject_GC_UnTrack(pair);  /* the collector has nothing to find in it: spare it the visits */
+            } else {
+                Py_DECREF(sample);
+            }
+            sample = pair;
+        }
         if (sample == NULL) return -1;
         PyObject *samples = list_for(kind == HISTOGRAM ? histograms : distributions, slot);
         failed = samples == NULL || PyList_Append(samples, sample) < 0;

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from relay.runtime.probe import MARK as PROBE_MARK
 from relay.runtime.probe import Probe, is_probe
 from relay.runtime.taps import Taps
 from relay.telemetry.stats import Stats
@@ -239,6 +240,7 @@ class ThreadedReader(DatagramReader):
             self.sock.fileno(), self.max_size, queue_bytes, threads, self.stream, connections or [], self.credentials
         )  # fmt: skip
         self.native = reader_type(*arguments) if priority is None else priority.create(reader_type, *arguments)
+        self.probe_mark = PROBE_MARK if self.probe is not None else b""  # the thread leaves a slice with one apart
         if priority is not None and threads > 1:
             priority.lower_the_rest()
         gauges = self.stats.gauges.listener(self.name)
@@ -259,14 +261,26 @@ class ThreadedReader(DatagramReader):
 
     def _take(self) -> bool:
         """Deliver one slice; whether more is waiting."""
-        chunks, truncated, errors, more, pids = self.native.take(_TAKE_BYTES)
+        join = self.join and not self.taps.open  # a capture sees each datagram
+        chunks, truncated, errors, more, pids, count = self.native.take(_TAKE_BYTES, join, self.probe_mark)
         if truncated:
             self.stats.listen.truncated[self.name] += truncated
         if errors:
             self.stats.listen.read_errors[self.name] += errors
             logger.warning("%s read error: %s", self.name, self.native.last_error)
-        self.deliver(chunks, pids)
+        if type(chunks) is bytes:
+            self._deliver_joined(chunks, count)
+        else:
+            self.deliver(chunks, pids)
         return bool(more)
+
+    def _deliver_joined(self, data: bytes, count: int) -> None:
+        """`count` datagrams the thread joined with "\n" (no probe among them, no capture open)."""
+        if not count:
+            return
+        self.stats.listen.packets[self.name] += count
+        self.stats.listen.bytes[self.name] += len(data) - (count - 1)
+        self.handler(data, self.name)
 
     def take_queued(self) -> None:
         self.native.stop()
