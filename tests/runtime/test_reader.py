@@ -28,7 +28,7 @@ def _built(native_reader_module: Any) -> None:
 async def start(received: list[bytes], **overrides: object) -> tuple[Listeners, Stats]:
     stats = Stats()
     listeners = Listeners(
-        config(dogstatsd_port=free_port(), relay__probe_interval=0, **overrides),
+        config(**{"dogstatsd_port": free_port(), "relay__probe_interval": 0, **overrides}),
         stats,
         lambda data, transport: received.append(data),
     )

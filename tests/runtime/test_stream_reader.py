@@ -19,7 +19,9 @@ import pytest
 from relay.runtime.listen import UDS_STREAM, Listeners
 from relay.runtime.readers import ThreadedReader
 from relay.telemetry.stats import Stats
-from tests.conftest import config, wait_for
+from tests.conftest import wait_for
+from tests.runtime.test_reader import lines
+from tests.runtime.test_reader import start as start_listeners
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +34,8 @@ def frame(payload: bytes) -> bytes:
 
 
 async def start(path: Path, received: list[bytes], **overrides: object) -> tuple[Listeners, Stats]:
-    stats = Stats()
-    listeners = Listeners(
-        config(dogstatsd_port=0, dogstatsd_stream_socket=str(path), relay__probe_interval=0, **overrides),
-        stats,
-        lambda data, transport: received.append(data),
-    )
-    await listeners.start()
-    return listeners, stats
-
-
-def lines(received: list[bytes]) -> list[bytes]:
-    return [line for data in received for line in data.split(b"\n") if line]
+    """The listeners of the reader's tests, with a stream socket and no UDP one."""
+    return await start_listeners(received, dogstatsd_port=0, dogstatsd_stream_socket=str(path), **overrides)
 
 
 def connect(path: Path) -> socket.socket:

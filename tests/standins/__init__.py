@@ -23,8 +23,8 @@ def required_tool(name: str, install: str) -> str:
     path = shutil.which(name, path=search)
     if path is None:
         if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing in CI ({install})")
-        pytest.skip(f"{name} is not installed here ({install})")
+            pytest.fail(f"{name} is missing in CI: .ci/run installs it ({install})")
+        pytest.skip(f"{name} is not installed here ({install}); .ci/run installs it")
     return path
 
 
