@@ -1,13 +1,14 @@
 /* The hot paths of ingest, aggregation and serialization, in C. Optional: without it, Python does the same.
  *
- *   ingest(data, offset, shapes, gauges, counters, sets, histograms, distributions, learner)
- *       -> (accepted, blocked, stop)
+ *   ingest(data, offset, shapes, bucket, learner, cached=True) -> (accepted, blocked, stop)
  *
  * Applies the lines of `data` from `offset` whose shape is already in `shapes` (b"name:suffix" -> (slot, kind,
  * rate, copy slot)) and whose value is a plain decimal number (or, for sets, any non-empty member). It stops at
  * the first other line and returns that line's offset as `stop` (len(data) when every line was taken), so the
  * caller handles that one line in Python and calls again: lines are applied in datagram order either way.
- * Numbers are parsed by PyOS_string_to_double, the routine behind float(), so results are identical.
+ * Numbers are read as float() reads them (a short decimal exactly, by exact_decimal; the rest by
+ * PyOS_string_to_double, the routine behind float()), so results are identical. With `cached`, the shapes dict
+ * is mirrored in the SHAPE CACHE (one dict at a time: a Unix socket sender's own dict passes cached=False).
  * With a `learner` (see learn()), the plain first sight of a context is learned here too.
  *
  *   sketch_insert(samples, bins, (count, sum, min, max), (min_value, log_gamma, bias, max_key, inf_key))
@@ -393,7 +394,7 @@ static int open_bucket(PyObject *bucket, BucketDicts *b) {
 }
 
 static PyObject *ingest_lines(PyObject *data, Py_ssize_t offset, PyObject *shapes, const BucketDicts *b,
-                              PyObject *learner, const Learner *unpacked);
+                              PyObject *learner, const Learner *unpacked, int cached);
 
 /* SHAPE CACHE. A line's shape is looked up here first, by a hash of its two spans (the name and colon, and what
  * follows the value), without making the bytes key the dict needs: the key's allocation, its SipHash and the dict's
@@ -463,14 +464,16 @@ static inline void cache_put(uint64_t hash, PyObject *key, PyObject *shape) {
 static PyObject *ingest(PyObject *module, PyObject *args) {
     PyObject *data, *shapes, *bucket, *learner;
     Py_ssize_t offset;
-    if (!PyArg_ParseTuple(args, "SnO!OO", &data, &offset, &PyDict_Type, &shapes, &bucket, &learner)) return NULL;
+    int cached = 1;
+    if (!PyArg_ParseTuple(args, "SnO!OO|p", &data, &offset, &PyDict_Type, &shapes, &bucket, &learner, &cached))
+        return NULL;
     Learner unpacked;
     if (learner != Py_None && !unpack_learner(learner, &unpacked)) return NULL;
-    if (shapes != cache_dict || cache_entries == NULL) cache_reset(shapes);
-    if (cache_entries == NULL) return PyErr_NoMemory();
+    if (cached && (shapes != cache_dict || cache_entries == NULL)) cache_reset(shapes);
+    if (cached && cache_entries == NULL) return PyErr_NoMemory();
     BucketDicts dicts = {NULL, NULL, NULL, NULL, NULL};
-    PyObject *result = open_bucket(bucket, &dicts) ? ingest_lines(data, offset, shapes, &dicts, learner, &unpacked)
-                                                   : NULL;
+    PyObject *result = open_bucket(bucket, &dicts)
+        ? ingest_lines(data, offset, shapes, &dicts, learner, &unpacked, cached) : NULL;
     release_bucket(&dicts);
     return result;
 }
@@ -478,7 +481,7 @@ static PyObject *ingest(PyObject *module, PyObject *args) {
 /* The lines of `data` from `offset` whose shape is known (or learned here), applied to the bucket's dicts; stops
  * at the first line it cannot take. Returns (accepted, blocklisted, offset of the line it stopped at). */
 static PyObject *ingest_lines(PyObject *data, Py_ssize_t offset, PyObject *shapes, const BucketDicts *b,
-                              PyObject *learner, const Learner *unpacked) {
+                              PyObject *learner, const Learner *unpacked, int cached) {
     PyObject *gauges = b->gauges, *counters = b->counters, *sets = b->sets, *histograms = b->histograms,
              *distributions = b->distributions;
     const char *buffer = PyBytes_AS_STRING(data);
@@ -493,7 +496,7 @@ static PyObject *ingest_lines(PyObject *data, Py_ssize_t offset, PyObject *shape
         if (bar == NULL) break;
         Py_ssize_t name_length = colon - line, suffix_length = length - (bar + 1 - line);
         uint64_t hash = mix_bytes(mix_bytes(0, line, name_length + 1), bar + 1, suffix_length);
-        PyObject *shape = cache_get(hash, line, name_length + 1, bar + 1, suffix_length);
+        PyObject *shape = cached ? cache_get(hash, line, name_length + 1, bar + 1, suffix_length) : NULL;
         if (shape == NULL) {
             PyObject *key = PyBytes_FromStringAndSize(NULL, name_length + 1 + suffix_length);
             if (key == NULL) return NULL;
@@ -504,9 +507,9 @@ static PyObject *ingest_lines(PyObject *data, Py_ssize_t offset, PyObject *shape
             if (shape == NULL && !PyErr_Occurred() && learner != Py_None) {
                 Py_ssize_t known = PyDict_GET_SIZE(shapes);
                 shape = learn(line, length, colon, bar, unpacked, shapes, key);
-                if (shape != NULL && PyDict_GET_SIZE(shapes) <= known) cache_reset(shapes);  /* learn() cleared it */
+                if (cached && shape != NULL && PyDict_GET_SIZE(shapes) <= known) cache_reset(shapes);  /* cleared */
             }
-            if (shape != NULL) cache_put(hash, key, shape);
+            if (cached && shape != NULL) cache_put(hash, key, shape);
             Py_DECREF(key);
         }
         if (shape == NULL) {

@@ -118,7 +118,7 @@ class Ingest:
             # datagram are still applied in order (a gauge keeps its last value).
             while offset < size:
                 shapes = self._shapes_of(sender) if sender else self.shapes  # learning may have replaced it
-                done, skipped, offset = self.accelerated(data, offset, shapes, bucket, learner)
+                done, skipped, offset = self.accelerated(data, offset, shapes, bucket, learner, not sender)
                 ok, blocked = ok + done, blocked + skipped
                 if offset < size:
                     end = data.find(b"\n", offset)
