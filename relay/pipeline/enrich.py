@@ -175,8 +175,7 @@ class Enricher:
         self, name: str, raw_tags: tuple[str, ...], origin: Origin | None = None, sender: str = ""
     ) -> Context | None:
         """`origin` (a line's c:, e:, card:) and `sender` (a Unix socket sender's container) add origin tags."""
-        if self.origins is not None:
-            raw_tags = raw_tags + self.origin_tags(raw_tags, origin, sender).tags
+        raw_tags = self._with_origin(raw_tags, origin, sender)
         rule = self.tag_rule(name) if self.tag_rules else None
         if rule is not None:  # the tags a rule removes make no cache entry of their own
             raw_tags = rule.cut(raw_tags)
@@ -193,6 +192,10 @@ class Enricher:
             self.unresolved.update(resolved.unknown)
             self.untagged += 1
         return resolved
+
+    def _with_origin(self, raw_tags: tuple[str, ...], origin: Origin | None, sender: str) -> tuple[str, ...]:
+        """A line's tags and, with a container tagger, its origin's."""
+        return raw_tags + self.origin_tags(raw_tags, origin, sender).tags if self.origins is not None else raw_tags
 
     def forget_cached(self) -> None:
         """Empty the context cache (the memory guard, relay/pipeline/assemble.py): a miss only costs a rebuild."""
@@ -270,11 +273,9 @@ class Enricher:
         return (self.hostname if host is None else host), tuple(sorted(kept))
 
     def event(self, event: Event, sender: str = "") -> Event:
-        tags = event.tags + self.origin_tags(event.tags, event.origin, sender).tags if self.origins else event.tags
-        event.host, event.tags = self._host_and_tags(tags, event.host)
+        event.host, event.tags = self._host_and_tags(self._with_origin(event.tags, event.origin, sender), event.host)
         return event
 
     def service_check(self, check: ServiceCheck, sender: str = "") -> ServiceCheck:
-        tags = check.tags + self.origin_tags(check.tags, check.origin, sender).tags if self.origins else check.tags
-        check.host, check.tags = self._host_and_tags(tags, check.host)
+        check.host, check.tags = self._host_and_tags(self._with_origin(check.tags, check.origin, sender), check.host)
         return check
